@@ -1,0 +1,127 @@
+//! An async client: connect, send packets, receive packets.
+
+use futures::{SinkExt, StreamExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpStream, ToSocketAddrs};
+use tokio_util::codec::{FramedRead, FramedWrite};
+
+use crate::{FrameCodec, Packet, PacketCodec, ProtoError};
+
+/// A connection to an imserver relay.
+///
+/// ```no_run
+/// use improto::{Client, Message, Packet, Regist};
+///
+/// # async fn demo() -> Result<(), improto::ProtoError> {
+/// let mut client = Client::connect("127.0.0.1:8888").await?;
+/// client.send(Regist::new("1")).await?;
+/// client.send(Message::new("1", "2", "hello")).await?;
+/// while let Some(packet) = client.recv().await? {
+///     if let Packet::Message(m) = packet {
+///         println!("{}: {}", m.sender, m.message);
+///     }
+/// }
+/// # Ok(()) }
+/// ```
+///
+/// To read and write at the same time (say, print incoming messages while reading the
+/// keyboard), [`split`](Client::split) it and move each half to its own task.
+#[derive(Debug)]
+pub struct Client {
+    sender: ClientSender,
+    receiver: ClientReceiver,
+}
+
+/// The sending half of a [`Client`].
+#[derive(Debug)]
+pub struct ClientSender {
+    frames: FramedWrite<OwnedWriteHalf, PacketCodec>,
+}
+
+/// The receiving half of a [`Client`].
+#[derive(Debug)]
+pub struct ClientReceiver {
+    /// Raw frames, parsed one by one in [`recv`](ClientReceiver::recv): a `FramedRead` over a
+    /// packet decoder would end the stream at the first bad packet.
+    frames: FramedRead<OwnedReadHalf, FrameCodec>,
+}
+
+impl Client {
+    /// Connects over TCP, with the default frame limit.
+    pub async fn connect(addr: impl ToSocketAddrs) -> Result<Self, ProtoError> {
+        Ok(Self::new(TcpStream::connect(addr).await?))
+    }
+
+    /// Wraps an already connected stream, with the default frame limit.
+    pub fn new(stream: TcpStream) -> Self {
+        Self::with_max_frame_length(stream, crate::DEFAULT_MAX_FRAME_LENGTH)
+    }
+
+    /// Wraps an already connected stream; frames over `max` payload bytes are refused both
+    /// ways.
+    pub fn with_max_frame_length(stream: TcpStream, max: usize) -> Self {
+        // Nagle's algorithm would hold small chat frames back waiting for an ACK.
+        let _ = stream.set_nodelay(true);
+        let (read, write) = stream.into_split();
+        Client {
+            sender: ClientSender {
+                frames: FramedWrite::new(write, PacketCodec::with_max_frame_length(max)),
+            },
+            receiver: ClientReceiver {
+                frames: FramedRead::new(read, FrameCodec::with_max_frame_length(max)),
+            },
+        }
+    }
+
+    /// Sends one packet and flushes it. See [`ClientSender::send`].
+    pub async fn send(&mut self, packet: impl Into<Packet>) -> Result<(), ProtoError> {
+        self.sender.send(packet).await
+    }
+
+    /// Receives the next packet. See [`ClientReceiver::recv`].
+    pub async fn recv(&mut self) -> Result<Option<Packet>, ProtoError> {
+        self.receiver.recv().await
+    }
+
+    /// Splits the client into halves that can be used from different tasks.
+    pub fn split(self) -> (ClientSender, ClientReceiver) {
+        (self.sender, self.receiver)
+    }
+}
+
+impl ClientSender {
+    /// Sends one packet and flushes it to the socket.
+    pub async fn send(&mut self, packet: impl Into<Packet>) -> Result<(), ProtoError> {
+        self.frames.send(packet.into()).await
+    }
+
+    /// Queues one packet without flushing; several `feed`s then one [`flush`](Self::flush)
+    /// send many packets in few system calls.
+    pub async fn feed(&mut self, packet: impl Into<Packet>) -> Result<(), ProtoError> {
+        self.frames.feed(packet.into()).await
+    }
+
+    /// Writes out everything fed so far.
+    pub async fn flush(&mut self) -> Result<(), ProtoError> {
+        self.frames.flush().await
+    }
+
+    /// Flushes, then shuts down the sending direction (the server sees end of stream).
+    pub async fn close(&mut self) -> Result<(), ProtoError> {
+        self.frames.close().await
+    }
+}
+
+impl ClientReceiver {
+    /// Receives the next packet: `Ok(None)` when the server closed the connection cleanly.
+    ///
+    /// A bad packet is an `Err` for which [`ProtoError::is_fatal`] is false; the frame has been
+    /// consumed and `recv` can be called again. After a fatal error (I/O, an oversized or
+    /// truncated frame) the connection is unusable.
+    pub async fn recv(&mut self) -> Result<Option<Packet>, ProtoError> {
+        match self.frames.next().await {
+            None => Ok(None),
+            Some(frame) => Packet::from_json(&frame?).map(Some),
+        }
+    }
+}

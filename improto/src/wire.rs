@@ -1,0 +1,181 @@
+//! The one JSON parser behind both [`Packet::from_json`](crate::Packet::from_json) and
+//! [`Envelope::peek`](crate::Envelope::peek).
+//!
+//! A frame is deserialized in a single pass into [`Fields`], a flat struct holding every field
+//! any packet type can carry, each optional. Which fields a type requires is then checked in
+//! one place ([`Fields::validate`]), so the full decode and the allocation-free peek can never
+//! disagree about what a valid packet is. They differ only in how the message text is held:
+//! the full decode takes it as a `String`, the peek checks that it is a string and drops it.
+//!
+//! Unknown fields are skipped without allocating, as later protocol versions add fields.
+//! On failure the frame is parsed a second time, with path tracking, only to name the field at
+//! fault; the happy path pays nothing for good error messages.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{self, Deserialize, Deserializer, Visitor};
+
+use crate::ProtoError;
+
+/// Every field a packet may carry. Absent and `null` both read as `None`.
+#[derive(serde::Deserialize)]
+#[serde(bound(deserialize = "'de: 'a, M: Deserialize<'de>"))]
+pub(crate) struct Fields<'a, M> {
+    #[serde(rename = "type", borrow, default)]
+    kind: Option<Str<'a>>,
+    #[serde(borrow, default)]
+    sender: Option<Str<'a>>,
+    #[serde(borrow, default)]
+    receiver: Option<Str<'a>>,
+    #[serde(default = "none")]
+    message: Option<M>,
+    #[serde(rename = "createTime", default)]
+    create_time: Option<f64>,
+}
+
+fn none<M>() -> Option<M> {
+    None
+}
+
+/// A packet whose type is known and whose required fields are all present.
+pub(crate) enum Valid<'a, M> {
+    Regist {
+        sender: Cow<'a, str>,
+    },
+    Message {
+        sender: Cow<'a, str>,
+        receiver: Cow<'a, str>,
+        message: M,
+        create_time: f64,
+    },
+}
+
+/// Parses `frame` and checks the fields its `type` requires.
+pub(crate) fn parse<'a, M: Deserialize<'a>>(frame: &'a [u8]) -> Result<Valid<'a, M>, ProtoError> {
+    // serde's derived structs also accept JSON arrays (fields by position); a packet is an
+    // object, so refuse anything else before serde sees it.
+    if frame.trim_ascii_start().first() != Some(&b'{') {
+        return Err(not_an_object(frame));
+    }
+    match serde_json::from_slice::<Fields<'a, M>>(frame) {
+        Ok(fields) => fields.validate(),
+        Err(err) => Err(diagnose::<M>(frame, err)),
+    }
+}
+
+impl<'a, M> Fields<'a, M> {
+    fn validate(self) -> Result<Valid<'a, M>, ProtoError> {
+        let kind = required(self.kind, "type")?;
+        match &*kind {
+            "Regist" => Ok(Valid::Regist {
+                sender: required(self.sender, "sender")?,
+            }),
+            "Message" => Ok(Valid::Message {
+                sender: required(self.sender, "sender")?,
+                receiver: required(self.receiver, "receiver")?,
+                message: self
+                    .message
+                    .ok_or(ProtoError::MissingField { field: "message" })?,
+                create_time: self.create_time.ok_or(ProtoError::MissingField {
+                    field: "createTime",
+                })?,
+            }),
+            _ => Err(ProtoError::UnknownType(kind.into_owned())),
+        }
+    }
+}
+
+fn required<'a>(value: Option<Str<'a>>, field: &'static str) -> Result<Cow<'a, str>, ProtoError> {
+    value.map(|s| s.0).ok_or(ProtoError::MissingField { field })
+}
+
+/// Turns a failed parse into the most precise error we can name.
+#[cold]
+fn diagnose<'a, M: Deserialize<'a>>(frame: &'a [u8], err: serde_json::Error) -> ProtoError {
+    if std::str::from_utf8(frame).is_err() {
+        return ProtoError::InvalidUtf8;
+    }
+    if !err.is_data() {
+        return ProtoError::InvalidJson(err.to_string());
+    }
+    // A data error: valid JSON of the wrong shape. Parse again, tracking the path, to name
+    // the field at fault.
+    let mut de = serde_json::Deserializer::from_slice(frame);
+    match serde_path_to_error::deserialize::<_, Fields<'a, M>>(&mut de) {
+        Err(err) if err.path().iter().next().is_some() => ProtoError::InvalidField {
+            field: err.path().to_string(),
+            reason: strip_position(&err.inner().to_string()),
+        },
+        // No field path: a duplicated key, say.
+        _ => ProtoError::InvalidJson(err.to_string()),
+    }
+}
+
+#[cold]
+fn not_an_object(frame: &[u8]) -> ProtoError {
+    if std::str::from_utf8(frame).is_err() {
+        return ProtoError::InvalidUtf8;
+    }
+    match serde_json::from_slice::<serde::de::IgnoredAny>(frame) {
+        Err(err) => ProtoError::InvalidJson(err.to_string()),
+        Ok(_) => ProtoError::InvalidJson("a packet must be a JSON object".into()),
+    }
+}
+
+/// serde_json appends " at line L column C" to its messages; for a one-line frame whose field
+/// we already name, that is noise.
+fn strip_position(msg: &str) -> String {
+    match msg.rfind(" at line ") {
+        Some(i) => msg[..i].to_string(),
+        None => msg.to_string(),
+    }
+}
+
+/// A string that borrows from the frame when it can (no escapes) and owns otherwise.
+///
+/// `Option<Cow<str>>` always deserializes to `Cow::Owned`, so the envelope peek would allocate
+/// for every id; this wrapper keeps the borrow through the `Option`.
+pub(crate) struct Str<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Str<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = Str<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Str(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Str(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+                Ok(Str(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(V(std::marker::PhantomData))
+    }
+}
+
+/// Checks that a field is a string without keeping (or allocating) it: the envelope peek uses
+/// it for the message text.
+pub(crate) struct SkipStr;
+
+impl<'de> Deserialize<'de> for SkipStr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = SkipStr;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<SkipStr, E> {
+                Ok(SkipStr)
+            }
+        }
+        d.deserialize_str(V)
+    }
+}

@@ -1,0 +1,116 @@
+//! Properties of the codec over generated packets, splits and garbage.
+
+use bytes::BytesMut;
+use improto::{Envelope, FrameCodec, Message, Packet, PacketCodec, ProtoError, Regist};
+use proptest::prelude::*;
+use tokio_util::codec::{Decoder, Encoder};
+
+fn any_packet() -> impl Strategy<Value = Packet> {
+    // Ids are usually decimal, but the codec must carry any string.
+    let id = prop_oneof!["[0-9]{1,12}", any::<String>()];
+    let time = prop_oneof![
+        (0u32..u32::MAX).prop_map(f64::from),
+        any::<f64>().prop_filter("JSON numbers are finite", |t| t.is_finite()),
+    ];
+    prop_oneof![
+        id.clone().prop_map(|s| Packet::from(Regist::new(s))),
+        (id.clone(), id, any::<String>(), time).prop_map(|(s, r, text, t)| {
+            let mut m = Message::new(s, r, text);
+            m.create_time = t;
+            Packet::from(m)
+        }),
+    ]
+}
+
+/// Feeds `wire` to `codec` in chunks of the given sizes (cycled), collecting every result.
+/// Stops at the first fatal error, as a connection would.
+fn decode_in_chunks<D: Decoder<Error = ProtoError>>(
+    codec: &mut D,
+    wire: &[u8],
+    sizes: &[usize],
+) -> Vec<Result<D::Item, String>> {
+    let mut out = Vec::new();
+    let mut buf = BytesMut::new();
+    let mut rest = wire;
+    let mut sizes = sizes.iter().cycle();
+    loop {
+        let eof = rest.is_empty();
+        let step = loop {
+            match if eof {
+                codec.decode_eof(&mut buf)
+            } else {
+                codec.decode(&mut buf)
+            } {
+                Ok(Some(item)) => out.push(Ok(item)),
+                Ok(None) => break true,
+                Err(e) => {
+                    let fatal = e.is_fatal();
+                    out.push(Err(e.to_string()));
+                    if fatal {
+                        break false;
+                    }
+                }
+            }
+        };
+        if eof || !step {
+            return out;
+        }
+        let n = (*sizes.next().unwrap()).clamp(1, rest.len());
+        buf.extend_from_slice(&rest[..n]);
+        rest = &rest[n..];
+    }
+}
+
+proptest! {
+    #[test]
+    fn every_packet_round_trips(packet in any_packet()) {
+        let mut codec = PacketCodec::new();
+        let mut buf = BytesMut::new();
+        codec.encode(packet.clone(), &mut buf).unwrap();
+        prop_assert_eq!(codec.decode(&mut buf).unwrap(), Some(packet.clone()));
+        prop_assert!(buf.is_empty());
+        // The standalone JSON helpers agree with the codec.
+        prop_assert_eq!(Packet::from_json(&packet.to_json().unwrap()).unwrap(), packet);
+    }
+
+    #[test]
+    fn any_split_of_a_frame_sequence_decodes_identically(
+        packets in proptest::collection::vec(any_packet(), 0..8),
+        sizes in proptest::collection::vec(1usize..64, 1..16),
+    ) {
+        let mut wire = BytesMut::new();
+        for p in &packets {
+            PacketCodec::new().encode(p.clone(), &mut wire).unwrap();
+        }
+        let got = decode_in_chunks(&mut PacketCodec::new(), &wire, &sizes);
+        let want: Vec<Result<Packet, String>> = packets.into_iter().map(Ok).collect();
+        prop_assert_eq!(got, want);
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic(
+        wire in proptest::collection::vec(any::<u8>(), 0..512),
+        sizes in proptest::collection::vec(1usize..32, 1..8),
+    ) {
+        let _ = decode_in_chunks(&mut PacketCodec::with_max_frame_length(256), &wire, &sizes);
+        let _ = decode_in_chunks(&mut FrameCodec::with_max_frame_length(256), &wire, &sizes);
+        let _ = Packet::from_json(&wire);
+        let _ = Envelope::peek(&wire);
+    }
+
+    #[test]
+    fn envelope_peek_agrees_with_the_full_decode(packet in any_packet(), junk in any::<u8>()) {
+        let json = packet.to_json().unwrap();
+        let env = Envelope::peek(&json).unwrap();
+        match &packet {
+            Packet::Regist(r) => prop_assert_eq!((env.sender(), env.receiver()), (r.sender.as_str(), None)),
+            Packet::Message(m) => prop_assert_eq!((env.sender(), env.receiver()), (m.sender.as_str(), Some(m.receiver.as_str()))),
+            _ => unreachable!(),
+        }
+        // Damage one byte: both must still agree on success or failure.
+        let mut damaged = json.clone();
+        let i = junk as usize % damaged.len();
+        damaged[i] = junk;
+        prop_assert_eq!(Envelope::peek(&damaged).is_ok(), Packet::from_json(&damaged).is_ok());
+    }
+}
