@@ -41,7 +41,8 @@
 //! - `envelope`: [`Envelope::peek`], the type, sender and receiver of a frame, borrowed, for
 //!   relays that forward the original bytes.
 //! - `wire` (private): the one parser and validator behind both `Packet::from_json` and
-//!   `Envelope::peek`.
+//!   `Envelope::peek`; `scan` (private) is its fast path for ordinary frames, with serde
+//!   as the judge of everything else.
 //! - `client`: [`Client`] and its halves [`ClientSender`] and [`ClientReceiver`].
 //! - `error`: [`ProtoError`].
 
@@ -50,6 +51,7 @@ mod codec;
 mod envelope;
 mod error;
 mod packet;
+mod scan;
 mod wire;
 
 pub use client::{Client, ClientReceiver, ClientSender};
@@ -57,3 +59,6 @@ pub use codec::{DEFAULT_MAX_FRAME_LENGTH, FrameCodec, PacketCodec};
 pub use envelope::{Envelope, PacketKind};
 pub use error::ProtoError;
 pub use packet::{Message, Packet, Regist};
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub use wire::fast_path_agrees;

@@ -8,8 +8,12 @@
 //! the full decode takes it as a `String`, the peek checks that it is a string and drops it.
 //!
 //! Unknown fields are skipped without allocating, as later protocol versions add fields.
-//! On failure the frame is parsed a second time, with path tracking, only to name the field at
-//! fault; the happy path pays nothing for good error messages.
+//!
+//! Two speeds, one judge: a hand-written scanner ([`crate::scan`]) reads ordinary frames about
+//! twice as fast as serde's derived code and answers only when it is sure; anything else goes
+//! to serde_json, which decides validity and words the errors. On failure the frame is parsed
+//! once more, with path tracking, only to name the field at fault; the happy path pays nothing
+//! for good error messages.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -20,22 +24,59 @@ use crate::ProtoError;
 
 /// Every field a packet may carry. Absent and `null` both read as `None`.
 #[derive(serde::Deserialize)]
+#[cfg_attr(any(test, fuzzing), derive(Debug, PartialEq))]
 #[serde(bound(deserialize = "'de: 'a, M: Deserialize<'de>"))]
 pub(crate) struct Fields<'a, M> {
     #[serde(rename = "type", borrow, default)]
-    kind: Option<Str<'a>>,
+    pub(crate) kind: Option<Str<'a>>,
     #[serde(borrow, default)]
-    sender: Option<Str<'a>>,
+    pub(crate) sender: Option<Str<'a>>,
     #[serde(borrow, default)]
-    receiver: Option<Str<'a>>,
+    pub(crate) receiver: Option<Str<'a>>,
     #[serde(default = "none")]
-    message: Option<M>,
+    pub(crate) message: Option<M>,
     #[serde(rename = "createTime", default)]
-    create_time: Option<f64>,
+    pub(crate) create_time: Option<f64>,
 }
 
 fn none<M>() -> Option<M> {
     None
+}
+
+impl<M> Default for Fields<'_, M> {
+    fn default() -> Self {
+        Fields {
+            kind: None,
+            sender: None,
+            receiver: None,
+            message: None,
+            create_time: None,
+        }
+    }
+}
+
+/// A string field's representation: built from an unescaped slice of the frame by the
+/// scanner, or by serde when escapes need decoding.
+pub(crate) trait Text<'a>: Deserialize<'a> {
+    fn plain(s: &'a str) -> Self;
+}
+
+impl<'a> Text<'a> for String {
+    fn plain(s: &'a str) -> Self {
+        s.to_owned()
+    }
+}
+
+impl<'a> Text<'a> for Str<'a> {
+    fn plain(s: &'a str) -> Self {
+        Str(Cow::Borrowed(s))
+    }
+}
+
+impl<'a> Text<'a> for SkipStr {
+    fn plain(_: &'a str) -> Self {
+        SkipStr
+    }
 }
 
 /// A packet whose type is known and whose required fields are all present.
@@ -51,8 +92,21 @@ pub(crate) enum Valid<'a, M> {
     },
 }
 
+/// For the fuzz targets: true unless the fast path accepts `frame` with fields other than
+/// serde's (which would be a bug in `scan`).
+#[cfg(fuzzing)]
+pub fn fast_path_agrees(frame: &[u8]) -> bool {
+    match crate::scan::scan::<String>(frame) {
+        None => true,
+        Some(fast) => serde_json::from_slice::<Fields<'_, String>>(frame).ok() == Some(fast),
+    }
+}
+
 /// Parses `frame` and checks the fields its `type` requires.
-pub(crate) fn parse<'a, M: Deserialize<'a>>(frame: &'a [u8]) -> Result<Valid<'a, M>, ProtoError> {
+pub(crate) fn parse<'a, M: Text<'a>>(frame: &'a [u8]) -> Result<Valid<'a, M>, ProtoError> {
+    if let Some(fields) = crate::scan::scan(frame) {
+        return fields.validate();
+    }
     // serde's derived structs also accept JSON arrays (fields by position); a packet is an
     // object, so refuse anything else before serde sees it.
     if frame.trim_ascii_start().first() != Some(&b'{') {
@@ -136,6 +190,7 @@ fn strip_position(msg: &str) -> String {
 ///
 /// `Option<Cow<str>>` always deserializes to `Cow::Owned`, so the envelope peek would allocate
 /// for every id; this wrapper keeps the borrow through the `Option`.
+#[cfg_attr(any(test, fuzzing), derive(Debug, PartialEq))]
 pub(crate) struct Str<'a>(Cow<'a, str>);
 
 impl<'de: 'a, 'a> Deserialize<'de> for Str<'a> {
