@@ -1,0 +1,98 @@
+//! Every flag and limit of the server, each with its default and the reason for it.
+//! Each flag can also be set through the environment variable named in `--help`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, ValueEnum};
+
+/// imserver: an instant-messaging server (HTTP API + TCP relay) on an embedded SQLite store.
+#[derive(Parser, Debug, Clone)]
+#[command(name = "imserver", version, about)]
+pub struct Config {
+    /// Address of the HTTP API (register, login, profile, friends). Port 0 picks a free port.
+    #[arg(long, env = "IMSERVER_HTTP_ADDR", default_value = "0.0.0.0:6666")]
+    pub http_addr: SocketAddr,
+
+    /// Address of the TCP relay (length-prefixed JSON frames). Port 0 picks a free port.
+    #[arg(long, env = "IMSERVER_TCP_ADDR", default_value = "0.0.0.0:8888")]
+    pub tcp_addr: SocketAddr,
+
+    /// Directory of the SQLite database; created on first start.
+    #[arg(long, env = "IMSERVER_DATA_DIR", default_value = "./imserver-data")]
+    pub data_dir: PathBuf,
+
+    /// Who may speak for a user on the relay. `open` trusts the id a client sends, as the Go
+    /// server did (only safe on a trusted network).
+    #[arg(long, env = "IMSERVER_AUTH", value_enum, default_value_t = AuthMode::Open)]
+    pub auth: AuthMode,
+
+    /// Create, if missing, user "1" (Wu) and user "2" (WuYW), password "123", friends of each
+    /// other: what the Go server always started with.
+    #[arg(long, env = "IMSERVER_DEMO")]
+    pub demo: bool,
+
+    /// Largest frame payload, in bytes, the relay accepts. A length prefix over it closes the
+    /// connection before any payload is read.
+    #[arg(long, env = "IMSERVER_MAX_FRAME_BYTES", default_value_t = 1024 * 1024)]
+    pub max_frame_bytes: usize,
+
+    /// Largest HTTP request body, in bytes; larger ones get 413.
+    #[arg(long, env = "IMSERVER_MAX_BODY_BYTES", default_value_t = 64 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// Frames that may wait in one connection's send queue. A reader that falls this far
+    /// behind is disconnected; its messages stay in the store and are sent when it
+    /// reconnects. Bounds the memory a slow reader can hold.
+    #[arg(long, env = "IMSERVER_SEND_QUEUE", default_value_t = 1024)]
+    pub send_queue: usize,
+
+    /// Messages written to the store in one transaction at most (group commit). Larger
+    /// batches amortise the commit better under load; a lone message never waits for a batch.
+    #[arg(long, env = "IMSERVER_MAX_BATCH", default_value_t = 1024)]
+    pub max_batch: usize,
+
+    /// Store requests that may wait for the writer thread before senders are slowed down.
+    #[arg(long, env = "IMSERVER_STORE_QUEUE", default_value_t = 16 * 1024)]
+    pub store_queue: usize,
+
+    /// What an acknowledged write survives. `process`: a crash or `kill -9` of the server
+    /// (the OS still holds the data). `power`: also power loss or a kernel crash (an fsync
+    /// per transaction, slower).
+    #[arg(long, env = "IMSERVER_DURABILITY", value_enum, default_value_t = Durability::Process)]
+    pub durability: Durability,
+
+    /// Stored messages replayed per store read when a user reconnects.
+    #[arg(long, env = "IMSERVER_REPLAY_BATCH", default_value_t = 512)]
+    pub replay_batch: usize,
+}
+
+/// How relay connections are authenticated.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMode {
+    /// Trust the user id a client sends in `Regist` (the Go server's model).
+    Open,
+    /// Require a login token in `Regist` (not implemented yet: the server refuses to start).
+    Token,
+}
+
+/// What an acknowledged write survives; see `--durability`.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Survives a crash of the server process.
+    Process,
+    /// Survives power loss too.
+    Power,
+}
+
+impl Config {
+    /// A configuration for tests and embedding: both ports 0 on 127.0.0.1, everything else
+    /// at its default, data in `data_dir`.
+    pub fn local(data_dir: impl Into<PathBuf>) -> Self {
+        let mut config = Config::parse_from(["imserver"]);
+        config.http_addr = "127.0.0.1:0".parse().expect("valid address");
+        config.tcp_addr = "127.0.0.1:0".parse().expect("valid address");
+        config.data_dir = data_dir.into();
+        config
+    }
+}

@@ -1,0 +1,64 @@
+//! JSON replies and the API's error type. Every response body is JSON.
+
+use serde::Serialize;
+use warp::http::StatusCode;
+use warp::reply::Response;
+
+use crate::store::StoreError;
+
+/// An error answered as `{"msg": …}` with a status code.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub msg: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, msg: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            msg: msg.into(),
+        }
+    }
+
+    pub fn bad_request(msg: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, msg)
+    }
+
+    /// The Go server's answer for an unknown or malformed user id.
+    pub fn out_of_range() -> Self {
+        Self::bad_request("Out of range")
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        tracing::error!(error = %e, "store failure while serving HTTP");
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal error")
+    }
+}
+
+impl From<crate::auth::HashError> for ApiError {
+    fn from(e: crate::auth::HashError) -> Self {
+        tracing::error!(error = %e, "password hashing failed");
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal error")
+    }
+}
+
+pub type ApiResult = Result<Response, ApiError>;
+
+/// `200` with `body` as JSON.
+pub fn ok<T: Serialize>(body: &T) -> ApiResult {
+    Ok(json(StatusCode::OK, body))
+}
+
+pub fn json<T: Serialize>(status: StatusCode, body: &T) -> Response {
+    warp::reply::with_status(warp::reply::json(body), status).into_response()
+}
+
+/// Turns a handler's result into the response.
+pub fn finish(result: ApiResult) -> Response {
+    result.unwrap_or_else(|e| json(e.status, &serde_json::json!({ "msg": e.msg })))
+}
+
+use warp::Reply as _;

@@ -1,0 +1,203 @@
+//! # imserver
+//!
+//! An instant-messaging server: a warp HTTP API (accounts, profiles, friends) and a tokio
+//! TCP relay speaking [`improto`] frames, on an embedded SQLite store. It replaces an older Go
+//! server, keeping its wire protocol and HTTP API.
+//!
+//! [`Server::start`] runs everything in the current tokio runtime and returns a handle with
+//! the bound addresses; `main.rs` is a thin wrapper around it, and the integration tests use
+//! it directly.
+//!
+//! ## Layout
+//!
+//! - `config`: every flag and limit ([`Config`]).
+//! - `http/`: the HTTP API (`routes`, `users`, `friends`, `body`, `reply`).
+//! - `relay/`: the TCP relay (`listener`, `session`, `router`).
+//! - `store/`: the [`Store`](store::Store) trait and its SQLite implementation.
+//! - `auth`: password hashing.
+//!
+//! ## The way one message travels
+//!
+//! A session reads a frame, peeks at its envelope and checks the sender, then queues an
+//! append to the store. The store's writer thread commits a batch of appends in one
+//! transaction, assigning each receiver's next `seq`, and then runs each append's commit hook
+//! in commit order; the hook hands the frame to the router, which queues it on every live
+//! connection of the receiver. Offline receivers get it from the store when they `Regist`.
+
+pub mod auth;
+pub mod config;
+pub mod http;
+pub mod relay;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use config::Config;
+use config::AuthMode;
+use store::{NewUser, SqliteStore, Store, StoreError};
+
+/// How long shutdown waits for connections to finish before giving up on them.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot bind the {what} address {addr}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot open the store: {0}")]
+    Store(#[from] StoreError),
+    #[error("cannot create the demo users: {0}")]
+    Demo(String),
+    #[error("{0}")]
+    Unsupported(&'static str),
+}
+
+/// A running server.
+pub struct Server {
+    http_addr: SocketAddr,
+    tcp_addr: SocketAddr,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+    store: Arc<dyn Store>,
+}
+
+impl Server {
+    /// Opens the store, binds both listeners and starts serving.
+    pub async fn start(config: Config) -> Result<Server, StartError> {
+        if config.auth == AuthMode::Token {
+            return Err(StartError::Unsupported(
+                "--auth token is not implemented yet; use --auth open",
+            ));
+        }
+        let http_listener = bind("HTTP", config.http_addr).await?;
+        let tcp_listener = bind("TCP", config.tcp_addr).await?;
+        let http_addr = local_addr("HTTP", &http_listener, config.http_addr)?;
+        let tcp_addr = local_addr("TCP", &tcp_listener, config.tcp_addr)?;
+
+        let store = {
+            let c = config.clone();
+            tokio::task::spawn_blocking(move || {
+                SqliteStore::open(&c.data_dir, c.durability, c.max_batch, c.store_queue)
+            })
+            .await
+            .map_err(|e| StoreError::Io(std::io::Error::other(e)))??
+        };
+        let store: Arc<dyn Store> = Arc::new(store);
+        if config.demo {
+            create_demo_users(store.as_ref()).await?;
+        }
+
+        let shutdown = CancellationToken::new();
+        let tasks = TaskTracker::new();
+
+        let state = Arc::new(http::AppState {
+            store: store.clone(),
+            max_body_bytes: config.max_body_bytes,
+        });
+        let stop = shutdown.clone();
+        tasks.spawn(
+            warp::serve(http::routes(state))
+                .incoming(http_listener)
+                .graceful(async move { stop.cancelled().await })
+                .run(),
+        );
+
+        let relay = Arc::new(relay::Relay {
+            store: store.clone(),
+            router: Arc::default(),
+            limits: relay::Limits {
+                max_frame_bytes: config.max_frame_bytes,
+                send_queue: config.send_queue,
+                replay_batch: config.replay_batch,
+            },
+        });
+        tasks.spawn(relay::serve(
+            tcp_listener,
+            relay,
+            shutdown.clone(),
+            tasks.clone(),
+        ));
+
+        tracing::info!(%http_addr, %tcp_addr, data_dir = %config.data_dir.display(), "imserver listening");
+        Ok(Server {
+            http_addr,
+            tcp_addr,
+            shutdown,
+            tasks,
+            store,
+        })
+    }
+
+    /// The bound HTTP address (the real port when the configured one was 0).
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// The bound TCP relay address.
+    pub fn tcp_addr(&self) -> SocketAddr {
+        self.tcp_addr
+    }
+
+    /// Stops accepting, closes every connection, and flushes the store.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        self.tasks.close();
+        if tokio::time::timeout(SHUTDOWN_GRACE, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("some connections did not close in time");
+        }
+        self.store.close().await;
+        tracing::info!("imserver stopped");
+    }
+}
+
+async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { what, addr, source })
+}
+
+fn local_addr(
+    what: &'static str,
+    l: &TcpListener,
+    addr: SocketAddr,
+) -> Result<SocketAddr, StartError> {
+    l.local_addr()
+        .map_err(|source| StartError::Bind { what, addr, source })
+}
+
+/// User "1" (Wu) and user "2" (WuYW), password "123", friends: the Go server's fixtures.
+async fn create_demo_users(store: &dyn Store) -> Result<(), StartError> {
+    for (id, name) in [(1, "Wu"), (2, "WuYW")] {
+        if store.user(id).await?.is_some() {
+            continue;
+        }
+        let password_hash = auth::hash_password("123".into())
+            .await
+            .map_err(|e| StartError::Demo(e.to_string()))?;
+        store
+            .create_user(NewUser {
+                id: Some(id),
+                name: name.into(),
+                sex: "".into(),
+                email: "".into(),
+                signature: "".into(),
+                password_hash,
+            })
+            .await?;
+    }
+    store.befriend(1, 2).await?;
+    Ok(())
+}

@@ -1,0 +1,24 @@
+//! The `imserver` binary: parse the configuration, start, run until SIGINT or SIGTERM.
+
+use anyhow::Context;
+use clap::Parser;
+use imserver::{Config, Server};
+use tokio::signal::unix::{SignalKind, signal};
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .init();
+    let config = Config::parse();
+    let server = Server::start(config).await.context("imserver failed to start")?;
+
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received; shutting down"),
+        _ = term.recv() => tracing::info!("SIGTERM received; shutting down"),
+    }
+    server.shutdown().await;
+    Ok(())
+}

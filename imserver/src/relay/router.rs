@@ -1,0 +1,108 @@
+//! Who is online: user id → that user's live connections.
+//!
+//! Sharded by user id, so a delivery locks one shard for a moment and never a global table.
+//! A delivery never waits: it `try_send`s into each connection's bounded queue, and a
+//! connection whose queue is full is told to close (its messages are in the store already,
+//! so it loses nothing and catches up when it reconnects).
+
+use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::sync::Mutex;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TrySendError;
+use tokio_util::sync::CancellationToken;
+
+const SHARDS: usize = 64;
+
+/// Something for a connection to write.
+#[derive(Debug)]
+pub enum Outbound {
+    /// A stored message: its `seq` in the receiver's inbox and its payload as sent.
+    Deliver { seq: u64, payload: Bytes },
+}
+
+/// A live connection, as the router sees it.
+#[derive(Clone)]
+pub struct ConnHandle {
+    /// Unique per connection, so closing one connection removes only that one.
+    pub id: u64,
+    pub queue: mpsc::Sender<Outbound>,
+    /// Cancelled to make the connection close itself (its queue overflowed).
+    pub evict: CancellationToken,
+}
+
+pub struct Router {
+    hasher: std::collections::hash_map::RandomState,
+    shards: Box<[Mutex<HashMap<String, Vec<ConnHandle>>>]>,
+}
+
+impl Default for Router {
+    fn default() -> Self {
+        Router {
+            hasher: Default::default(),
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+        }
+    }
+}
+
+impl Router {
+    fn shard(&self, user: &str) -> std::sync::MutexGuard<'_, HashMap<String, Vec<ConnHandle>>> {
+        let i = self.hasher.hash_one(user) as usize % SHARDS;
+        // A panic while holding a shard lock cannot leave the map inconsistent (every
+        // operation is a single insert or retain), so a poisoned lock is still usable.
+        self.shards[i].lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Adds a connection of `user`.
+    pub fn subscribe(&self, user: &str, conn: ConnHandle) {
+        self.shard(user)
+            .entry(user.to_owned())
+            .or_default()
+            .push(conn);
+    }
+
+    /// Removes connection `id` of `user` (and nothing else: the user's other connections,
+    /// say a newer one that reconnected, stay).
+    pub fn unsubscribe(&self, user: &str, id: u64) {
+        let mut shard = self.shard(user);
+        if let Some(conns) = shard.get_mut(user) {
+            conns.retain(|c| c.id != id);
+            if conns.is_empty() {
+                shard.remove(user);
+            }
+        }
+    }
+
+    /// Queues a stored message on every connection of `user`; returns how many took it.
+    pub fn deliver(&self, user: &str, seq: u64, payload: &Bytes) -> usize {
+        let mut shard = self.shard(user);
+        let Some(conns) = shard.get_mut(user) else {
+            return 0;
+        };
+        let mut delivered = 0;
+        conns.retain(|c| {
+            let item = Outbound::Deliver {
+                seq,
+                payload: payload.clone(),
+            };
+            match c.queue.try_send(item) {
+                Ok(()) => {
+                    delivered += 1;
+                    true
+                }
+                Err(TrySendError::Full(_)) => {
+                    tracing::warn!(user, conn = c.id, "send queue full; disconnecting slow reader");
+                    c.evict.cancel();
+                    false
+                }
+                Err(TrySendError::Closed(_)) => false,
+            }
+        });
+        if conns.is_empty() {
+            shard.remove(user);
+        }
+        delivered
+    }
+}

@@ -1,0 +1,144 @@
+//! Durable storage behind a trait, so that another database (PostgreSQL, say) can be added
+//! without touching the HTTP or relay code.
+//!
+//! The relay's contract with the store is in [`Store::append`]: a message is relayed only
+//! after its transaction commits, and commit hooks run in commit order, which is what keeps
+//! each receiver's `seq` order on the live path.
+
+mod sqlite;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+
+pub use sqlite::SqliteStore;
+
+/// A user's numeric id. On the wire it is a decimal string.
+pub type UserId = i64;
+
+/// Storage failures. None of them is the client's fault; HTTP answers them with 500.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Db(#[from] rusqlite::Error),
+    #[error("database migration failed: {0}")]
+    Migration(#[from] rusqlite_migration::Error),
+    #[error("storage i/o error: {0}")]
+    Io(#[from] std::io::Error),
+    /// Every request of a group-committed transaction gets this when the transaction fails.
+    #[error("transaction failed: {0}")]
+    Transaction(String),
+    #[error("the store has shut down")]
+    Closed,
+}
+
+/// A user account as stored.
+#[derive(Debug, Clone)]
+pub struct User {
+    pub id: UserId,
+    pub name: String,
+    pub sex: String,
+    pub email: String,
+    pub signature: String,
+    /// An argon2id PHC string; never the password.
+    pub password_hash: String,
+}
+
+/// A user to create.
+#[derive(Debug, Clone)]
+pub struct NewUser {
+    /// `Some` to claim a specific id (the demo users); `None` for the next after the highest.
+    pub id: Option<UserId>,
+    pub name: String,
+    pub sex: String,
+    pub email: String,
+    pub signature: String,
+    pub password_hash: String,
+}
+
+/// A message to append to `receiver`'s inbox.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    /// The inbox owner: a user id as it appears on the wire (in `--auth open` mode a relay
+    /// user need not have an account).
+    pub receiver: String,
+    pub sender: String,
+    /// The client's message id, for de-duplication of retries (protocol v2).
+    pub client_id: Option<String>,
+    /// The frame payload exactly as the sender sent it.
+    pub payload: Bytes,
+}
+
+/// The outcome of an append.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    /// The message's position in the receiver's inbox.
+    pub seq: u64,
+    /// True when `(sender, client_id)` was stored before: nothing new was written and `seq`
+    /// is the earlier copy's.
+    pub duplicate: bool,
+}
+
+/// A stored message, for replay.
+#[derive(Debug, Clone)]
+pub struct StoredMessage {
+    pub seq: u64,
+    pub payload: Bytes,
+}
+
+/// Where an inbox stands.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Inbox {
+    /// The highest `seq` assigned (0 for an empty inbox).
+    pub head: u64,
+    /// Everything up to here has been delivered and processed.
+    pub acked: u64,
+}
+
+/// Called once an append has committed (or failed); see [`Store::append`].
+pub type CommitHook = Box<dyn FnOnce(Result<Appended, StoreError>) + Send>;
+
+/// The server's storage.
+pub trait Store: Send + Sync + 'static {
+    /// Creates a user and returns its id. `Ok(None)` when `new.id` is taken.
+    fn create_user(&self, new: NewUser) -> BoxFuture<'_, Result<Option<UserId>, StoreError>>;
+
+    /// A user by id.
+    fn user(&self, id: UserId) -> BoxFuture<'_, Result<Option<User>, StoreError>>;
+
+    /// A user's friends as `(id, name)`, in id order; `None` when the user does not exist.
+    fn friends(&self, id: UserId)
+    -> BoxFuture<'_, Result<Option<Vec<(UserId, String)>>, StoreError>>;
+
+    /// Makes `a` and `b` friends of each other (idempotent).
+    fn befriend(&self, a: UserId, b: UserId) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// Appends a message to its receiver's inbox, assigning the next `seq` in the same
+    /// transaction.
+    ///
+    /// Returns once the request is queued (waiting only for queue space, which is how
+    /// senders are slowed under overload). `done` is called after the transaction has
+    /// committed, or with the error if it failed. Hooks are called in the order the appends
+    /// were queued, so each receiver sees its `seq`s in increasing order. Hooks run on the
+    /// store's thread: they must be quick and must not block.
+    fn append(&self, msg: NewMessage, done: CommitHook) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// Where `owner`'s inbox stands.
+    fn inbox(&self, owner: &str) -> BoxFuture<'_, Result<Inbox, StoreError>>;
+
+    /// Up to `limit` messages of `owner`'s inbox with `seq > after`, in order.
+    fn read_inbox(
+        &self,
+        owner: &str,
+        after: u64,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<StoredMessage>, StoreError>>;
+
+    /// Records that `owner` has processed everything up to `seq` (never moves backwards, never
+    /// past the inbox's head). Returns once queued, like [`append`](Store::append): writes are
+    /// applied in the order they were queued, so a later read through the same store sees it
+    /// once a later write has committed.
+    fn ack(&self, owner: &str, seq: u64) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// Finishes queued writes and stops; later calls fail with [`StoreError::Closed`].
+    fn close(&self) -> BoxFuture<'_, ()>;
+}

@@ -1,0 +1,399 @@
+//! The SQLite store: WAL mode, versioned migrations, one writer thread with group commit,
+//! and a small pool of read connections used from `spawn_blocking`.
+//!
+//! No SQLite call ever runs on a tokio worker thread. Writes go over a bounded channel to the
+//! writer thread, which takes everything waiting (up to `--max-batch`) into one transaction,
+//! commits once, and only then answers each request, in order.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use rusqlite_migration::{M, Migrations};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{
+    Appended, CommitHook, Inbox, NewMessage, NewUser, Store, StoreError, StoredMessage, User,
+    UserId,
+};
+use crate::config::Durability;
+
+const DB_FILE: &str = "imserver.sqlite3";
+
+/// Read connections kept open between uses; more are opened under load and closed after.
+const IDLE_READERS: usize = 8;
+
+fn migrations() -> Migrations<'static> {
+    Migrations::new(vec![M::up(include_str!("migrations/0001_init.sql"))])
+}
+
+/// A request to the writer thread.
+enum Write {
+    Append(NewMessage, CommitHook),
+    CreateUser(NewUser, oneshot::Sender<Result<Option<UserId>, StoreError>>),
+    Befriend(UserId, UserId, oneshot::Sender<Result<(), StoreError>>),
+    /// Queue-only: nobody waits for an acknowledgement to commit.
+    Ack(String, u64),
+    /// Stop after everything queued before it.
+    Close(oneshot::Sender<()>),
+}
+
+/// The SQLite implementation of [`Store`].
+pub struct SqliteStore {
+    writes: mpsc::Sender<Write>,
+    readers: Arc<ReaderPool>,
+}
+
+struct ReaderPool {
+    path: std::path::PathBuf,
+    idle: Mutex<Vec<Connection>>,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database in `dir`, migrates it, and starts the writer
+    /// thread. Blocking: call it before serving, or from `spawn_blocking`.
+    pub fn open(
+        dir: &Path,
+        durability: Durability,
+        max_batch: usize,
+        queue: usize,
+    ) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir)?;
+        let path = dir.join(DB_FILE);
+        let mut conn = Connection::open(&path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "foreign_keys", true)?;
+        // In WAL mode, NORMAL syncs only at checkpoints: a commit survives a process crash
+        // (it is in the OS's hands) but not power loss. FULL syncs the WAL on every commit.
+        let sync = match durability {
+            Durability::Process => "NORMAL",
+            Durability::Power => "FULL",
+        };
+        conn.pragma_update(None, "synchronous", sync)?;
+        migrations().to_latest(&mut conn)?;
+
+        let (writes, rx) = mpsc::channel(queue.max(1));
+        let max_batch = max_batch.max(1);
+        std::thread::Builder::new()
+            .name("sqlite-writer".into())
+            .spawn(move || writer(conn, rx, max_batch))?;
+        Ok(SqliteStore {
+            writes,
+            readers: Arc::new(ReaderPool {
+                path,
+                idle: Mutex::new(Vec::new()),
+            }),
+        })
+    }
+
+    /// Runs `f` on a read connection, off the async threads.
+    fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> BoxFuture<'static, Result<T, StoreError>> {
+        let pool = self.readers.clone();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let conn = pool.idle.lock().expect("reader pool").pop();
+                let conn = match conn {
+                    Some(c) => c,
+                    None => Connection::open_with_flags(
+                        &pool.path,
+                        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                    )?,
+                };
+                let result = f(&conn);
+                let mut idle = pool.idle.lock().expect("reader pool");
+                if idle.len() < IDLE_READERS {
+                    idle.push(conn);
+                }
+                Ok(result?)
+            })
+            .await
+            .unwrap_or(Err(StoreError::Closed))
+        }
+        .boxed()
+    }
+
+    /// Queues a write; waits only for queue space.
+    fn enqueue(&self, w: Write) -> BoxFuture<'_, Result<(), StoreError>> {
+        async move { self.writes.send(w).await.map_err(|_| StoreError::Closed) }.boxed()
+    }
+
+    /// Sends `make(reply)` to the writer and waits for its answer.
+    fn write<T: Send + 'static>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Write + Send + 'static,
+    ) -> BoxFuture<'_, Result<T, StoreError>> {
+        async move {
+            let (tx, rx) = oneshot::channel();
+            self.enqueue(make(tx)).await?;
+            rx.await.unwrap_or(Err(StoreError::Closed))
+        }
+        .boxed()
+    }
+}
+
+impl Store for SqliteStore {
+    fn create_user(&self, new: NewUser) -> BoxFuture<'_, Result<Option<UserId>, StoreError>> {
+        self.write(|tx| Write::CreateUser(new, tx))
+    }
+
+    fn user(&self, id: UserId) -> BoxFuture<'_, Result<Option<User>, StoreError>> {
+        self.read(move |c| {
+            c.prepare_cached(
+                "SELECT id, name, sex, email, signature, password_hash FROM users WHERE id = ?1",
+            )?
+            .query_row([id], |r| {
+                Ok(User {
+                    id: r.get(0)?,
+                    name: r.get(1)?,
+                    sex: r.get(2)?,
+                    email: r.get(3)?,
+                    signature: r.get(4)?,
+                    password_hash: r.get(5)?,
+                })
+            })
+            .optional()
+        })
+    }
+
+    fn friends(
+        &self,
+        id: UserId,
+    ) -> BoxFuture<'_, Result<Option<Vec<(UserId, String)>>, StoreError>> {
+        self.read(move |c| {
+            let exists = c
+                .prepare_cached("SELECT 1 FROM users WHERE id = ?1")?
+                .exists([id])?;
+            if !exists {
+                return Ok(None);
+            }
+            let mut stmt = c.prepare_cached(
+                "SELECT u.id, u.name FROM friendships f JOIN users u ON u.id = f.friend_id
+                 WHERE f.user_id = ?1 ORDER BY u.id",
+            )?;
+            let rows = stmt.query_map([id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            Ok(Some(rows.collect::<Result<_, _>>()?))
+        })
+    }
+
+    fn befriend(&self, a: UserId, b: UserId) -> BoxFuture<'_, Result<(), StoreError>> {
+        self.write(move |tx| Write::Befriend(a, b, tx))
+    }
+
+    fn append(&self, msg: NewMessage, done: CommitHook) -> BoxFuture<'_, Result<(), StoreError>> {
+        self.enqueue(Write::Append(msg, done))
+    }
+
+    fn inbox(&self, owner: &str) -> BoxFuture<'_, Result<Inbox, StoreError>> {
+        let owner = owner.to_owned();
+        self.read(move |c| {
+            Ok(c.prepare_cached("SELECT head, acked FROM inboxes WHERE owner = ?1")?
+                .query_row([owner], |r| {
+                    Ok(Inbox {
+                        head: r.get(0)?,
+                        acked: r.get(1)?,
+                    })
+                })
+                .optional()?
+                .unwrap_or_default())
+        })
+    }
+
+    fn read_inbox(
+        &self,
+        owner: &str,
+        after: u64,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<StoredMessage>, StoreError>> {
+        let owner = owner.to_owned();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT seq, payload FROM messages WHERE owner = ?1 AND seq > ?2
+                 ORDER BY seq LIMIT ?3",
+            )?;
+            let rows = stmt.query_map(params![owner, after, limit], |r| {
+                Ok(StoredMessage {
+                    seq: r.get(0)?,
+                    payload: Bytes::from(r.get::<_, Vec<u8>>(1)?),
+                })
+            })?;
+            rows.collect()
+        })
+    }
+
+    fn ack(&self, owner: &str, seq: u64) -> BoxFuture<'_, Result<(), StoreError>> {
+        self.enqueue(Write::Ack(owner.to_owned(), seq))
+    }
+
+    fn close(&self) -> BoxFuture<'_, ()> {
+        async move {
+            let (tx, rx) = oneshot::channel();
+            if self.writes.send(Write::Close(tx)).await.is_ok() {
+                let _ = rx.await;
+            }
+        }
+        .boxed()
+    }
+}
+
+/// The writer thread: group commit until `Close` or until every sender is gone.
+fn writer(mut conn: Connection, mut rx: mpsc::Receiver<Write>, max_batch: usize) {
+    let mut batch = Vec::with_capacity(max_batch);
+    while let Some(first) = rx.blocking_recv() {
+        batch.push(first);
+        while batch.len() < max_batch {
+            match rx.try_recv() {
+                Ok(w) => batch.push(w),
+                Err(_) => break,
+            }
+        }
+        let closing = commit(&mut conn, &mut batch);
+        if closing {
+            rx.close();
+            break;
+        }
+    }
+    // Dropping the connection checkpoints the WAL when it is the last one.
+    drop(conn);
+}
+
+/// What one request produced inside the transaction, answered after commit.
+enum Outcome {
+    Appended(Appended),
+    Created(Option<UserId>),
+    Done,
+}
+
+/// Applies `batch` in one transaction and answers every request. Returns true on `Close`.
+fn commit(conn: &mut Connection, batch: &mut Vec<Write>) -> bool {
+    let result = (|| -> rusqlite::Result<Vec<Outcome>> {
+        let tx = conn.transaction()?;
+        let mut outcomes = Vec::with_capacity(batch.len());
+        for w in batch.iter() {
+            outcomes.push(match w {
+                Write::Append(m, _) => Outcome::Appended(append(&tx, m)?),
+                Write::CreateUser(u, _) => Outcome::Created(create_user(&tx, u)?),
+                Write::Befriend(a, b, _) => {
+                    let mut stmt = tx.prepare_cached(
+                        "INSERT OR IGNORE INTO friendships (user_id, friend_id) VALUES (?1, ?2)",
+                    )?;
+                    stmt.execute([a, b])?;
+                    stmt.execute([b, a])?;
+                    Outcome::Done
+                }
+                Write::Ack(owner, seq) => {
+                    tx.prepare_cached(
+                        "UPDATE inboxes SET acked = max(acked, min(?2, head)) WHERE owner = ?1",
+                    )?
+                    .execute(params![owner, seq])?;
+                    Outcome::Done
+                }
+                Write::Close(_) => Outcome::Done,
+            });
+        }
+        tx.commit()?;
+        Ok(outcomes)
+    })();
+
+    let mut closing = false;
+    match result {
+        Ok(outcomes) => {
+            for (w, outcome) in batch.drain(..).zip(outcomes) {
+                match (w, outcome) {
+                    (Write::Append(_, done), Outcome::Appended(a)) => done(Ok(a)),
+                    (Write::CreateUser(_, tx), Outcome::Created(id)) => {
+                        let _ = tx.send(Ok(id));
+                    }
+                    (Write::Befriend(.., tx), _) => {
+                        let _ = tx.send(Ok(()));
+                    }
+                    (Write::Ack(..), _) => {}
+                    (Write::Close(tx), _) => {
+                        closing = true;
+                        let _ = tx.send(());
+                    }
+                    _ => unreachable!("outcomes are built in batch order"),
+                }
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, requests = batch.len(), "store transaction failed");
+            let fail = || StoreError::Transaction(e.to_string());
+            for w in batch.drain(..) {
+                match w {
+                    Write::Append(_, done) => done(Err(fail())),
+                    Write::CreateUser(_, tx) => {
+                        let _ = tx.send(Err(fail()));
+                    }
+                    Write::Befriend(.., tx) => {
+                        let _ = tx.send(Err(fail()));
+                    }
+                    Write::Ack(..) => {}
+                    Write::Close(tx) => {
+                        closing = true;
+                        let _ = tx.send(());
+                    }
+                }
+            }
+        }
+    }
+    closing
+}
+
+fn append(tx: &rusqlite::Transaction, m: &NewMessage) -> rusqlite::Result<Appended> {
+    if let Some(id) = &m.client_id {
+        let earlier: Option<u64> = tx
+            .prepare_cached("SELECT seq FROM messages WHERE sender = ?1 AND client_id = ?2")?
+            .query_row(params![m.sender, id], |r| r.get(0))
+            .optional()?;
+        if let Some(seq) = earlier {
+            return Ok(Appended {
+                seq,
+                duplicate: true,
+            });
+        }
+    }
+    let seq: u64 = tx
+        .prepare_cached(
+            "INSERT INTO inboxes (owner, head, acked) VALUES (?1, 1, 0)
+             ON CONFLICT (owner) DO UPDATE SET head = head + 1 RETURNING head",
+        )?
+        .query_row([&m.receiver], |r| r.get(0))?;
+    tx.prepare_cached(
+        "INSERT INTO messages (owner, seq, sender, client_id, payload) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![
+        m.receiver,
+        seq,
+        m.sender,
+        m.client_id,
+        &m.payload[..]
+    ])?;
+    Ok(Appended {
+        seq,
+        duplicate: false,
+    })
+}
+
+fn create_user(tx: &rusqlite::Transaction, u: &NewUser) -> rusqlite::Result<Option<UserId>> {
+    let inserted = tx
+        .prepare_cached(
+            "INSERT OR IGNORE INTO users (id, name, sex, email, signature, password_hash)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?
+        .execute(params![
+            u.id,
+            u.name,
+            u.sex,
+            u.email,
+            u.signature,
+            u.password_hash
+        ])?;
+    Ok((inserted == 1).then(|| tx.last_insert_rowid()))
+}
