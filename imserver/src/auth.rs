@@ -3,9 +3,9 @@
 //! Hashing is deliberately slow (tens of milliseconds), so it never runs on the async worker
 //! threads: both functions move the work to the blocking pool.
 
+use argon2::Argon2;
 use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::Argon2;
 
 /// Hashing failed; only a bug (bad parameters) or a panic in the blocking pool causes this.
 #[derive(Debug, thiserror::Error)]
@@ -29,8 +29,11 @@ pub async fn hash_password(password: String) -> Result<String, HashError> {
 /// True when `password` matches the stored `hash`. A malformed hash matches nothing.
 pub async fn verify_password(password: String, hash: String) -> bool {
     tokio::task::spawn_blocking(move || {
-        PasswordHash::new(&hash)
-            .is_ok_and(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
+        PasswordHash::new(&hash).is_ok_and(|h| {
+            Argon2::default()
+                .verify_password(password.as_bytes(), &h)
+                .is_ok()
+        })
     })
     .await
     .unwrap_or(false)

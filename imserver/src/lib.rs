@@ -38,8 +38,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use config::Config;
 use config::AuthMode;
+pub use config::Config;
 use store::{NewUser, SqliteStore, Store, StoreError};
 
 /// How long shutdown waits for connections to finish before giving up on them.

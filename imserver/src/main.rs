@@ -1,5 +1,7 @@
 //! The `imserver` binary: parse the configuration, start, run until SIGINT or SIGTERM.
 
+use std::io::IsTerminal;
+
 use anyhow::Context;
 use clap::Parser;
 use imserver::{Config, Server};
@@ -10,9 +12,12 @@ use tracing_subscriber::EnvFilter;
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_ansi(std::io::stdout().is_terminal())
         .init();
     let config = Config::parse();
-    let server = Server::start(config).await.context("imserver failed to start")?;
+    let server = Server::start(config)
+        .await
+        .context("imserver failed to start")?;
 
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     tokio::select! {

@@ -20,13 +20,15 @@ pub fn parsed<T: DeserializeOwned + Send>(
     warp::header::optional::<String>("content-type")
         .and(warp::header::optional::<u64>("content-length"))
         .and(warp::body::stream())
-        .then(move |ctype: Option<String>, declared: Option<u64>, body| async move {
-            if declared.is_some_and(|n| n > limit as u64) {
-                return Err(too_large(limit));
-            }
-            let bytes = read_capped(body, limit).await?;
-            decode(ctype.as_deref(), &bytes)
-        })
+        .then(
+            move |ctype: Option<String>, declared: Option<u64>, body| async move {
+                if declared.is_some_and(|n| n > limit as u64) {
+                    return Err(too_large(limit));
+                }
+                let bytes = read_capped(body, limit).await?;
+                decode(ctype.as_deref(), &bytes)
+            },
+        )
 }
 
 async fn read_capped<B: Buf>(
@@ -36,7 +38,8 @@ async fn read_capped<B: Buf>(
     let mut body = std::pin::pin!(body);
     let mut buf = BytesMut::new();
     while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|e| ApiError::bad_request(format!("could not read the body: {e}")))?;
+        let chunk =
+            chunk.map_err(|e| ApiError::bad_request(format!("could not read the body: {e}")))?;
         if buf.len() + chunk.remaining() > limit {
             return Err(too_large(limit));
         }
@@ -69,7 +72,10 @@ fn decode<T: DeserializeOwned>(ctype: Option<&str>, bytes: &[u8]) -> Result<T, A
         Err(ApiError::bad_request("empty body: expected a JSON object"))
     } else {
         serde_json::from_slice(bytes).map_err(|e| {
-            ApiError::bad_request(format!("invalid JSON body: {}", strip_position(&e.to_string())))
+            ApiError::bad_request(format!(
+                "invalid JSON body: {}",
+                strip_position(&e.to_string())
+            ))
         })
     }
 }
@@ -82,7 +88,9 @@ fn strip_position(msg: &str) -> &str {
 /// Fails with "field `name` must not be empty" for the first empty one.
 pub fn non_empty(fields: &[(&str, &str)]) -> Result<(), ApiError> {
     match fields.iter().find(|(_, v)| v.is_empty()) {
-        Some((name, _)) => Err(ApiError::bad_request(format!("field `{name}` must not be empty"))),
+        Some((name, _)) => Err(ApiError::bad_request(format!(
+            "field `{name}` must not be empty"
+        ))),
         None => Ok(()),
     }
 }

@@ -100,7 +100,17 @@ mod tests {
         assert_eq!(parse_id("1"), Some(1));
         assert_eq!(parse_id("007"), Some(7));
         assert_eq!(parse_id("9223372036854775807"), Some(i64::MAX));
-        for bad in ["", "0", "-1", "+1", "abc", "1a", " 1", "99999999999999999999", "9223372036854775808"] {
+        for bad in [
+            "",
+            "0",
+            "-1",
+            "+1",
+            "abc",
+            "1a",
+            " 1",
+            "99999999999999999999",
+            "9223372036854775808",
+        ] {
             assert_eq!(parse_id(bad), None, "{bad:?}");
         }
     }

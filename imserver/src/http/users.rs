@@ -35,7 +35,11 @@ impl<'a> From<&'a User> for Profile<'a> {
 /// The user `id` names, or `400 Out of range` for a malformed or unknown id.
 async fn existing_user(state: &AppState, id: &str) -> Result<User, ApiError> {
     let id = parse_id(id).ok_or_else(ApiError::out_of_range)?;
-    state.store.user(id).await?.ok_or_else(ApiError::out_of_range)
+    state
+        .store
+        .user(id)
+        .await?
+        .ok_or_else(ApiError::out_of_range)
 }
 
 pub async fn profile(id: String, state: Arc<AppState>) -> ApiResult {

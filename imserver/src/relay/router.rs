@@ -33,9 +33,12 @@ pub struct ConnHandle {
     pub evict: CancellationToken,
 }
 
+/// One slice of the table: the users whose id hashes here.
+type Shard = Mutex<HashMap<String, Vec<ConnHandle>>>;
+
 pub struct Router {
     hasher: std::collections::hash_map::RandomState,
-    shards: Box<[Mutex<HashMap<String, Vec<ConnHandle>>>]>,
+    shards: Box<[Shard]>,
 }
 
 impl Default for Router {
@@ -93,7 +96,11 @@ impl Router {
                     true
                 }
                 Err(TrySendError::Full(_)) => {
-                    tracing::warn!(user, conn = c.id, "send queue full; disconnecting slow reader");
+                    tracing::warn!(
+                        user,
+                        conn = c.id,
+                        "send queue full; disconnecting slow reader"
+                    );
                     c.evict.cancel();
                     false
                 }

@@ -117,7 +117,9 @@ pub(super) async fn run(
         s.relay.router.unsubscribe(user, id);
     }
     match &stop {
-        Stop::PeerClosed | Stop::Shutdown => info!(conn = id, user = s.user, "disconnected: {stop}"),
+        Stop::PeerClosed | Stop::Shutdown => {
+            info!(conn = id, user = s.user, "disconnected: {stop}")
+        }
         _ => warn!(conn = id, user = s.user, "disconnected: {stop}"),
     }
 }
@@ -139,7 +141,11 @@ impl Session {
                 self.message(sender, receiver, payload).await
             }
             other => {
-                info!(conn = self.id, ?other, "dropped a packet this server does not handle");
+                info!(
+                    conn = self.id,
+                    ?other,
+                    "dropped a packet this server does not handle"
+                );
                 Ok(())
             }
         }
@@ -148,7 +154,12 @@ impl Session {
     async fn regist(&mut self, user: String) -> Result<(), Stop> {
         if let Some(current) = &self.user {
             if *current != user {
-                warn!(conn = self.id, user = current, claimed = user, "second Regist with another id ignored");
+                warn!(
+                    conn = self.id,
+                    user = current,
+                    claimed = user,
+                    "second Regist with another id ignored"
+                );
             }
             return Ok(());
         }
@@ -187,13 +198,23 @@ impl Session {
         }
     }
 
-    async fn message(&mut self, sender: String, receiver: String, payload: Bytes) -> Result<(), Stop> {
+    async fn message(
+        &mut self,
+        sender: String,
+        receiver: String,
+        payload: Bytes,
+    ) -> Result<(), Stop> {
         let Some(user) = &self.user else {
             info!(conn = self.id, "dropped a Message sent before Regist");
             return Ok(());
         };
         if sender != *user {
-            warn!(conn = self.id, user, claimed = sender, "dropped a Message with another user's id as sender");
+            warn!(
+                conn = self.id,
+                user,
+                claimed = sender,
+                "dropped a Message with another user's id as sender"
+            );
             return Ok(());
         }
         let router = self.relay.router.clone();
@@ -201,7 +222,10 @@ impl Session {
         let to = receiver.clone();
         let frame = payload.clone();
         let hook = Box::new(move |stored: Result<_, StoreError>| match stored {
-            Ok(crate::store::Appended { seq, duplicate: false }) => {
+            Ok(crate::store::Appended {
+                seq,
+                duplicate: false,
+            }) => {
                 router.deliver(&to, seq, &frame);
             }
             Ok(_) => {}
@@ -261,7 +285,10 @@ impl Session {
         }
         if last > self.last_sent {
             self.last_sent = last;
-            let user = self.user.as_deref().expect("only registered sessions receive");
+            let user = self
+                .user
+                .as_deref()
+                .expect("only registered sessions receive");
             self.relay.store.ack(user, last).await?;
         }
         Ok(())

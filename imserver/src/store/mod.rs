@@ -94,23 +94,25 @@ pub struct Inbox {
     pub acked: u64,
 }
 
+/// What every store operation returns.
+pub type StoreFuture<'a, T> = BoxFuture<'a, Result<T, StoreError>>;
+
 /// Called once an append has committed (or failed); see [`Store::append`].
 pub type CommitHook = Box<dyn FnOnce(Result<Appended, StoreError>) + Send>;
 
 /// The server's storage.
 pub trait Store: Send + Sync + 'static {
     /// Creates a user and returns its id. `Ok(None)` when `new.id` is taken.
-    fn create_user(&self, new: NewUser) -> BoxFuture<'_, Result<Option<UserId>, StoreError>>;
+    fn create_user(&self, new: NewUser) -> StoreFuture<'_, Option<UserId>>;
 
     /// A user by id.
-    fn user(&self, id: UserId) -> BoxFuture<'_, Result<Option<User>, StoreError>>;
+    fn user(&self, id: UserId) -> StoreFuture<'_, Option<User>>;
 
     /// A user's friends as `(id, name)`, in id order; `None` when the user does not exist.
-    fn friends(&self, id: UserId)
-    -> BoxFuture<'_, Result<Option<Vec<(UserId, String)>>, StoreError>>;
+    fn friends(&self, id: UserId) -> StoreFuture<'_, Option<Vec<(UserId, String)>>>;
 
     /// Makes `a` and `b` friends of each other (idempotent).
-    fn befriend(&self, a: UserId, b: UserId) -> BoxFuture<'_, Result<(), StoreError>>;
+    fn befriend(&self, a: UserId, b: UserId) -> StoreFuture<'_, ()>;
 
     /// Appends a message to its receiver's inbox, assigning the next `seq` in the same
     /// transaction.
@@ -120,10 +122,10 @@ pub trait Store: Send + Sync + 'static {
     /// committed, or with the error if it failed. Hooks are called in the order the appends
     /// were queued, so each receiver sees its `seq`s in increasing order. Hooks run on the
     /// store's thread: they must be quick and must not block.
-    fn append(&self, msg: NewMessage, done: CommitHook) -> BoxFuture<'_, Result<(), StoreError>>;
+    fn append(&self, msg: NewMessage, done: CommitHook) -> StoreFuture<'_, ()>;
 
     /// Where `owner`'s inbox stands.
-    fn inbox(&self, owner: &str) -> BoxFuture<'_, Result<Inbox, StoreError>>;
+    fn inbox(&self, owner: &str) -> StoreFuture<'_, Inbox>;
 
     /// Up to `limit` messages of `owner`'s inbox with `seq > after`, in order.
     fn read_inbox(
@@ -131,13 +133,13 @@ pub trait Store: Send + Sync + 'static {
         owner: &str,
         after: u64,
         limit: usize,
-    ) -> BoxFuture<'_, Result<Vec<StoredMessage>, StoreError>>;
+    ) -> StoreFuture<'_, Vec<StoredMessage>>;
 
     /// Records that `owner` has processed everything up to `seq` (never moves backwards, never
     /// past the inbox's head). Returns once queued, like [`append`](Store::append): writes are
     /// applied in the order they were queued, so a later read through the same store sees it
     /// once a later write has committed.
-    fn ack(&self, owner: &str, seq: u64) -> BoxFuture<'_, Result<(), StoreError>>;
+    fn ack(&self, owner: &str, seq: u64) -> StoreFuture<'_, ()>;
 
     /// Finishes queued writes and stops; later calls fail with [`StoreError::Closed`].
     fn close(&self) -> BoxFuture<'_, ()>;

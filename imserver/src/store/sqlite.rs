@@ -16,8 +16,8 @@ use rusqlite_migration::{M, Migrations};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    Appended, CommitHook, Inbox, NewMessage, NewUser, Store, StoreError, StoredMessage, User,
-    UserId,
+    Appended, CommitHook, Inbox, NewMessage, NewUser, Store, StoreError, StoreFuture,
+    StoredMessage, User, UserId,
 };
 use crate::config::Durability;
 
@@ -93,7 +93,7 @@ impl SqliteStore {
     fn read<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
-    ) -> BoxFuture<'static, Result<T, StoreError>> {
+    ) -> StoreFuture<'static, T> {
         let pool = self.readers.clone();
         async move {
             tokio::task::spawn_blocking(move || {
@@ -119,7 +119,7 @@ impl SqliteStore {
     }
 
     /// Queues a write; waits only for queue space.
-    fn enqueue(&self, w: Write) -> BoxFuture<'_, Result<(), StoreError>> {
+    fn enqueue(&self, w: Write) -> StoreFuture<'_, ()> {
         async move { self.writes.send(w).await.map_err(|_| StoreError::Closed) }.boxed()
     }
 
@@ -127,7 +127,7 @@ impl SqliteStore {
     fn write<T: Send + 'static>(
         &self,
         make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Write + Send + 'static,
-    ) -> BoxFuture<'_, Result<T, StoreError>> {
+    ) -> StoreFuture<'_, T> {
         async move {
             let (tx, rx) = oneshot::channel();
             self.enqueue(make(tx)).await?;
@@ -138,11 +138,11 @@ impl SqliteStore {
 }
 
 impl Store for SqliteStore {
-    fn create_user(&self, new: NewUser) -> BoxFuture<'_, Result<Option<UserId>, StoreError>> {
+    fn create_user(&self, new: NewUser) -> StoreFuture<'_, Option<UserId>> {
         self.write(|tx| Write::CreateUser(new, tx))
     }
 
-    fn user(&self, id: UserId) -> BoxFuture<'_, Result<Option<User>, StoreError>> {
+    fn user(&self, id: UserId) -> StoreFuture<'_, Option<User>> {
         self.read(move |c| {
             c.prepare_cached(
                 "SELECT id, name, sex, email, signature, password_hash FROM users WHERE id = ?1",
@@ -161,10 +161,7 @@ impl Store for SqliteStore {
         })
     }
 
-    fn friends(
-        &self,
-        id: UserId,
-    ) -> BoxFuture<'_, Result<Option<Vec<(UserId, String)>>, StoreError>> {
+    fn friends(&self, id: UserId) -> StoreFuture<'_, Option<Vec<(UserId, String)>>> {
         self.read(move |c| {
             let exists = c
                 .prepare_cached("SELECT 1 FROM users WHERE id = ?1")?
@@ -181,26 +178,28 @@ impl Store for SqliteStore {
         })
     }
 
-    fn befriend(&self, a: UserId, b: UserId) -> BoxFuture<'_, Result<(), StoreError>> {
+    fn befriend(&self, a: UserId, b: UserId) -> StoreFuture<'_, ()> {
         self.write(move |tx| Write::Befriend(a, b, tx))
     }
 
-    fn append(&self, msg: NewMessage, done: CommitHook) -> BoxFuture<'_, Result<(), StoreError>> {
+    fn append(&self, msg: NewMessage, done: CommitHook) -> StoreFuture<'_, ()> {
         self.enqueue(Write::Append(msg, done))
     }
 
-    fn inbox(&self, owner: &str) -> BoxFuture<'_, Result<Inbox, StoreError>> {
+    fn inbox(&self, owner: &str) -> StoreFuture<'_, Inbox> {
         let owner = owner.to_owned();
         self.read(move |c| {
-            Ok(c.prepare_cached("SELECT head, acked FROM inboxes WHERE owner = ?1")?
-                .query_row([owner], |r| {
-                    Ok(Inbox {
-                        head: r.get(0)?,
-                        acked: r.get(1)?,
+            Ok(
+                c.prepare_cached("SELECT head, acked FROM inboxes WHERE owner = ?1")?
+                    .query_row([owner], |r| {
+                        Ok(Inbox {
+                            head: r.get(0)?,
+                            acked: r.get(1)?,
+                        })
                     })
-                })
-                .optional()?
-                .unwrap_or_default())
+                    .optional()?
+                    .unwrap_or_default(),
+            )
         })
     }
 
@@ -209,7 +208,7 @@ impl Store for SqliteStore {
         owner: &str,
         after: u64,
         limit: usize,
-    ) -> BoxFuture<'_, Result<Vec<StoredMessage>, StoreError>> {
+    ) -> StoreFuture<'_, Vec<StoredMessage>> {
         let owner = owner.to_owned();
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.read(move |c| {
@@ -227,7 +226,7 @@ impl Store for SqliteStore {
         })
     }
 
-    fn ack(&self, owner: &str, seq: u64) -> BoxFuture<'_, Result<(), StoreError>> {
+    fn ack(&self, owner: &str, seq: u64) -> StoreFuture<'_, ()> {
         self.enqueue(Write::Ack(owner.to_owned(), seq))
     }
 

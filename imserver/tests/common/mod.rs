@@ -1,0 +1,194 @@
+//! A real server on 127.0.0.1:0 with a temporary data dir, and helpers to talk to it through
+//! its public interfaces only: HTTP and `improto::Client`.
+#![allow(dead_code)] // each test binary uses its own subset
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use improto::{Client, Message, Packet, Regist};
+use imserver::{Config, Server};
+use tokio::time::timeout;
+
+/// Generous bound on every wait, so a broken test fails instead of hanging. Never a speed
+/// assertion.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+pub struct TestServer {
+    pub server: Option<Server>,
+    pub http: reqwest::Client,
+    pub dir: tempfile::TempDir,
+}
+
+impl TestServer {
+    /// A server with the demo users and default limits.
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// A server with the demo users and `adjust` applied to its configuration.
+    pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut config = Config::local(dir.path());
+        config.demo = true;
+        adjust(&mut config);
+        let server = Server::start(config).await.expect("server starts");
+        TestServer {
+            server: Some(server),
+            http: reqwest::Client::new(),
+            dir,
+        }
+    }
+
+    fn server(&self) -> &Server {
+        self.server.as_ref().expect("running")
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.server().http_addr(), path)
+    }
+
+    pub fn tcp(&self) -> SocketAddr {
+        self.server().tcp_addr()
+    }
+
+    /// GET `path`; returns the status and the JSON body.
+    pub async fn get(&self, path: &str) -> (u16, serde_json::Value) {
+        let r = timeout(WAIT, self.http.get(self.url(path)).send())
+            .await
+            .expect("in time")
+            .expect("HTTP works");
+        split(r).await
+    }
+
+    /// POST `body` (JSON) to `path`.
+    pub async fn post_json(&self, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+        let r = timeout(WAIT, self.http.post(self.url(path)).json(&body).send())
+            .await
+            .expect("in time")
+            .expect("HTTP works");
+        split(r).await
+    }
+
+    /// POST a raw body with an optional Content-Type.
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        content_type: Option<&str>,
+        body: impl Into<reqwest::Body>,
+    ) -> (u16, serde_json::Value) {
+        let mut req = self.http.post(self.url(path)).body(body);
+        if let Some(ct) = content_type {
+            req = req.header("content-type", ct);
+        }
+        let r = timeout(WAIT, req.send())
+            .await
+            .expect("in time")
+            .expect("HTTP works");
+        split(r).await
+    }
+
+    /// A client that has sent `Regist` as `user` (the server may not have processed it yet).
+    pub async fn connect(&self, user: &str) -> Client {
+        let mut c = timeout(WAIT, Client::connect(self.tcp()))
+            .await
+            .expect("in time")
+            .expect("connects");
+        c.send(Regist::new(user)).await.expect("sends Regist");
+        c
+    }
+
+    /// A client whose `Regist` as `user` the server has processed.
+    ///
+    /// v1 has no reply to `Regist`, so this proves it: the client sends a message to a fresh
+    /// probe user, which the server accepts only after the `Regist` before it, and the probe
+    /// receives it (live or from the store).
+    pub async fn client(&self, user: &str) -> Client {
+        static PROBES: AtomicU64 = AtomicU64::new(0);
+        let probe = format!("probe-{}", PROBES.fetch_add(1, Ordering::Relaxed));
+        let mut c = self.connect(user).await;
+        say(&mut c, user, &probe, "sync").await;
+        let mut p = self.connect(&probe).await;
+        let m = recv_message(&mut p).await;
+        assert_eq!((m.sender.as_str(), m.message.as_str()), (user, "sync"));
+        c
+    }
+
+    /// Stops the server gracefully (the data dir stays).
+    pub async fn stop(&mut self) {
+        if let Some(s) = self.server.take() {
+            timeout(WAIT, s.shutdown())
+                .await
+                .expect("shuts down in time");
+        }
+    }
+
+    /// Stops and starts again on the same data dir (new ports).
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        let mut config = Config::local(self.dir.path());
+        config.demo = true;
+        self.server = Some(Server::start(config).await.expect("server restarts"));
+    }
+}
+
+async fn split(r: reqwest::Response) -> (u16, serde_json::Value) {
+    let status = r.status().as_u16();
+    let text = r.text().await.expect("body");
+    let json = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("response body is not JSON ({e}): {text:?}"));
+    (status, json)
+}
+
+/// The next packet, which must be a `Message`.
+pub async fn recv_message(c: &mut Client) -> Message {
+    match timeout(WAIT, c.recv()).await.expect("a message in time") {
+        Ok(Some(Packet::Message(m))) => m,
+        other => panic!("expected a Message, got {other:?}"),
+    }
+}
+
+/// Sends `text` from `from` to `to` over `c`.
+pub async fn say(c: &mut Client, from: &str, to: &str, text: &str) {
+    c.send(Message::new(from, to, text)).await.expect("sends");
+}
+
+/// Proves that nothing else is queued for `receiver`: a marker sent now through a fresh
+/// connection of `sender` must be the very next message `receiver` gets.
+pub async fn assert_next_is_marker(
+    srv: &TestServer,
+    sender: &str,
+    receiver: &mut Client,
+    receiver_id: &str,
+) {
+    let mut s = srv.client(sender).await;
+    say(&mut s, sender, receiver_id, "--marker--").await;
+    let m = recv_message(receiver).await;
+    assert_eq!(
+        m.message, "--marker--",
+        "an unexpected message arrived before the marker"
+    );
+}
+
+/// Waits until the peer closes `stream` (a read returns 0 or an error); panics after WAIT.
+pub async fn expect_closed(stream: &mut tokio::net::TcpStream) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 4096];
+    let closed = timeout(WAIT, async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue,
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the server did not close the connection");
+}
+
+/// `payload` with its length prefix.
+pub fn frame(payload: &[u8]) -> Vec<u8> {
+    let mut v = (payload.len() as u32).to_be_bytes().to_vec();
+    v.extend_from_slice(payload);
+    v
+}

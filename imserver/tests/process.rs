@@ -1,0 +1,216 @@
+//! The `imserver` binary as an operator runs it: startup line, bind errors, signals,
+//! `kill -9` and restart on the same data dir.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{WAIT, recv_message, say};
+use improto::{Client, Regist};
+use tokio::time::timeout;
+
+struct Proc {
+    child: Child,
+    http: SocketAddr,
+    tcp: SocketAddr,
+}
+
+/// Starts the binary on `(http, tcp)` (port 0 when `None`) and reads the real addresses
+/// from its startup line.
+fn spawn(
+    data_dir: &std::path::Path,
+    addrs: Option<(SocketAddr, SocketAddr)>,
+    extra: &[&str],
+) -> Proc {
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let (http, tcp) = addrs.unwrap_or((any, any));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_imserver"))
+        .args([
+            "--http-addr",
+            &http.to_string(),
+            "--tcp-addr",
+            &tcp.to_string(),
+            "--data-dir",
+        ])
+        .arg(data_dir)
+        .args(extra)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("imserver starts");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line.contains("imserver listening") {
+                let _ = tx.send(line);
+            }
+        }
+    });
+    let line = rx
+        .recv_timeout(WAIT)
+        .expect("the startup line names the bound addresses");
+    let addr = |key: &str| -> SocketAddr {
+        let start = line.find(key).unwrap_or_else(|| panic!("{key} in {line}")) + key.len();
+        line[start..]
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let (http, tcp) = (addr("http_addr="), addr("tcp_addr="));
+    assert_ne!(http.port(), 0);
+    assert_ne!(tcp.port(), 0);
+    Proc { child, http, tcp }
+}
+
+/// A test that fails half-way must not leave a server running.
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "imserver did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+async fn client(tcp: SocketAddr, user: &str) -> Client {
+    let mut c = timeout(WAIT, Client::connect(tcp)).await.unwrap().unwrap();
+    c.send(Regist::new(user)).await.unwrap();
+    c
+}
+
+#[tokio::test]
+async fn sigterm_and_sigint_stop_the_server_with_exit_code_0() {
+    for signal in ["-TERM", "-INT"] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut p = spawn(dir.path(), None, &[]);
+        let mut c = client(p.tcp, "1").await;
+        let status = Command::new("kill")
+            .args([signal, &p.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        assert!(wait_exit(&mut p.child).success(), "{signal}");
+        // Connections were closed, not abandoned.
+        assert!(matches!(
+            timeout(WAIT, c.recv()).await.unwrap(),
+            Ok(None) | Err(_)
+        ));
+    }
+}
+
+#[tokio::test]
+async fn a_bind_failure_is_a_clear_error_and_a_nonzero_exit() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_imserver"))
+        .args([
+            "--http-addr",
+            &port,
+            "--tcp-addr",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cannot bind the HTTP address"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[tokio::test]
+async fn everything_survives_kill_9_and_the_ports_can_be_reused_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = spawn(dir.path(), None, &["--demo"]);
+    let http = reqwest::Client::builder().timeout(WAIT).build().unwrap();
+
+    // A new account, and stored messages for an offline user.
+    let created: serde_json::Value = http
+        .post(format!("http://{}/regist", p.http))
+        .json(&serde_json::json!({"password":"pw","name":"K","sex":"f","email":"k@x","signature":"s"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = created["user"].as_str().unwrap().to_string();
+    let mut a = client(p.tcp, "1").await;
+    for i in 0..10 {
+        say(&mut a, "1", "2", &format!("survivor {i}")).await;
+    }
+    // Everything before this probe on the same connection has been stored once user 3
+    // gets it.
+    let mut c = client(p.tcp, "3").await;
+    say(&mut a, "1", "3", "probe").await;
+    assert_eq!(recv_message(&mut c).await.message, "probe");
+
+    p.child.kill().unwrap(); // SIGKILL
+    p.child.wait().unwrap();
+
+    // Same data dir, same ports, right away.
+    let p2 = spawn(dir.path(), Some((p.http, p.tcp)), &[]);
+    assert_eq!((p2.http, p2.tcp), (p.http, p.tcp));
+    // A fresh HTTP client: the old one's pooled connections died with the old process.
+    let http = reqwest::Client::builder().timeout(WAIT).build().unwrap();
+
+    let login = http
+        .post(format!("http://{}/login", p2.http))
+        .json(&serde_json::json!({"user": id, "password": "pw"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(login.status(), 200);
+    let friends: serde_json::Value = http
+        .get(format!("http://{}/list/1", p2.http))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(friends, serde_json::json!([{"user": "2", "name": "WuYW"}]));
+
+    let mut b = client(p2.tcp, "2").await;
+    for i in 0..10 {
+        assert_eq!(recv_message(&mut b).await.message, format!("survivor {i}"));
+    }
+}
+
+#[tokio::test]
+async fn auth_token_mode_is_refused_until_it_exists() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_imserver"))
+        .args([
+            "--auth",
+            "token",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--tcp-addr",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--auth token is not implemented yet"));
+}
