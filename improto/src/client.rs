@@ -33,12 +33,47 @@ pub struct Client {
 }
 
 /// The sending half of a [`Client`].
+///
+/// ```no_run
+/// use improto::{Client, Message, Regist};
+///
+/// # async fn demo() -> Result<(), improto::ProtoError> {
+/// let (mut tx, mut rx) = Client::connect("127.0.0.1:8888").await?.split();
+/// tokio::spawn(async move {
+///     while let Ok(Some(packet)) = rx.recv().await {
+///         println!("{packet:?}");
+///     }
+/// });
+/// tx.send(Regist::new("1")).await?;
+/// for text in ["one", "two", "three"] {
+///     tx.feed(Message::new("1", "2", text)).await?; // queued
+/// }
+/// tx.flush().await?; // written together
+/// # Ok(()) }
+/// ```
 #[derive(Debug)]
 pub struct ClientSender {
     frames: FramedWrite<OwnedWriteHalf, PacketCodec>,
 }
 
 /// The receiving half of a [`Client`].
+///
+/// ```no_run
+/// use improto::{Client, Packet};
+///
+/// # async fn demo() -> Result<(), improto::ProtoError> {
+/// let (_tx, mut rx) = Client::connect("127.0.0.1:8888").await?.split();
+/// loop {
+///     match rx.recv().await {
+///         Ok(Some(Packet::Message(m))) => println!("{}: {}", m.sender, m.message),
+///         Ok(Some(_)) => {}
+///         Ok(None) => break,                          // server closed
+///         Err(e) if e.is_fatal() => return Err(e),    // connection unusable
+///         Err(e) => eprintln!("skipped a bad packet: {e}"),
+///     }
+/// }
+/// # Ok(()) }
+/// ```
 #[derive(Debug)]
 pub struct ClientReceiver {
     /// Raw frames, parsed one by one in [`recv`](ClientReceiver::recv): a `FramedRead` over a

@@ -10,6 +10,10 @@ use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec};
 use crate::{Packet, ProtoError};
 
 /// The default largest payload accepted or sent: 1 MiB.
+///
+/// ```
+/// assert_eq!(improto::PacketCodec::new().max_frame_length(), improto::DEFAULT_MAX_FRAME_LENGTH);
+/// ```
 pub const DEFAULT_MAX_FRAME_LENGTH: usize = 1024 * 1024;
 
 /// Bytes in the length prefix.

@@ -11,6 +11,14 @@ use crate::ProtoError;
 use crate::wire::{self, SkipStr, Valid};
 
 /// Which packet a frame holds.
+///
+/// ```
+/// use improto::{Envelope, PacketKind};
+///
+/// let env = Envelope::peek(br#"{"type":"Regist","sender":"1"}"#)?;
+/// assert_eq!(env.kind(), PacketKind::Regist);
+/// # Ok::<(), improto::ProtoError>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum PacketKind {

@@ -13,6 +13,18 @@ use std::io;
 ///   reject one bad packet and keep the connection.
 /// * **Stream errors** ([`FrameTooLarge`](Self::FrameTooLarge), [`Truncated`](Self::Truncated),
 ///   [`Io`](Self::Io)) leave the byte stream at an unknown position; the connection must close.
+///
+/// ```
+/// use improto::{Packet, ProtoError};
+///
+/// match Packet::from_json(br#"{"type":"Regist","sender":7}"#) {
+///     Err(ProtoError::InvalidField { field, .. }) => assert_eq!(field, "sender"),
+///     other => panic!("{other:?}"),
+/// }
+/// let err = Packet::from_json(br#"{"type":"Teleport"}"#).unwrap_err();
+/// assert_eq!(err.to_string(), "unknown packet type `Teleport`");
+/// assert!(!err.is_fatal()); // one bad packet; the stream goes on
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ProtoError {

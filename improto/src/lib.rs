@@ -46,6 +46,8 @@
 //! - `client`: [`Client`] and its halves [`ClientSender`] and [`ClientReceiver`].
 //! - `error`: [`ProtoError`].
 
+#![warn(missing_docs)]
+
 mod client;
 mod codec;
 mod envelope;
