@@ -40,7 +40,7 @@ use tokio_util::task::TaskTracker;
 
 use config::AuthMode;
 pub use config::Config;
-use store::{NewUser, SqliteStore, Store, StoreError};
+use store::{Account, SqliteStore, Store, StoreError};
 
 /// How long shutdown waits for connections to finish before giving up on them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -187,16 +187,14 @@ async fn create_demo_users(store: &dyn Store) -> Result<(), StartError> {
         let password_hash = auth::hash_password("123".into())
             .await
             .map_err(|e| StartError::Demo(e.to_string()))?;
-        store
-            .create_user(NewUser {
-                id: Some(id),
-                name: name.into(),
-                sex: "".into(),
-                email: "".into(),
-                signature: "".into(),
-                password_hash,
-            })
-            .await?;
+        let account = Account {
+            name: name.into(),
+            sex: "".into(),
+            email: "".into(),
+            signature: "".into(),
+            password_hash,
+        };
+        store.create_user(Some(id), account).await?;
     }
     store.befriend(1, 2).await?;
     Ok(())

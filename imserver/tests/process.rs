@@ -6,6 +6,7 @@ mod common;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{WAIT, recv_message, say};
@@ -16,6 +17,8 @@ struct Proc {
     child: Child,
     http: SocketAddr,
     tcp: SocketAddr,
+    /// Every line the server logged so far.
+    log: Arc<Mutex<Vec<String>>>,
 }
 
 /// Starts the binary on `(http, tcp)` (port 0 when `None`) and reads the real addresses
@@ -44,11 +47,14 @@ fn spawn(
         .expect("imserver starts");
     let stdout = child.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let lines = log.clone();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             if line.contains("imserver listening") {
-                let _ = tx.send(line);
+                let _ = tx.send(line.clone());
             }
+            lines.lock().unwrap().push(line);
         }
     });
     let line = rx
@@ -66,7 +72,12 @@ fn spawn(
     let (http, tcp) = (addr("http_addr="), addr("tcp_addr="));
     assert_ne!(http.port(), 0);
     assert_ne!(tcp.port(), 0);
-    Proc { child, http, tcp }
+    Proc {
+        child,
+        http,
+        tcp,
+        log,
+    }
 }
 
 /// A test that fails half-way must not leave a server running.
@@ -75,6 +86,22 @@ impl Drop for Proc {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Runs the binary to its exit with a fresh data dir; returns whether it succeeded and its
+/// stderr.
+fn run_to_exit(args: &[&str]) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_imserver"))
+        .args(args)
+        .arg("--data-dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
@@ -118,20 +145,8 @@ async fn sigterm_and_sigint_stop_the_server_with_exit_code_0() {
 async fn a_bind_failure_is_a_clear_error_and_a_nonzero_exit() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().to_string();
-    let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_imserver"))
-        .args([
-            "--http-addr",
-            &port,
-            "--tcp-addr",
-            "127.0.0.1:0",
-            "--data-dir",
-        ])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (ok, stderr) = run_to_exit(&["--http-addr", &port, "--tcp-addr", "127.0.0.1:0"]);
+    assert!(!ok);
     assert!(stderr.contains("cannot bind the HTTP address"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
@@ -166,6 +181,13 @@ async fn everything_survives_kill_9_and_the_ports_can_be_reused_at_once() {
     p.child.kill().unwrap(); // SIGKILL
     p.child.wait().unwrap();
 
+    // What was said and the password stay out of the logs (info level).
+    let log = p.log.lock().unwrap().join("\n");
+    assert!(log.contains("registered"), "the log is captured: {log}");
+    for secret in ["survivor", "probe", "\"pw\"", "password"] {
+        assert!(!log.contains(secret), "{secret} appears in the log:\n{log}");
+    }
+
     // Same data dir, same ports, right away.
     let p2 = spawn(dir.path(), Some((p.http, p.tcp)), &[]);
     assert_eq!((p2.http, p2.tcp), (p.http, p.tcp));
@@ -197,20 +219,17 @@ async fn everything_survives_kill_9_and_the_ports_can_be_reused_at_once() {
 
 #[tokio::test]
 async fn auth_token_mode_is_refused_until_it_exists() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_imserver"))
-        .args([
-            "--auth",
-            "token",
-            "--http-addr",
-            "127.0.0.1:0",
-            "--tcp-addr",
-            "127.0.0.1:0",
-            "--data-dir",
-        ])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--auth token is not implemented yet"));
+    let (ok, stderr) = run_to_exit(&[
+        "--auth",
+        "token",
+        "--http-addr",
+        "127.0.0.1:0",
+        "--tcp-addr",
+        "127.0.0.1:0",
+    ]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("--auth token is not implemented yet"),
+        "{stderr}"
+    );
 }

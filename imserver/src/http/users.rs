@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use super::reply::{ApiError, ApiResult, ok};
 use super::{AppState, body, parse_id};
 use crate::auth;
-use crate::store::{NewUser, User};
+use crate::store::{Account, User};
 
 /// A profile as the API shows it: never the password or its hash.
 #[derive(Serialize)]
@@ -22,12 +22,13 @@ pub struct Profile<'a> {
 
 impl<'a> From<&'a User> for Profile<'a> {
     fn from(u: &'a User) -> Self {
+        let a = &u.account;
         Profile {
             user: u.id.to_string(),
-            name: &u.name,
-            sex: &u.sex,
-            email: &u.email,
-            signature: &u.signature,
+            name: &a.name,
+            sex: &a.sex,
+            email: &a.email,
+            signature: &a.signature,
         }
     }
 }
@@ -49,7 +50,7 @@ pub async fn profile(id: String, state: Arc<AppState>) -> ApiResult {
 
 pub async fn username(id: String, state: Arc<AppState>) -> ApiResult {
     let user = existing_user(&state, &id).await?;
-    ok(&serde_json::json!({ "name": user.name }))
+    ok(&serde_json::json!({ "name": user.account.name }))
 }
 
 #[derive(Deserialize)]
@@ -61,7 +62,7 @@ pub struct Login {
 pub async fn login(body: Result<Login, ApiError>, state: Arc<AppState>) -> ApiResult {
     let login = body?;
     let user = existing_user(&state, &login.user).await?;
-    if !auth::verify_password(login.password, user.password_hash.clone()).await {
+    if !auth::verify_password(login.password, user.account.password_hash.clone()).await {
         return Err(ApiError::bad_request("Wrong userID or password"));
     }
     tracing::info!(user = user.id, "login");
@@ -86,8 +87,7 @@ pub async fn regist(body: Result<Regist, ApiError>, state: Arc<AppState>) -> Api
         ("email", &r.email),
         ("signature", &r.signature),
     ])?;
-    let new = NewUser {
-        id: None,
+    let account = Account {
         password_hash: auth::hash_password(r.password).await?,
         name: r.name,
         sex: r.sex,
@@ -96,17 +96,9 @@ pub async fn regist(body: Result<Regist, ApiError>, state: Arc<AppState>) -> Api
     };
     let id = state
         .store
-        .create_user(new.clone())
+        .create_user(None, account.clone())
         .await?
         .expect("a user without a chosen id is always created");
     tracing::info!(user = id, "registered a new account");
-    let user = User {
-        id,
-        name: new.name,
-        sex: new.sex,
-        email: new.email,
-        signature: new.signature,
-        password_hash: new.password_hash,
-    };
-    ok(&Profile::from(&user))
+    ok(&Profile::from(&User { id, account }))
 }

@@ -31,27 +31,21 @@ pub enum StoreError {
     Closed,
 }
 
-/// A user account as stored.
+/// A user as stored.
 #[derive(Debug, Clone)]
 pub struct User {
     pub id: UserId,
+    pub account: Account,
+}
+
+/// What a user registered with.
+#[derive(Debug, Clone)]
+pub struct Account {
     pub name: String,
     pub sex: String,
     pub email: String,
     pub signature: String,
     /// An argon2id PHC string; never the password.
-    pub password_hash: String,
-}
-
-/// A user to create.
-#[derive(Debug, Clone)]
-pub struct NewUser {
-    /// `Some` to claim a specific id (the demo users); `None` for the next after the highest.
-    pub id: Option<UserId>,
-    pub name: String,
-    pub sex: String,
-    pub email: String,
-    pub signature: String,
     pub password_hash: String,
 }
 
@@ -102,8 +96,9 @@ pub type CommitHook = Box<dyn FnOnce(Result<Appended, StoreError>) + Send>;
 
 /// The server's storage.
 pub trait Store: Send + Sync + 'static {
-    /// Creates a user and returns its id. `Ok(None)` when `new.id` is taken.
-    fn create_user(&self, new: NewUser) -> StoreFuture<'_, Option<UserId>>;
+    /// Creates a user and returns its id: `id` when given (the demo users), else the next
+    /// after the highest. `Ok(None)` when the given `id` is taken.
+    fn create_user(&self, id: Option<UserId>, account: Account) -> StoreFuture<'_, Option<UserId>>;
 
     /// A user by id.
     fn user(&self, id: UserId) -> StoreFuture<'_, Option<User>>;

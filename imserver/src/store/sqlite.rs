@@ -16,7 +16,7 @@ use rusqlite_migration::{M, Migrations};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    Appended, CommitHook, Inbox, NewMessage, NewUser, Store, StoreError, StoreFuture,
+    Account, Appended, CommitHook, Inbox, NewMessage, Store, StoreError, StoreFuture,
     StoredMessage, User, UserId,
 };
 use crate::config::Durability;
@@ -33,7 +33,11 @@ fn migrations() -> Migrations<'static> {
 /// A request to the writer thread.
 enum Write {
     Append(NewMessage, CommitHook),
-    CreateUser(NewUser, oneshot::Sender<Result<Option<UserId>, StoreError>>),
+    CreateUser(
+        Option<UserId>,
+        Account,
+        oneshot::Sender<Result<Option<UserId>, StoreError>>,
+    ),
     Befriend(UserId, UserId, oneshot::Sender<Result<(), StoreError>>),
     /// Queue-only: nobody waits for an acknowledgement to commit.
     Ack(String, u64),
@@ -138,8 +142,8 @@ impl SqliteStore {
 }
 
 impl Store for SqliteStore {
-    fn create_user(&self, new: NewUser) -> StoreFuture<'_, Option<UserId>> {
-        self.write(|tx| Write::CreateUser(new, tx))
+    fn create_user(&self, id: Option<UserId>, account: Account) -> StoreFuture<'_, Option<UserId>> {
+        self.write(move |tx| Write::CreateUser(id, account, tx))
     }
 
     fn user(&self, id: UserId) -> StoreFuture<'_, Option<User>> {
@@ -150,11 +154,13 @@ impl Store for SqliteStore {
             .query_row([id], |r| {
                 Ok(User {
                     id: r.get(0)?,
-                    name: r.get(1)?,
-                    sex: r.get(2)?,
-                    email: r.get(3)?,
-                    signature: r.get(4)?,
-                    password_hash: r.get(5)?,
+                    account: Account {
+                        name: r.get(1)?,
+                        sex: r.get(2)?,
+                        email: r.get(3)?,
+                        signature: r.get(4)?,
+                        password_hash: r.get(5)?,
+                    },
                 })
             })
             .optional()
@@ -277,7 +283,7 @@ fn commit(conn: &mut Connection, batch: &mut Vec<Write>) -> bool {
         for w in batch.iter() {
             outcomes.push(match w {
                 Write::Append(m, _) => Outcome::Appended(append(&tx, m)?),
-                Write::CreateUser(u, _) => Outcome::Created(create_user(&tx, u)?),
+                Write::CreateUser(id, a, _) => Outcome::Created(create_user(&tx, *id, a)?),
                 Write::Befriend(a, b, _) => {
                     let mut stmt = tx.prepare_cached(
                         "INSERT OR IGNORE INTO friendships (user_id, friend_id) VALUES (?1, ?2)",
@@ -306,7 +312,7 @@ fn commit(conn: &mut Connection, batch: &mut Vec<Write>) -> bool {
             for (w, outcome) in batch.drain(..).zip(outcomes) {
                 match (w, outcome) {
                     (Write::Append(_, done), Outcome::Appended(a)) => done(Ok(a)),
-                    (Write::CreateUser(_, tx), Outcome::Created(id)) => {
+                    (Write::CreateUser(.., tx), Outcome::Created(id)) => {
                         let _ = tx.send(Ok(id));
                     }
                     (Write::Befriend(.., tx), _) => {
@@ -327,7 +333,7 @@ fn commit(conn: &mut Connection, batch: &mut Vec<Write>) -> bool {
             for w in batch.drain(..) {
                 match w {
                     Write::Append(_, done) => done(Err(fail())),
-                    Write::CreateUser(_, tx) => {
+                    Write::CreateUser(.., tx) => {
                         let _ = tx.send(Err(fail()));
                     }
                     Write::Befriend(.., tx) => {
@@ -380,14 +386,18 @@ fn append(tx: &rusqlite::Transaction, m: &NewMessage) -> rusqlite::Result<Append
     })
 }
 
-fn create_user(tx: &rusqlite::Transaction, u: &NewUser) -> rusqlite::Result<Option<UserId>> {
+fn create_user(
+    tx: &rusqlite::Transaction,
+    id: Option<UserId>,
+    u: &Account,
+) -> rusqlite::Result<Option<UserId>> {
     let inserted = tx
         .prepare_cached(
             "INSERT OR IGNORE INTO users (id, name, sex, email, signature, password_hash)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         )?
         .execute(params![
-            u.id,
+            id,
             u.name,
             u.sex,
             u.email,
