@@ -5,7 +5,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpStream, ToSocketAddrs};
 use tokio_util::codec::{FramedRead, FramedWrite};
 
-use crate::{FrameCodec, Packet, PacketCodec, ProtoError};
+use crate::{Ack, FrameCodec, Packet, PacketCodec, ProtoError, Regist, Registered};
 
 /// A connection to an imserver relay.
 ///
@@ -88,22 +88,31 @@ impl Client {
     }
 
     /// Wraps an already connected stream, with the default frame limit.
+    ///
+    /// Incoming frames may be [`SEQ_STAMP_MAX`](crate::SEQ_STAMP_MAX) bytes longer, as a
+    /// server adds `seq` to the messages it delivers: a message the server accepted at its
+    /// default limit always reaches a client at its default limit.
     pub fn new(stream: TcpStream) -> Self {
-        Self::with_max_frame_length(stream, crate::DEFAULT_MAX_FRAME_LENGTH)
+        let max = crate::DEFAULT_MAX_FRAME_LENGTH;
+        Self::with_limits(stream, max, max + crate::SEQ_STAMP_MAX)
     }
 
     /// Wraps an already connected stream; frames over `max` payload bytes are refused both
     /// ways.
     pub fn with_max_frame_length(stream: TcpStream, max: usize) -> Self {
+        Self::with_limits(stream, max, max)
+    }
+
+    fn with_limits(stream: TcpStream, max_send: usize, max_recv: usize) -> Self {
         // Nagle's algorithm would hold small chat frames back waiting for an ACK.
         let _ = stream.set_nodelay(true);
         let (read, write) = stream.into_split();
         Client {
             sender: ClientSender {
-                frames: FramedWrite::new(write, PacketCodec::with_max_frame_length(max)),
+                frames: FramedWrite::new(write, PacketCodec::with_max_frame_length(max_send)),
             },
             receiver: ClientReceiver {
-                frames: FramedRead::new(read, FrameCodec::with_max_frame_length(max)),
+                frames: FramedRead::new(read, FrameCodec::with_max_frame_length(max_recv)),
             },
         }
     }
@@ -116,6 +125,51 @@ impl Client {
     /// Receives the next packet. See [`ClientReceiver::recv`].
     pub async fn recv(&mut self) -> Result<Option<Packet>, ProtoError> {
         self.receiver.recv().await
+    }
+
+    /// The v2 handshake: sends `regist` (see [`Regist::v2`]) and waits for the server's
+    /// [`Registered`], which comes before any replayed message.
+    ///
+    /// An `Error` from the server becomes [`ProtoError::Refused`] (`unauthorized`, say); any
+    /// other packet first is [`ProtoError::Unexpected`] (a server that speaks only version 1).
+    ///
+    /// To resume where a device left off, give the highest `seq` it has processed: the server
+    /// replays everything after it, then live traffic, with no gap and no duplicate.
+    ///
+    /// ```no_run
+    /// use improto::{Client, Packet, Regist};
+    ///
+    /// # async fn demo(token: String, mut last_seq: u64) -> Result<(), improto::ProtoError> {
+    /// let mut client = Client::connect("127.0.0.1:8888").await?;
+    /// let live = client.handshake(Regist::v2("7", token).resume_after(last_seq)).await?;
+    /// println!("inbox head: {}", live.seq);
+    /// while let Some(packet) = client.recv().await? {
+    ///     if let Packet::Message(m) = packet {
+    ///         println!("{}: {}", m.sender, m.message); // process it ...
+    ///         last_seq = m.seq.unwrap_or(last_seq);    // ... remember it (on disk) ...
+    ///         client.ack(last_seq).await?;             // ... and tell the server.
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn handshake(&mut self, regist: Regist) -> Result<Registered, ProtoError> {
+        self.send(regist).await?;
+        match self.recv().await? {
+            Some(Packet::Registered(r)) => Ok(r),
+            Some(Packet::Error(e)) => Err(ProtoError::Refused {
+                code: e.code,
+                message: e.message,
+            }),
+            Some(other) => Err(ProtoError::Unexpected(format!(
+                "{other:?} where Registered was expected"
+            ))),
+            None => Err(ProtoError::Io(std::io::ErrorKind::UnexpectedEof.into())),
+        }
+    }
+
+    /// Acknowledges everything up to `seq` (v2). See [`ClientSender::ack`].
+    pub async fn ack(&mut self, seq: u64) -> Result<(), ProtoError> {
+        self.sender.ack(seq).await
     }
 
     /// Splits the client into halves that can be used from different tasks.
@@ -139,6 +193,19 @@ impl ClientSender {
     /// Writes out everything fed so far.
     pub async fn flush(&mut self) -> Result<(), ProtoError> {
         self.frames.flush().await
+    }
+
+    /// Acknowledges (v2) that this device has processed every message of its inbox up to
+    /// `seq`: a later `Regist` without `lastSeq`, on any of the user's devices, replays only
+    /// what comes after it.
+    pub async fn ack(&mut self, seq: u64) -> Result<(), ProtoError> {
+        self.send(Ack::new(seq)).await
+    }
+
+    /// Sends `Ping` (v2). The server answers `Pong` once every frame sent before it has taken
+    /// effect, and the traffic keeps an idle connection open.
+    pub async fn ping(&mut self) -> Result<(), ProtoError> {
+        self.send(Packet::Ping).await
     }
 
     /// Flushes, then shuts down the sending direction (the server sees end of stream).

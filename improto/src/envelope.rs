@@ -7,6 +7,8 @@
 
 use std::borrow::Cow;
 
+use bytes::{BufMut, BytesMut};
+
 use crate::ProtoError;
 use crate::wire::{self, SkipStr, Valid};
 
@@ -26,6 +28,16 @@ pub enum PacketKind {
     Regist,
     /// `{"type":"Message",…}`
     Message,
+    /// `{"type":"Ack",…}`
+    Ack,
+    /// `{"type":"Ping"}`
+    Ping,
+    /// `{"type":"Pong"}`
+    Pong,
+    /// `{"type":"Registered",…}`
+    Registered,
+    /// `{"type":"Error",…}`
+    Error,
 }
 
 /// The routing facts of one valid frame, borrowed from it.
@@ -33,17 +45,20 @@ pub enum PacketKind {
 /// ```
 /// use improto::{Envelope, PacketKind};
 ///
-/// let frame = br#"{"type":"Message","message":"a long text...","sender":"1","receiver":"2","createTime":1}"#;
+/// let frame = br#"{"type":"Message","message":"a long text...","sender":"1","receiver":"2","createTime":1,"id":"c-1"}"#;
 /// let env = Envelope::peek(frame)?;
 /// assert_eq!(env.kind(), PacketKind::Message);
-/// assert_eq!((env.sender(), env.receiver()), ("1", Some("2")));
+/// assert_eq!((env.sender(), env.receiver()), (Some("1"), Some("2")));
+/// assert_eq!((env.client_id(), env.seq()), (Some("c-1"), None));
 /// # Ok::<(), improto::ProtoError>(())
 /// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct Envelope<'a> {
     kind: PacketKind,
-    sender: Cow<'a, str>,
+    sender: Option<Cow<'a, str>>,
     receiver: Option<Cow<'a, str>>,
+    id: Option<Cow<'a, str>>,
+    seq: Option<u64>,
 }
 
 impl<'a> Envelope<'a> {
@@ -52,20 +67,44 @@ impl<'a> Envelope<'a> {
     /// Succeeds exactly when [`Packet::from_json`](crate::Packet::from_json) would, with the
     /// same errors. Ids are borrowed unless they contain JSON escapes.
     pub fn peek(frame: &'a [u8]) -> Result<Self, ProtoError> {
+        let env = |kind, sender, receiver, id, seq| Envelope {
+            kind,
+            sender,
+            receiver,
+            id,
+            seq,
+        };
         Ok(match wire::parse::<SkipStr>(frame)? {
-            Valid::Regist { sender } => Envelope {
-                kind: PacketKind::Regist,
-                sender,
-                receiver: None,
-            },
+            Valid::Regist { sender, .. } => env(PacketKind::Regist, Some(sender), None, None, None),
             Valid::Message {
-                sender, receiver, ..
-            } => Envelope {
-                kind: PacketKind::Message,
                 sender,
-                receiver: Some(receiver),
-            },
+                receiver,
+                id,
+                seq,
+                ..
+            } => env(PacketKind::Message, Some(sender), Some(receiver), id, seq),
+            Valid::Ack { id, seq } => env(PacketKind::Ack, None, None, id, Some(seq)),
+            Valid::Ping => env(PacketKind::Ping, None, None, None, None),
+            Valid::Pong => env(PacketKind::Pong, None, None, None, None),
+            Valid::Registered { sender, seq } => {
+                env(PacketKind::Registered, Some(sender), None, None, Some(seq))
+            }
+            Valid::Error { id, .. } => env(PacketKind::Error, None, None, id, None),
         })
+    }
+
+    /// The client id of a frame that [`peek`](Self::peek) refused, when that id is itself
+    /// valid: what a server echoes in the `Error` it answers the frame with.
+    ///
+    /// ```
+    /// use improto::Envelope;
+    ///
+    /// let bad = br#"{"type":"Message","sender":"1","id":"c-7"}"#; // no receiver
+    /// assert!(Envelope::peek(bad).is_err());
+    /// assert_eq!(Envelope::client_id_of_invalid(bad).as_deref(), Some("c-7"));
+    /// ```
+    pub fn client_id_of_invalid(frame: &[u8]) -> Option<String> {
+        wire::lenient_client_id(frame)
     }
 
     /// The packet's type.
@@ -73,15 +112,61 @@ impl<'a> Envelope<'a> {
         self.kind
     }
 
-    /// The `sender` user id (every packet type so far has one).
-    pub fn sender(&self) -> &str {
-        &self.sender
+    /// The `sender` user id (`Regist`, `Message`, `Registered`).
+    pub fn sender(&self) -> Option<&str> {
+        self.sender.as_deref()
     }
 
-    /// The `receiver` user id, for packets addressed to a user.
+    /// The `receiver` user id (`Message`).
     pub fn receiver(&self) -> Option<&str> {
         self.receiver.as_deref()
     }
+
+    /// The client message id (`Message`, `Ack`, `Error`), when present.
+    pub fn client_id(&self) -> Option<&str> {
+        self.id.as_deref()
+    }
+
+    /// The `seq` (`Ack`, `Registered`, and a delivered `Message`), when present.
+    pub fn seq(&self) -> Option<u64> {
+        self.seq
+    }
+}
+
+/// The most bytes [`write_stamped`] adds to a payload: `"seq":18446744073709551615,`.
+pub const SEQ_STAMP_MAX: usize = r#""seq":18446744073709551615,"#.len();
+
+/// Appends to `out` one frame (length prefix and payload): `payload` with `"seq":<seq>`
+/// added as its first field. This is how a relay tells the receiver a message's position
+/// without parsing or re-encoding it.
+///
+/// `payload` must be a JSON object that starts with `{` and has no `seq` field (a relay
+/// normalises what it accepts so that this holds). Returns false, writing nothing, when it
+/// does not start with `{`.
+///
+/// ```
+/// use bytes::BytesMut;
+///
+/// let mut out = BytesMut::new();
+/// assert!(improto::write_stamped(&mut out, br#"{"type":"Message"}"#, 7));
+/// assert_eq!(&out[4..], br#"{"seq":7,"type":"Message"}"#);
+/// assert_eq!(&out[..4], &26u32.to_be_bytes());
+/// ```
+pub fn write_stamped(out: &mut BytesMut, payload: &[u8], seq: u64) -> bool {
+    let Some((b'{', rest)) = payload.split_first() else {
+        return false;
+    };
+    let mut buf = itoa::Buffer::new();
+    let digits = buf.format(seq);
+    let len = payload.len() + br#""seq":,"#.len() + digits.len();
+    out.reserve(4 + len);
+    // Payloads are bounded by a frame limit far below 4 GiB.
+    out.put_u32(len as u32);
+    out.put_slice(br#"{"seq":"#);
+    out.put_slice(digits.as_bytes());
+    out.put_u8(b',');
+    out.put_slice(rest);
+    true
 }
 
 #[cfg(test)]
@@ -93,7 +178,7 @@ mod tests {
         let frame =
             br#"{"type":"Message","message":"hi","sender":"1","receiver":"2","createTime":1}"#;
         let env = Envelope::peek(frame).unwrap();
-        assert!(matches!(env.sender, Cow::Borrowed(_)));
+        assert!(matches!(env.sender, Some(Cow::Borrowed(_))));
         assert!(matches!(env.receiver, Some(Cow::Borrowed(_))));
     }
 }

@@ -13,6 +13,9 @@ use std::io;
 ///   reject one bad packet and keep the connection.
 /// * **Stream errors** ([`FrameTooLarge`](Self::FrameTooLarge), [`Truncated`](Self::Truncated),
 ///   [`Io`](Self::Io)) leave the byte stream at an unknown position; the connection must close.
+/// * **Exchange errors** ([`Refused`](Self::Refused), [`Unexpected`](Self::Unexpected)) come from
+///   the client's v2 helpers: the server said no, or said something else. `Refused` is fatal
+///   exactly when the server closes after that error code.
 ///
 /// ```
 /// use improto::{Packet, ProtoError};
@@ -66,6 +69,19 @@ pub enum ProtoError {
     /// The `type` tag names no packet this library knows.
     #[error("unknown packet type `{0}`")]
     UnknownType(String),
+    /// The server answered with an `Error` packet where a reply was expected (during the v2
+    /// handshake, say).
+    #[error("refused by the server ({code}): {message}")]
+    Refused {
+        /// The error's code.
+        code: crate::ErrorCode,
+        /// The server's explanation.
+        message: String,
+    },
+    /// The peer sent a valid packet that makes no sense at this point (a `Message` where the
+    /// v2 handshake expects `Registered`, say: a server that speaks only version 1).
+    #[error("unexpected packet: {0}")]
+    Unexpected(String),
     /// The underlying socket failed.
     #[error("i/o error: {0}")]
     Io(#[from] io::Error),
@@ -75,9 +91,10 @@ impl ProtoError {
     /// True when the byte stream can no longer be trusted and the connection must close;
     /// false when only one (already consumed) frame was bad and reading may go on.
     pub fn is_fatal(&self) -> bool {
-        matches!(
-            self,
-            Self::FrameTooLarge { .. } | Self::Truncated { .. } | Self::Io(_)
-        )
+        match self {
+            Self::FrameTooLarge { .. } | Self::Truncated { .. } | Self::Io(_) => true,
+            Self::Refused { code, .. } => code.closes(),
+            _ => false,
+        }
     }
 }

@@ -35,11 +35,14 @@
 //!
 //! ## Layout
 //!
-//! - `packet`: [`Packet`] and its variants [`Regist`] and [`Message`]; JSON in and out.
+//! - `packet`: [`Packet`] and its variants: [`Regist`] and [`Message`] (v1 and v2), and the
+//!   v2 additions [`Ack`], [`Registered`] and [`ErrorPacket`] (with [`ErrorCode`]); JSON in and
+//!   out.
 //! - `codec`: [`FrameCodec`] (raw payloads as `Bytes`, built on tokio-util's
 //!   `LengthDelimitedCodec`) and [`PacketCodec`] (frames plus JSON).
 //! - `envelope`: [`Envelope::peek`], the type, sender and receiver of a frame, borrowed, for
-//!   relays that forward the original bytes.
+//!   relays that forward the original bytes, and [`write_stamped`], which adds the `seq` to
+//!   such a frame without re-encoding it.
 //! - `wire` (private): the one parser and validator behind both `Packet::from_json` and
 //!   `Envelope::peek`; `scan` (private) is its fast path for ordinary frames, with serde
 //!   as the judge of everything else.
@@ -58,9 +61,10 @@ mod wire;
 
 pub use client::{Client, ClientReceiver, ClientSender};
 pub use codec::{DEFAULT_MAX_FRAME_LENGTH, FrameCodec, PacketCodec};
-pub use envelope::{Envelope, PacketKind};
+pub use envelope::{Envelope, PacketKind, SEQ_STAMP_MAX, write_stamped};
 pub use error::ProtoError;
-pub use packet::{Message, Packet, Regist};
+pub use packet::{Ack, ErrorCode, ErrorPacket, Message, Packet, Regist, Registered};
 #[cfg(fuzzing)]
 #[doc(hidden)]
 pub use wire::fast_path_agrees;
+pub use wire::{MAX_CLIENT_ID_CHARS, VERSIONS};

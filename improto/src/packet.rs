@@ -12,6 +12,11 @@ use crate::wire::{self, Valid};
 /// On the wire a packet is a JSON object whose `"type"` field names the variant; the
 /// variant's struct supplies the other fields. Unknown fields are ignored when decoding.
 ///
+/// Version 1 (the Go server's protocol) has only [`Regist`] and [`Message`]. A client opts in
+/// to version 2 per connection with [`Regist::v2`]; it then also gets [`Registered`], [`Ack`],
+/// [`Packet::Pong`] and [`ErrorPacket`] from the server, and may send [`Ack`] and
+/// [`Packet::Ping`]. See `PROTOCOL.md` for the whole exchange.
+///
 /// ```
 /// use improto::{Message, Packet};
 ///
@@ -32,15 +37,37 @@ pub enum Packet {
     Regist(Regist),
     /// A chat message from one user to another.
     Message(Message),
+    /// v2, both ways: a client acknowledges what it has processed; the server confirms that a
+    /// message is stored.
+    Ack(Ack),
+    /// v2, client to server: `{"type":"Ping"}`. Answered with [`Packet::Pong`] once every
+    /// earlier frame of the connection has taken effect; also keeps the connection alive.
+    Ping,
+    /// v2, server to client: the answer to [`Packet::Ping`].
+    Pong,
+    /// v2, server to client: the first frame after a successful `Regist`.
+    Registered(Registered),
+    /// v2, server to client: something the client sent was refused.
+    Error(ErrorPacket),
 }
 
 /// `{"type":"Regist","sender":"<user id>"}`: binds a connection to a user.
 ///
+/// A version 1 `Regist` carries only the sender (and a `token`, when the server requires
+/// one). A version 2 `Regist` also names the version and, when resuming, the highest `seq`
+/// this device has processed.
+///
 /// ```
 /// use improto::{Packet, Regist};
 ///
-/// let packet: Packet = Regist::new("7").into();
-/// assert_eq!(packet.to_json()?, br#"{"type":"Regist","sender":"7"}"#);
+/// let v1: Packet = Regist::new("7").into();
+/// assert_eq!(v1.to_json()?, br#"{"type":"Regist","sender":"7"}"#);
+///
+/// let v2: Packet = Regist::v2("7", "secret").resume_after(41).into();
+/// assert_eq!(
+///     v2.to_json()?,
+///     br#"{"type":"Regist","sender":"7","token":"secret","version":2,"lastSeq":41}"#
+/// );
 /// # Ok::<(), improto::ProtoError>(())
 /// ```
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -48,14 +75,53 @@ pub enum Packet {
 pub struct Regist {
     /// The user id (a decimal string) this connection speaks for.
     pub sender: String,
+    /// The login token proving the connection may speak for `sender` (from `POST /login`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// The protocol version: 1 (the default, written as no field at all) or 2.
+    #[serde(skip_serializing_if = "is_v1")]
+    pub version: u8,
+    /// v2: the highest `seq` this device has already processed. The server replays every
+    /// stored message after it. Without it, the server replays what the user has not
+    /// acknowledged.
+    #[serde(rename = "lastSeq", skip_serializing_if = "Option::is_none")]
+    pub last_seq: Option<u64>,
+}
+
+fn is_v1(version: &u8) -> bool {
+    *version == 1
 }
 
 impl Regist {
-    /// A `Regist` for user `sender`.
+    /// A version 1 `Regist` for user `sender`, as the Go server's clients send it.
     pub fn new(sender: impl Into<String>) -> Self {
         Regist {
             sender: sender.into(),
+            token: None,
+            version: 1,
+            last_seq: None,
         }
+    }
+
+    /// A version 2 `Regist` for user `sender`, authenticated by `token`.
+    pub fn v2(sender: impl Into<String>, token: impl Into<String>) -> Self {
+        Regist {
+            token: Some(token.into()),
+            version: 2,
+            ..Regist::new(sender)
+        }
+    }
+
+    /// Adds a token (a version 1 client on a server that requires one).
+    pub fn with_token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+
+    /// Resumes after `last_seq`: the server replays every message with a higher `seq`.
+    pub fn resume_after(mut self, last_seq: u64) -> Self {
+        self.last_seq = Some(last_seq);
+        self
     }
 }
 
@@ -67,6 +133,10 @@ impl Regist {
 /// let m = Message::new("1", "2", "hello");
 /// assert_eq!((m.sender.as_str(), m.receiver.as_str(), m.message.as_str()), ("1", "2", "hello"));
 /// assert!(m.create_time > 1.7e9); // stamped with the current time
+///
+/// // v2: a client id makes a retry safe (the server stores and delivers it once).
+/// let m = m.with_id("c-123");
+/// assert_eq!(m.id.as_deref(), Some("c-123"));
 /// ```
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[non_exhaustive]
@@ -82,6 +152,14 @@ pub struct Message {
     /// has no fraction, because clients of the Go server may read it into an integer.
     #[serde(rename = "createTime", serialize_with = "time_as_json_number")]
     pub create_time: f64,
+    /// v2: the sender's id for this message (at most [`MAX_CLIENT_ID_CHARS`](crate::MAX_CLIENT_ID_CHARS) characters),
+    /// unique per sender. A message sent again with the same id is stored once.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Set by the server on delivery: the message's position in the receiver's inbox.
+    /// Per receiver, starting at 1, without gaps.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
 }
 
 impl Message {
@@ -99,7 +177,227 @@ impl Message {
             sender: sender.into(),
             receiver: receiver.into(),
             create_time,
+            id: None,
+            seq: None,
         }
+    }
+
+    /// Sets the client message id used to de-duplicate retries.
+    pub fn with_id(mut self, id: impl Into<String>) -> Self {
+        self.id = Some(id.into());
+        self
+    }
+}
+
+/// `{"type":"Ack","seq":57}` (client to server) or `{"type":"Ack","id":"c-123","seq":57}`
+/// (server to client).
+///
+/// From a client it is cumulative: the device has processed everything in its inbox up to
+/// `seq`. From the server it confirms that the message with client id `id` is stored, at
+/// position `seq` of the receiver's inbox.
+///
+/// ```
+/// use improto::{Ack, Packet};
+///
+/// assert_eq!(Packet::from(Ack::new(57)).to_json()?, br#"{"type":"Ack","seq":57}"#);
+/// # Ok::<(), improto::ProtoError>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct Ack {
+    /// The client id of the acknowledged message (server to client, when it had one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// A position in an inbox.
+    pub seq: u64,
+}
+
+impl Ack {
+    /// A client's acknowledgement of everything up to `seq`.
+    pub fn new(seq: u64) -> Self {
+        Ack { id: None, seq }
+    }
+
+    /// The server's confirmation that message `id` (if it had one) is stored at `seq`.
+    pub fn stored(id: Option<String>, seq: u64) -> Self {
+        Ack { id, seq }
+    }
+}
+
+/// `{"type":"Registered","sender":"7","seq":41}`: the connection is live; `seq` is the
+/// highest position in the user's inbox (0 when it is empty).
+///
+/// ```
+/// use improto::{Packet, Registered};
+///
+/// let frame = Packet::from(Registered::new("7", 41)).to_json()?;
+/// assert_eq!(frame, br#"{"type":"Registered","sender":"7","seq":41}"#);
+/// # Ok::<(), improto::ProtoError>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct Registered {
+    /// The user the connection is now bound to.
+    pub sender: String,
+    /// The highest `seq` in that user's inbox.
+    pub seq: u64,
+}
+
+impl Registered {
+    /// `sender` is live, with `seq` the head of its inbox.
+    pub fn new(sender: impl Into<String>, seq: u64) -> Self {
+        Registered {
+            sender: sender.into(),
+            seq,
+        }
+    }
+}
+
+/// `{"type":"Error","code":"sender_mismatch","message":"…","id":"c-123"}`: the server
+/// refused something. Codes marked "then close" end the connection.
+///
+/// ```
+/// use improto::{ErrorCode, ErrorPacket, Packet};
+///
+/// let e = ErrorPacket::new(ErrorCode::RateLimited, "slow down").with_id(Some("c-9".into()));
+/// assert_eq!(
+///     Packet::from(e).to_json()?,
+///     br#"{"type":"Error","code":"rate_limited","message":"slow down","id":"c-9"}"#
+/// );
+/// # Ok::<(), improto::ProtoError>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct ErrorPacket {
+    /// What went wrong, for programs.
+    pub code: ErrorCode,
+    /// What went wrong, for humans.
+    pub message: String,
+    /// The client id of the packet at fault, when it had a valid one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+}
+
+impl ErrorPacket {
+    /// An error without a client id.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        ErrorPacket {
+            code,
+            message: message.into(),
+            id: None,
+        }
+    }
+
+    /// Sets the client id of the packet at fault.
+    pub fn with_id(mut self, id: Option<String>) -> Self {
+        self.id = id;
+        self
+    }
+}
+
+/// The `code` of an [`ErrorPacket`].
+///
+/// ```
+/// use improto::ErrorCode;
+///
+/// assert_eq!(ErrorCode::SenderMismatch.as_str(), "sender_mismatch");
+/// assert_eq!(ErrorCode::from_wire("too_large"), ErrorCode::TooLarge);
+/// assert!(ErrorCode::TooLarge.closes());
+/// // Codes from a newer server are kept, not refused.
+/// assert_eq!(ErrorCode::from_wire("new_thing"), ErrorCode::Other("new_thing".into()));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// The frame is not a JSON object (or not UTF-8).
+    BadJson,
+    /// A field is missing, of the wrong type or out of range; the message names it.
+    BadPacket,
+    /// The `type` names no packet the server knows.
+    UnknownType,
+    /// A `Message` (or `Ack`) before `Regist`.
+    NotRegistered,
+    /// The `Regist` had no valid token for its sender. Then close.
+    Unauthorized,
+    /// A `Message` whose `sender` is not the user the connection registered as.
+    SenderMismatch,
+    /// A length prefix over the server's limit. Then close.
+    TooLarge,
+    /// Over the connection's message rate; send it again later (same `id`).
+    RateLimited,
+    /// The server's or this user's connection limit is reached. Then close.
+    TooManyConnections,
+    /// A code this library does not know (from a newer server).
+    Other(String),
+}
+
+impl ErrorCode {
+    /// The code as written on the wire.
+    pub fn as_str(&self) -> &str {
+        match self {
+            ErrorCode::BadJson => "bad_json",
+            ErrorCode::BadPacket => "bad_packet",
+            ErrorCode::UnknownType => "unknown_type",
+            ErrorCode::NotRegistered => "not_registered",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::SenderMismatch => "sender_mismatch",
+            ErrorCode::TooLarge => "too_large",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::TooManyConnections => "too_many_connections",
+            ErrorCode::Other(code) => code,
+        }
+    }
+
+    /// The code a wire string names.
+    pub fn from_wire(code: &str) -> ErrorCode {
+        [
+            ErrorCode::BadJson,
+            ErrorCode::BadPacket,
+            ErrorCode::UnknownType,
+            ErrorCode::NotRegistered,
+            ErrorCode::Unauthorized,
+            ErrorCode::SenderMismatch,
+            ErrorCode::TooLarge,
+            ErrorCode::RateLimited,
+            ErrorCode::TooManyConnections,
+        ]
+        .into_iter()
+        .find(|c| c.as_str() == code)
+        .unwrap_or_else(|| ErrorCode::Other(code.to_owned()))
+    }
+
+    /// True for the codes after which the server closes the connection.
+    pub fn closes(&self) -> bool {
+        matches!(
+            self,
+            ErrorCode::Unauthorized | ErrorCode::TooLarge | ErrorCode::TooManyConnections
+        )
+    }
+
+    /// The code for a packet the reader could not accept, or `None` for errors that are not
+    /// about a packet (I/O, a truncated stream).
+    pub fn for_error(e: &ProtoError) -> Option<ErrorCode> {
+        Some(match e {
+            ProtoError::InvalidUtf8 | ProtoError::InvalidJson(_) => ErrorCode::BadJson,
+            ProtoError::MissingField { .. } | ProtoError::InvalidField { .. } => {
+                ErrorCode::BadPacket
+            }
+            ProtoError::UnknownType(_) => ErrorCode::UnknownType,
+            ProtoError::FrameTooLarge { .. } => ErrorCode::TooLarge,
+            _ => return None,
+        })
+    }
+}
+
+impl Serialize for ErrorCode {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -112,6 +410,24 @@ impl From<Regist> for Packet {
 impl From<Message> for Packet {
     fn from(m: Message) -> Self {
         Packet::Message(m)
+    }
+}
+
+impl From<Ack> for Packet {
+    fn from(a: Ack) -> Self {
+        Packet::Ack(a)
+    }
+}
+
+impl From<Registered> for Packet {
+    fn from(r: Registered) -> Self {
+        Packet::Registered(r)
+    }
+}
+
+impl From<ErrorPacket> for Packet {
+    fn from(e: ErrorPacket) -> Self {
+        Packet::Error(e)
     }
 }
 
@@ -129,20 +445,48 @@ impl Packet {
     /// assert!(matches!(err, ProtoError::MissingField { field: "receiver" }));
     /// ```
     pub fn from_json(payload: &[u8]) -> Result<Packet, ProtoError> {
+        let own = |s: std::borrow::Cow<'_, str>| s.into_owned();
         Ok(match wire::parse::<String>(payload)? {
-            Valid::Regist { sender } => Packet::Regist(Regist {
-                sender: sender.into_owned(),
+            Valid::Regist {
+                sender,
+                token,
+                version,
+                last_seq,
+            } => Packet::Regist(Regist {
+                sender: own(sender),
+                token: token.map(own),
+                version,
+                last_seq,
             }),
             Valid::Message {
                 sender,
                 receiver,
                 message,
                 create_time,
+                id,
+                seq,
             } => Packet::Message(Message {
                 message,
-                sender: sender.into_owned(),
-                receiver: receiver.into_owned(),
+                sender: own(sender),
+                receiver: own(receiver),
                 create_time,
+                id: id.map(own),
+                seq,
+            }),
+            Valid::Ack { id, seq } => Packet::Ack(Ack {
+                id: id.map(own),
+                seq,
+            }),
+            Valid::Ping => Packet::Ping,
+            Valid::Pong => Packet::Pong,
+            Valid::Registered { sender, seq } => Packet::Registered(Registered {
+                sender: own(sender),
+                seq,
+            }),
+            Valid::Error { code, message, id } => Packet::Error(ErrorPacket {
+                code: ErrorCode::from_wire(&code),
+                message,
+                id: id.map(own),
             }),
         })
     }

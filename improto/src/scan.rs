@@ -25,7 +25,8 @@ pub(crate) fn scan<'a, M: Text<'a>>(frame: &'a [u8]) -> Option<Fields<'a, M>> {
         i: 0,
     };
     let mut f = Fields::default();
-    let mut seen = 0u8;
+    // One bit per known field, to spot a field given twice.
+    let mut seen = 0u16;
     s.ws();
     s.eat(b'{')?;
     s.ws();
@@ -37,32 +38,33 @@ pub(crate) fn scan<'a, M: Text<'a>>(frame: &'a [u8]) -> Option<Fields<'a, M>> {
             if escaped {
                 return None;
             }
-            let slot: u8 = match &frame[start..end] {
-                b"type" => 0,
-                b"sender" => 1,
-                b"receiver" => 2,
-                b"message" => 3,
-                b"createTime" => 4,
-                _ => u8::MAX,
-            };
+            let slot = Slot::of(&frame[start..end]);
             s.ws();
             s.eat(b':')?;
             s.ws();
-            if slot == u8::MAX {
-                s.skip_value(1)?;
-            } else {
-                // serde rejects a known field given twice, even when one of them is null.
-                if seen & (1 << slot) != 0 {
-                    return None;
-                }
-                seen |= 1 << slot;
-                if !s.literal(b"null") {
-                    match slot {
-                        0 => f.kind = Some(s.text()?),
-                        1 => f.sender = Some(s.text()?),
-                        2 => f.receiver = Some(s.text()?),
-                        3 => f.message = Some(s.text()?),
-                        _ => f.create_time = Some(s.f64()?),
+            match slot {
+                None => s.skip_value(1)?,
+                Some(slot) => {
+                    // serde rejects a known field given twice, even when one of them is null.
+                    let bit = 1u16 << slot as u16;
+                    if seen & bit != 0 {
+                        return None;
+                    }
+                    seen |= bit;
+                    if !s.literal(b"null") {
+                        match slot {
+                            Slot::Type => f.kind = Some(s.text()?),
+                            Slot::Sender => f.sender = Some(s.text()?),
+                            Slot::Receiver => f.receiver = Some(s.text()?),
+                            Slot::Message => f.message = Some(s.text()?),
+                            Slot::CreateTime => f.create_time = Some(s.f64()?),
+                            Slot::Token => f.token = Some(s.text()?),
+                            Slot::Version => f.version = Some(s.u64()?),
+                            Slot::LastSeq => f.last_seq = Some(s.u64()?),
+                            Slot::Id => f.id = Some(s.text()?),
+                            Slot::Seq => f.seq = Some(s.u64()?),
+                            Slot::Code => f.code = Some(s.text()?),
+                        }
                     }
                 }
             }
@@ -76,6 +78,41 @@ pub(crate) fn scan<'a, M: Text<'a>>(frame: &'a [u8]) -> Option<Fields<'a, M>> {
     }
     s.ws();
     (s.i == frame.len()).then_some(f)
+}
+
+/// The known fields, as [`Fields`] names them.
+#[derive(Clone, Copy)]
+enum Slot {
+    Type,
+    Sender,
+    Receiver,
+    Message,
+    CreateTime,
+    Token,
+    Version,
+    LastSeq,
+    Id,
+    Seq,
+    Code,
+}
+
+impl Slot {
+    fn of(key: &[u8]) -> Option<Slot> {
+        Some(match key {
+            b"type" => Slot::Type,
+            b"sender" => Slot::Sender,
+            b"receiver" => Slot::Receiver,
+            b"message" => Slot::Message,
+            b"createTime" => Slot::CreateTime,
+            b"token" => Slot::Token,
+            b"version" => Slot::Version,
+            b"lastSeq" => Slot::LastSeq,
+            b"id" => Slot::Id,
+            b"seq" => Slot::Seq,
+            b"code" => Slot::Code,
+            _ => return None,
+        })
+    }
 }
 
 struct Scanner<'a> {
@@ -176,6 +213,21 @@ impl<'a> Scanner<'a> {
         self.number()?;
         let n: f64 = self.text[start..self.i].parse().ok()?;
         n.is_finite().then_some(n)
+    }
+
+    /// A plain non-negative integer that fits a `u64`. Anything else (a sign, a fraction, an
+    /// exponent, an overflow) is left to serde, which rejects most of it.
+    fn u64(&mut self) -> Option<u64> {
+        let start = self.i;
+        match self.next()? {
+            b'0' => {}
+            b'1'..=b'9' => self.digits(),
+            _ => return None,
+        }
+        if matches!(self.peek(), Some(b'.' | b'e' | b'E')) {
+            return None;
+        }
+        self.text[start..self.i].parse().ok()
     }
 
     /// `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`
@@ -301,6 +353,21 @@ mod tests {
             Just(r#""message":"\ud800""#.to_string()),
             Just(r#""message":"a\qb""#.to_string()),
             Just(r#""message":5"#.to_string()),
+            Just(r#""type":"Ack""#.to_string()),
+            Just(r#""type":"Error""#.to_string()),
+            Just(r#""seq":57"#.to_string()),
+            Just(r#""seq":0"#.to_string()),
+            Just(r#""seq":-1"#.to_string()),
+            Just(r#""seq":-0"#.to_string()),
+            Just(r#""seq":01"#.to_string()),
+            Just(r#""seq":1.0"#.to_string()),
+            Just(r#""seq":1e2"#.to_string()),
+            Just(r#""lastSeq":18446744073709551615"#.to_string()),
+            Just(r#""lastSeq":18446744073709551616"#.to_string()),
+            Just(r#""version":2"#.to_string()),
+            Just(r#""token":"abc""#.to_string()),
+            Just(r#""id":"c-1""#.to_string()),
+            Just(r#""code":"bad_json""#.to_string()),
             any::<String>()
                 .prop_map(|t| format!(r#""message":{}"#, serde_json::to_string(&t).unwrap())),
             "[ -~]{0,12}",

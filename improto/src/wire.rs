@@ -33,10 +33,24 @@ pub(crate) struct Fields<'a, M> {
     pub(crate) sender: Option<Str<'a>>,
     #[serde(borrow, default)]
     pub(crate) receiver: Option<Str<'a>>,
+    /// A `Message`'s text, or an `Error`'s description.
     #[serde(default = "none")]
     pub(crate) message: Option<M>,
     #[serde(rename = "createTime", default)]
     pub(crate) create_time: Option<f64>,
+    #[serde(borrow, default)]
+    pub(crate) token: Option<Str<'a>>,
+    #[serde(default)]
+    pub(crate) version: Option<u64>,
+    #[serde(rename = "lastSeq", default)]
+    pub(crate) last_seq: Option<u64>,
+    /// The client's message id (`Message`, and echoed in `Ack` and `Error`).
+    #[serde(borrow, default)]
+    pub(crate) id: Option<Str<'a>>,
+    #[serde(default)]
+    pub(crate) seq: Option<u64>,
+    #[serde(borrow, default)]
+    pub(crate) code: Option<Str<'a>>,
 }
 
 fn none<M>() -> Option<M> {
@@ -51,6 +65,12 @@ impl<M> Default for Fields<'_, M> {
             receiver: None,
             message: None,
             create_time: None,
+            token: None,
+            version: None,
+            last_seq: None,
+            id: None,
+            seq: None,
+            code: None,
         }
     }
 }
@@ -79,18 +99,44 @@ impl<'a> Text<'a> for SkipStr {
     }
 }
 
-/// A packet whose type is known and whose required fields are all present.
+/// A packet whose type is known and whose required fields are all present and valid.
 pub(crate) enum Valid<'a, M> {
     Regist {
         sender: Cow<'a, str>,
+        token: Option<Cow<'a, str>>,
+        version: u8,
+        last_seq: Option<u64>,
     },
     Message {
         sender: Cow<'a, str>,
         receiver: Cow<'a, str>,
         message: M,
         create_time: f64,
+        id: Option<Cow<'a, str>>,
+        seq: Option<u64>,
+    },
+    Ack {
+        id: Option<Cow<'a, str>>,
+        seq: u64,
+    },
+    Ping,
+    Pong,
+    Registered {
+        sender: Cow<'a, str>,
+        seq: u64,
+    },
+    Error {
+        code: Cow<'a, str>,
+        message: M,
+        id: Option<Cow<'a, str>>,
     },
 }
+
+/// The protocol versions this library speaks; `Regist` without `version` means 1.
+pub const VERSIONS: [u8; 2] = [1, 2];
+
+/// The longest client message id, in characters.
+pub const MAX_CLIENT_ID_CHARS: usize = 64;
 
 /// For the fuzz targets: true unless the fast path accepts `frame` with fields other than
 /// serde's (which would be a bug in `scan`).
@@ -121,19 +167,39 @@ pub(crate) fn parse<'a, M: Text<'a>>(frame: &'a [u8]) -> Result<Valid<'a, M>, Pr
 impl<'a, M> Fields<'a, M> {
     fn validate(self) -> Result<Valid<'a, M>, ProtoError> {
         let kind = required(self.kind, "type")?;
+        let text = |m: Option<M>| m.ok_or(ProtoError::MissingField { field: "message" });
+        let seq = |s: Option<u64>| s.ok_or(ProtoError::MissingField { field: "seq" });
         match &*kind {
             "Regist" => Ok(Valid::Regist {
                 sender: required(self.sender, "sender")?,
+                token: self.token.map(|t| t.0),
+                version: version(self.version)?,
+                last_seq: self.last_seq,
             }),
             "Message" => Ok(Valid::Message {
                 sender: required(self.sender, "sender")?,
                 receiver: required(self.receiver, "receiver")?,
-                message: self
-                    .message
-                    .ok_or(ProtoError::MissingField { field: "message" })?,
+                message: text(self.message)?,
                 create_time: self.create_time.ok_or(ProtoError::MissingField {
                     field: "createTime",
                 })?,
+                id: client_id(self.id)?,
+                seq: self.seq,
+            }),
+            "Ack" => Ok(Valid::Ack {
+                id: client_id(self.id)?,
+                seq: seq(self.seq)?,
+            }),
+            "Ping" => Ok(Valid::Ping),
+            "Pong" => Ok(Valid::Pong),
+            "Registered" => Ok(Valid::Registered {
+                sender: required(self.sender, "sender")?,
+                seq: seq(self.seq)?,
+            }),
+            "Error" => Ok(Valid::Error {
+                code: required(self.code, "code")?,
+                message: text(self.message)?,
+                id: client_id(self.id)?,
             }),
             _ => Err(ProtoError::UnknownType(kind.into_owned())),
         }
@@ -142,6 +208,43 @@ impl<'a, M> Fields<'a, M> {
 
 fn required<'a>(value: Option<Str<'a>>, field: &'static str) -> Result<Cow<'a, str>, ProtoError> {
     value.map(|s| s.0).ok_or(ProtoError::MissingField { field })
+}
+
+fn version(v: Option<u64>) -> Result<u8, ProtoError> {
+    match v {
+        None => Ok(1),
+        Some(v) => VERSIONS
+            .into_iter()
+            .find(|&known| u64::from(known) == v)
+            .ok_or_else(|| ProtoError::InvalidField {
+                field: "version".into(),
+                reason: format!("unsupported protocol version {v} (known: 1, 2)"),
+            }),
+    }
+}
+
+fn client_id(id: Option<Str<'_>>) -> Result<Option<Cow<'_, str>>, ProtoError> {
+    match id {
+        Some(Str(id)) if id.chars().count() > MAX_CLIENT_ID_CHARS => {
+            Err(ProtoError::InvalidField {
+                field: "id".into(),
+                reason: format!("longer than {MAX_CLIENT_ID_CHARS} characters"),
+            })
+        }
+        id => Ok(id.map(|s| s.0)),
+    }
+}
+
+/// The `id` of a packet that may be invalid otherwise, when that id itself is a valid client
+/// id: what a server echoes in the `Error` about that packet. Cold path only.
+pub(crate) fn lenient_client_id(frame: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct IdOnly<'a> {
+        #[serde(borrow, default)]
+        id: Option<Str<'a>>,
+    }
+    let only: IdOnly<'_> = serde_json::from_slice(frame).ok()?;
+    client_id(only.id).ok()?.map(Cow::into_owned)
 }
 
 /// Turns a failed parse into the most precise error we can name.

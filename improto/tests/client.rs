@@ -144,3 +144,109 @@ async fn connect_to_a_closed_port_is_an_io_error() {
     let err = Client::connect(addr).await.unwrap_err();
     assert!(matches!(err, ProtoError::Io(_)), "{err:?}");
 }
+
+#[tokio::test]
+async fn handshake_sends_a_v2_regist_and_returns_registered() {
+    let (mut client, mut peer) = pair().await;
+    let server = tokio::spawn(async move {
+        let regist = read_frame(&mut peer).await;
+        peer.write_all(&frame(br#"{"type":"Registered","sender":"7","seq":41}"#))
+            .await
+            .unwrap();
+        let ack = read_frame(&mut peer).await;
+        let ping = read_frame(&mut peer).await;
+        (regist, ack, ping)
+    });
+    let live = timeout(
+        WAIT,
+        client.handshake(Regist::v2("7", "tok").resume_after(40)),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!((live.sender.as_str(), live.seq), ("7", 41));
+    client.ack(41).await.unwrap();
+    let (mut tx, _rx) = client.split();
+    tx.ping().await.unwrap();
+    let (regist, ack, ping) = server.await.unwrap();
+    assert_eq!(
+        regist,
+        br#"{"type":"Regist","sender":"7","token":"tok","version":2,"lastSeq":40}"#
+    );
+    assert_eq!(ack, br#"{"type":"Ack","seq":41}"#);
+    assert_eq!(ping, br#"{"type":"Ping"}"#);
+}
+
+#[tokio::test]
+async fn handshake_refused_by_an_error_packet() {
+    let (mut client, mut peer) = pair().await;
+    tokio::spawn(async move {
+        read_frame(&mut peer).await;
+        peer.write_all(&frame(
+            br#"{"type":"Error","code":"unauthorized","message":"bad token"}"#,
+        ))
+        .await
+        .unwrap();
+    });
+    let err = timeout(WAIT, client.handshake(Regist::v2("7", "forged")))
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        matches!(&err, ProtoError::Refused { code: improto::ErrorCode::Unauthorized, message } if message == "bad token"),
+        "{err:?}"
+    );
+    assert!(err.is_fatal(), "the server closes after unauthorized");
+}
+
+#[tokio::test]
+async fn handshake_with_a_v1_server_is_unexpected_or_eof() {
+    // A v1 server sends no Registered: either a message comes first, or nothing at all.
+    let (mut client, mut peer) = pair().await;
+    tokio::spawn(async move {
+        read_frame(&mut peer).await;
+        peer.write_all(&frame(
+            br#"{"type":"Message","message":"m","sender":"1","receiver":"7","createTime":1}"#,
+        ))
+        .await
+        .unwrap();
+    });
+    let err = timeout(WAIT, client.handshake(Regist::v2("7", "t")))
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(matches!(err, ProtoError::Unexpected(_)), "{err:?}");
+
+    let (mut client, mut peer) = pair().await;
+    tokio::spawn(async move {
+        read_frame(&mut peer).await;
+        drop(peer);
+    });
+    let err = timeout(WAIT, client.handshake(Regist::v2("7", "t")))
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(matches!(err, ProtoError::Io(_)), "{err:?}");
+}
+
+#[tokio::test]
+async fn default_client_accepts_a_full_size_message_with_a_seq_stamp() {
+    let (mut client, mut peer) = pair().await;
+    let text = "x".repeat(improto::DEFAULT_MAX_FRAME_LENGTH - 100);
+    let mut m = Message::new("1", "2", text);
+    m.create_time = 1.0;
+    let json = Packet::from(m).to_json().unwrap();
+    let mut pad = json.clone();
+    // Pad the message (inside the text) to exactly the limit, then stamp the largest seq.
+    let missing = improto::DEFAULT_MAX_FRAME_LENGTH - json.len();
+    let at = pad.iter().position(|&b| b == b'x').unwrap();
+    pad.splice(at..at, std::iter::repeat_n(b'x', missing));
+    assert_eq!(pad.len(), improto::DEFAULT_MAX_FRAME_LENGTH);
+    let mut out = bytes::BytesMut::new();
+    assert!(improto::write_stamped(&mut out, &pad, u64::MAX));
+    peer.write_all(&out).await.unwrap();
+    match timeout(WAIT, client.recv()).await.unwrap().unwrap() {
+        Some(Packet::Message(m)) => assert_eq!(m.seq, Some(u64::MAX)),
+        other => panic!("{other:?}"),
+    }
+}

@@ -3,8 +3,8 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 use improto::{
-    DEFAULT_MAX_FRAME_LENGTH, Envelope, FrameCodec, Message, Packet, PacketCodec, PacketKind,
-    ProtoError, Regist,
+    Ack, DEFAULT_MAX_FRAME_LENGTH, Envelope, ErrorCode, ErrorPacket, FrameCodec, Message, Packet,
+    PacketCodec, PacketKind, ProtoError, Regist, Registered,
 };
 use tokio_util::codec::{Decoder, Encoder, FramedRead};
 
@@ -101,7 +101,7 @@ fn fractional_create_time_round_trips_and_integral_is_written_as_integer() {
 
 #[test]
 fn fields_in_any_order_and_unknown_fields_are_accepted() {
-    let payload = br#"{"createTime":2.5,"extra":{"nested":[1,{"a":null}]},"receiver":"9","seq":4,"message":"m","sender":"8","type":"Message"}"#;
+    let payload = br#"{"createTime":2.5,"extra":{"nested":[1,{"a":null}]},"receiver":"9","priority":4,"message":"m","sender":"8","type":"Message"}"#;
     assert_eq!(
         Packet::from_json(payload).unwrap(),
         message("8", "9", "m", 2.5)
@@ -209,6 +209,11 @@ fn missing_field_is_named_and_the_next_frame_decodes() {
             br#"{"type":"Message","message":null,"sender":"1","receiver":"2","createTime":1}"#,
             "message",
         ),
+        (br#"{"type":"Ack","id":"c-1"}"#, "seq"),
+        (br#"{"type":"Registered","sender":"1"}"#, "seq"),
+        (br#"{"type":"Registered","seq":1}"#, "sender"),
+        (br#"{"type":"Error","message":"m"}"#, "code"),
+        (br#"{"type":"Error","code":"bad_json"}"#, "message"),
     ] {
         match bad_then_good(payload) {
             ProtoError::MissingField { field: f } => assert_eq!(f, field),
@@ -230,6 +235,17 @@ fn wrongly_typed_field_is_named_and_the_next_frame_decodes() {
             br#"{"type":"Message","message":["m"],"sender":"1","receiver":"2","createTime":1}"#,
             "message",
         ),
+        (br#"{"type":"Ack","seq":-1}"#, "seq"),
+        (br#"{"type":"Ack","seq":1.5}"#, "seq"),
+        (br#"{"type":"Ack","seq":18446744073709551616}"#, "seq"),
+        (
+            br#"{"type":"Regist","sender":"1","lastSeq":"41"}"#,
+            "lastSeq",
+        ),
+        (br#"{"type":"Regist","sender":"1","version":3}"#, "version"),
+        (br#"{"type":"Regist","sender":"1","version":0}"#, "version"),
+        (br#"{"type":"Regist","sender":"1","token":5}"#, "token"),
+        (br#"{"type":"Ack","seq":1,"id":7}"#, "id"),
     ] {
         match bad_then_good(payload) {
             ProtoError::InvalidField { field: f, reason } => {
@@ -355,12 +371,12 @@ fn raw_frames_pass_through_unchanged() {
 fn envelope_peek_reads_type_sender_receiver() {
     let env = Envelope::peek(GOOD).unwrap();
     assert_eq!(env.kind(), PacketKind::Message);
-    assert_eq!(env.sender(), "1");
+    assert_eq!(env.sender(), Some("1"));
     assert_eq!(env.receiver(), Some("2"));
 
     let env = Envelope::peek(br#"{"type":"Regist","sender":"\u0037"}"#).unwrap();
     assert_eq!(env.kind(), PacketKind::Regist);
-    assert_eq!(env.sender(), "7", "escaped ids are unescaped");
+    assert_eq!(env.sender(), Some("7"), "escaped ids are unescaped");
     assert_eq!(env.receiver(), None);
 }
 
@@ -377,4 +393,103 @@ fn envelope_peek_rejects_what_the_full_decode_rejects() {
         let full = Packet::from_json(bad).unwrap_err().to_string();
         assert_eq!(peek, full);
     }
+}
+
+#[test]
+fn client_ids_are_at_most_64_characters() {
+    let frame = |id: &str| {
+        format!(
+            r#"{{"type":"Message","message":"m","sender":"1","receiver":"2","createTime":1,"id":"{id}"}}"#
+        )
+    };
+    // 64 characters, some of them multi-byte: accepted.
+    let ok = "é".repeat(64);
+    match Packet::from_json(frame(&ok).as_bytes()).unwrap() {
+        Packet::Message(m) => assert_eq!(m.id.as_deref(), Some(ok.as_str())),
+        other => panic!("{other:?}"),
+    }
+    let long = "x".repeat(65);
+    match Packet::from_json(frame(&long).as_bytes()).unwrap_err() {
+        ProtoError::InvalidField { field, .. } => assert_eq!(field, "id"),
+        other => panic!("{other:?}"),
+    }
+    // An invalid id is not echoed; a valid one in an otherwise bad packet is.
+    assert_eq!(
+        Envelope::client_id_of_invalid(frame(&long).as_bytes()),
+        None
+    );
+    let bad = br#"{"type":"Message","sender":1,"id":"c-1"}"#;
+    assert!(Packet::from_json(bad).is_err());
+    assert_eq!(Envelope::client_id_of_invalid(bad).as_deref(), Some("c-1"));
+}
+
+#[test]
+fn golden_v2_frames() {
+    let cases: Vec<(Packet, &[u8])> = vec![
+        (
+            Regist::v2("7", "tok").resume_after(41).into(),
+            br#"{"type":"Regist","sender":"7","token":"tok","version":2,"lastSeq":41}"#,
+        ),
+        (
+            Regist::new("7").with_token("tok").into(),
+            br#"{"type":"Regist","sender":"7","token":"tok"}"#,
+        ),
+        (Ack::new(57).into(), br#"{"type":"Ack","seq":57}"#),
+        (
+            Ack::stored(Some("c-123".into()), 57).into(),
+            br#"{"type":"Ack","id":"c-123","seq":57}"#,
+        ),
+        (Packet::Ping, br#"{"type":"Ping"}"#),
+        (Packet::Pong, br#"{"type":"Pong"}"#),
+        (
+            Registered::new("7", 0).into(),
+            br#"{"type":"Registered","sender":"7","seq":0}"#,
+        ),
+        (
+            ErrorPacket::new(ErrorCode::SenderMismatch, "no").with_id(Some("c-1".into())).into(),
+            br#"{"type":"Error","code":"sender_mismatch","message":"no","id":"c-1"}"#,
+        ),
+        (
+            {
+                let mut m = Message::new("1", "2", "hi").with_id("c-123");
+                m.create_time = 1700000000.5;
+                m.seq = Some(9);
+                m.into()
+            },
+            br#"{"type":"Message","message":"hi","sender":"1","receiver":"2","createTime":1700000000.5,"id":"c-123","seq":9}"#,
+        ),
+    ];
+    for (packet, wire) in cases {
+        assert_eq!(packet.to_json().unwrap(), wire, "{packet:?}");
+        assert_eq!(Packet::from_json(wire).unwrap(), packet);
+    }
+    // A version 1 Regist may say so explicitly.
+    let explicit = Packet::from_json(br#"{"type":"Regist","sender":"7","version":1}"#).unwrap();
+    assert_eq!(explicit, Regist::new("7").into());
+}
+
+#[test]
+fn unknown_error_codes_are_kept() {
+    let p = Packet::from_json(br#"{"type":"Error","code":"quota","message":"m"}"#).unwrap();
+    match p {
+        Packet::Error(e) => assert_eq!(e.code, ErrorCode::Other("quota".into())),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn stamped_frames_carry_the_seq_and_decode() {
+    let mut out = BytesMut::new();
+    assert!(improto::write_stamped(&mut out, GOOD, u64::MAX));
+    assert_eq!(out.len() - 4, GOOD.len() + improto::SEQ_STAMP_MAX);
+    match PacketCodec::new().decode(&mut out).unwrap() {
+        Some(Packet::Message(m)) => assert_eq!(m.seq, Some(u64::MAX)),
+        other => panic!("{other:?}"),
+    }
+    assert!(out.is_empty());
+    assert!(
+        !improto::write_stamped(&mut out, b" {}", 1),
+        "must start with a brace"
+    );
+    assert!(out.is_empty());
 }

@@ -1,7 +1,10 @@
 //! Properties of the codec over generated packets, splits and garbage.
 
 use bytes::BytesMut;
-use improto::{Envelope, FrameCodec, Message, Packet, PacketCodec, ProtoError, Regist};
+use improto::{
+    Ack, Envelope, ErrorCode, ErrorPacket, FrameCodec, Message, Packet, PacketCodec, ProtoError,
+    Regist, Registered,
+};
 use proptest::prelude::*;
 use tokio_util::codec::{Decoder, Encoder};
 
@@ -12,13 +15,48 @@ fn any_packet() -> impl Strategy<Value = Packet> {
         (0u32..u32::MAX).prop_map(f64::from),
         any::<f64>().prop_filter("JSON numbers are finite", |t| t.is_finite()),
     ];
+    let client_id = proptest::option::of("[ -~]{0,64}");
+    let code = prop_oneof![
+        Just(ErrorCode::BadJson),
+        Just(ErrorCode::TooManyConnections),
+        "[a-z_]{1,12}".prop_map(|c| ErrorCode::from_wire(&c)),
+    ];
     prop_oneof![
         id.clone().prop_map(|s| Packet::from(Regist::new(s))),
-        (id.clone(), id, any::<String>(), time).prop_map(|(s, r, text, t)| {
-            let mut m = Message::new(s, r, text);
-            m.create_time = t;
-            Packet::from(m)
-        }),
+        (
+            id.clone(),
+            any::<String>(),
+            proptest::option::of(any::<u64>())
+        )
+            .prop_map(|(s, token, last)| {
+                let r = Regist::v2(s, token);
+                Packet::from(match last {
+                    Some(n) => r.resume_after(n),
+                    None => r,
+                })
+            }),
+        (
+            id.clone(),
+            id.clone(),
+            any::<String>(),
+            time,
+            client_id.clone(),
+            proptest::option::of(any::<u64>())
+        )
+            .prop_map(|(s, r, text, t, cid, seq)| {
+                let mut m = Message::new(s, r, text);
+                m.create_time = t;
+                m.id = cid;
+                m.seq = seq;
+                Packet::from(m)
+            }),
+        (client_id.clone(), any::<u64>())
+            .prop_map(|(cid, seq)| Packet::from(Ack::stored(cid, seq))),
+        Just(Packet::Ping),
+        Just(Packet::Pong),
+        (id, any::<u64>()).prop_map(|(s, seq)| Packet::from(Registered::new(s, seq))),
+        (code, any::<String>(), client_id)
+            .prop_map(|(c, text, cid)| Packet::from(ErrorPacket::new(c, text).with_id(cid))),
     ]
 }
 
@@ -102,9 +140,19 @@ proptest! {
     fn envelope_peek_agrees_with_the_full_decode(packet in any_packet(), junk in any::<u8>()) {
         let json = packet.to_json().unwrap();
         let env = Envelope::peek(&json).unwrap();
+        let facts = (env.sender(), env.receiver(), env.client_id(), env.seq());
         match &packet {
-            Packet::Regist(r) => prop_assert_eq!((env.sender(), env.receiver()), (r.sender.as_str(), None)),
-            Packet::Message(m) => prop_assert_eq!((env.sender(), env.receiver()), (m.sender.as_str(), Some(m.receiver.as_str()))),
+            Packet::Regist(r) => prop_assert_eq!(facts, (Some(r.sender.as_str()), None, None, None)),
+            Packet::Message(m) => prop_assert_eq!(
+                facts,
+                (Some(m.sender.as_str()), Some(m.receiver.as_str()), m.id.as_deref(), m.seq)
+            ),
+            Packet::Ack(a) => prop_assert_eq!(facts, (None, None, a.id.as_deref(), Some(a.seq))),
+            Packet::Registered(r) => {
+                prop_assert_eq!(facts, (Some(r.sender.as_str()), None, None, Some(r.seq)))
+            }
+            Packet::Error(e) => prop_assert_eq!(facts, (None, None, e.id.as_deref(), None)),
+            Packet::Ping | Packet::Pong => prop_assert_eq!(facts, (None, None, None, None)),
             _ => unreachable!(),
         }
         // Damage one byte: both must still agree on success or failure.

@@ -134,10 +134,13 @@ impl Session {
             }
         };
         match env.kind() {
-            PacketKind::Regist => self.regist(env.sender().to_owned()).await,
+            PacketKind::Regist => {
+                self.regist(env.sender().unwrap_or_default().to_owned())
+                    .await
+            }
             PacketKind::Message => {
                 let receiver = env.receiver().unwrap_or_default().to_owned();
-                let sender = env.sender().to_owned();
+                let sender = env.sender().unwrap_or_default().to_owned();
                 self.message(sender, receiver, payload).await
             }
             other => {
