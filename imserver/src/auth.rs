@@ -1,11 +1,22 @@
-//! Passwords: stored only as argon2id hashes, checked in constant time.
+//! Passwords and login tokens.
 //!
-//! Hashing is deliberately slow (tens of milliseconds), so it never runs on the async worker
-//! threads: both functions move the work to the blocking pool.
+//! Passwords are stored only as argon2id hashes and checked in constant time (by the argon2
+//! crate). Hashing is deliberately slow (tens of milliseconds), so it never runs on the async
+//! worker threads: both password functions move the work to the blocking pool.
+//!
+//! A login token is 256 random bits from the operating system, sent to the client as 64 hex
+//! digits; the store keeps only its BLAKE2b-256 hash and an expiry. A token is looked up by
+//! its hash, so no secret is ever compared byte by byte: the lookup's timing can only reveal
+//! something about the hash, which says nothing usable about the token.
+
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use argon2::Argon2;
-use argon2::password_hash::rand_core::OsRng;
+use argon2::password_hash::rand_core::{OsRng, RngCore};
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use blake2::Digest;
+
+use crate::store::{Store, StoreError, TokenHash, UserId};
 
 /// Hashing failed; only a bug (bad parameters) or a panic in the blocking pool causes this.
 #[derive(Debug, thiserror::Error)]
@@ -37,4 +48,57 @@ pub async fn verify_password(password: String, hash: String) -> bool {
     })
     .await
     .unwrap_or(false)
+}
+
+/// A freshly issued login token: the secret, which only the client keeps, and its expiry.
+#[derive(Debug)]
+pub struct IssuedToken {
+    pub secret: String,
+    /// Unix seconds.
+    pub expires_at: i64,
+}
+
+/// The hash under which a token is stored.
+pub fn hash_token(secret: &str) -> TokenHash {
+    blake2::Blake2b::<blake2::digest::consts::U32>::digest(secret.as_bytes()).into()
+}
+
+/// Creates a token for `user`, valid for `ttl_secs`, and stores its hash.
+pub async fn issue_token(
+    store: &dyn Store,
+    user: UserId,
+    ttl_secs: u64,
+) -> Result<IssuedToken, StoreError> {
+    let mut bytes = [0u8; 32];
+    OsRng.fill_bytes(&mut bytes);
+    let secret: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let expires_at = now().saturating_add(i64::try_from(ttl_secs).unwrap_or(i64::MAX));
+    store
+        .create_token(hash_token(&secret), user, expires_at)
+        .await?;
+    Ok(IssuedToken { secret, expires_at })
+}
+
+/// The user a token belongs to, if it is known and has not expired.
+pub async fn check_token(store: &dyn Store, secret: &str) -> Result<Option<UserId>, StoreError> {
+    Ok(store
+        .token(hash_token(secret))
+        .await?
+        .filter(|t| t.expires_at > now())
+        .map(|t| t.user))
+}
+
+/// Revokes a token; false when it was unknown or had expired (nothing to revoke).
+pub async fn revoke_token(store: &dyn Store, secret: &str) -> Result<bool, StoreError> {
+    if check_token(store, secret).await?.is_none() {
+        return Ok(false);
+    }
+    store.revoke_token(hash_token(secret)).await
+}
+
+/// Unix seconds.
+pub fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }

@@ -22,10 +22,24 @@ pub struct Config {
     #[arg(long, env = "IMSERVER_DATA_DIR", default_value = "./imserver-data")]
     pub data_dir: PathBuf,
 
-    /// Who may speak for a user on the relay. `open` trusts the id a client sends, as the Go
-    /// server did (only safe on a trusted network).
-    #[arg(long, env = "IMSERVER_AUTH", value_enum, default_value_t = AuthMode::Open)]
+    /// Who may speak for a user. `token`: a login token on every relay connection and HTTP
+    /// request but `/regist` and `/login`. `open`: trust the id a version 1 client sends and
+    /// require nothing over HTTP, as the Go server did (only safe on a trusted network).
+    #[arg(long, env = "IMSERVER_AUTH", value_enum, default_value_t = AuthMode::Token)]
     pub auth: AuthMode,
+
+    /// How long a login token stays valid, in seconds (default 30 days).
+    #[arg(long, env = "IMSERVER_TOKEN_TTL", default_value_t = 30 * 24 * 3600)]
+    pub token_ttl: u64,
+
+    /// Accounts one client IP address may create per minute (`POST /regist`); 0: no limit.
+    #[arg(long, env = "IMSERVER_REGIST_LIMIT", default_value_t = 10)]
+    pub regist_limit: u32,
+
+    /// Login attempts per user per minute (`POST /login`), so passwords cannot be guessed at
+    /// speed; 0: no limit.
+    #[arg(long, env = "IMSERVER_LOGIN_LIMIT", default_value_t = 10)]
+    pub login_limit: u32,
 
     /// Create, if missing, user "1" (Wu) and user "2" (WuYW), password "123", friends of each
     /// other: what the Go server always started with.
@@ -36,6 +50,36 @@ pub struct Config {
     /// connection before any payload is read.
     #[arg(long, env = "IMSERVER_MAX_FRAME_BYTES", default_value_t = 1024 * 1024)]
     pub max_frame_bytes: usize,
+
+    /// Messages per second one relay connection may send (a token bucket; see
+    /// `--rate-burst`); 0: no limit. Over it, a version 2 client gets `rate_limited` and sends
+    /// again later; a version 1 connection is slowed down (its frames are read later), so
+    /// nothing is lost.
+    #[arg(long, env = "IMSERVER_RATE_LIMIT", default_value_t = 100)]
+    pub rate_limit: u32,
+
+    /// Messages a relay connection may send at once before `--rate-limit` applies.
+    #[arg(long, env = "IMSERVER_RATE_BURST", default_value_t = 500)]
+    pub rate_burst: u32,
+
+    /// Relay connections open at once, in all. Over it, a connection is refused with
+    /// `too_many_connections` at its `Regist`. Each takes a file descriptor; keep it below the
+    /// process's open-file limit.
+    #[arg(long, env = "IMSERVER_MAX_CONNECTIONS", default_value_t = 16 * 1024)]
+    pub max_connections: usize,
+
+    /// Relay connections one user may have open at once (phone, desktop, ...).
+    #[arg(long, env = "IMSERVER_MAX_CONNECTIONS_PER_USER", default_value_t = 16)]
+    pub max_connections_per_user: usize,
+
+    /// Seconds a new relay connection has to send `Regist` before it is closed.
+    #[arg(long, env = "IMSERVER_REGIST_DEADLINE", default_value_t = 10)]
+    pub regist_deadline: u64,
+
+    /// Seconds a relay connection may stay silent (no frame at all; `Ping` counts) before it
+    /// is closed; 0: never.
+    #[arg(long, env = "IMSERVER_IDLE_TIMEOUT", default_value_t = 300)]
+    pub idle_timeout: u64,
 
     /// Largest HTTP request body, in bytes; larger ones get 413.
     #[arg(long, env = "IMSERVER_MAX_BODY_BYTES", default_value_t = 64 * 1024)]
@@ -70,9 +114,10 @@ pub struct Config {
 /// How relay connections are authenticated.
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuthMode {
-    /// Trust the user id a client sends in `Regist` (the Go server's model).
+    /// Trust the user id a version 1 client sends in `Regist`, and ask HTTP callers for
+    /// nothing (the Go server's model). Version 2 clients still need a token.
     Open,
-    /// Require a login token in `Regist` (not implemented yet: the server refuses to start).
+    /// Require a login token: in every `Regist`, and as `Authorization: Bearer` over HTTP.
     Token,
 }
 

@@ -38,7 +38,6 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use config::AuthMode;
 pub use config::Config;
 use store::{Account, SqliteStore, Store, StoreError};
 
@@ -58,8 +57,6 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error("cannot create the demo users: {0}")]
     Demo(String),
-    #[error("{0}")]
-    Unsupported(&'static str),
 }
 
 /// A running server.
@@ -74,11 +71,6 @@ pub struct Server {
 impl Server {
     /// Opens the store, binds both listeners and starts serving.
     pub async fn start(config: Config) -> Result<Server, StartError> {
-        if config.auth == AuthMode::Token {
-            return Err(StartError::Unsupported(
-                "--auth token is not implemented yet; use --auth open",
-            ));
-        }
         let http_listener = bind("HTTP", config.http_addr).await?;
         let tcp_listener = bind("TCP", config.tcp_addr).await?;
         let http_addr = local_addr("HTTP", &http_listener, config.http_addr)?;
@@ -100,10 +92,7 @@ impl Server {
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
 
-        let state = Arc::new(http::AppState {
-            store: store.clone(),
-            max_body_bytes: config.max_body_bytes,
-        });
+        let state = Arc::new(http::AppState::new(store.clone(), &config));
         let stop = shutdown.clone();
         tasks.spawn(
             warp::serve(http::routes(state))
@@ -115,11 +104,8 @@ impl Server {
         let relay = Arc::new(relay::Relay {
             store: store.clone(),
             router: Arc::default(),
-            limits: relay::Limits {
-                max_frame_bytes: config.max_frame_bytes,
-                send_queue: config.send_queue,
-                replay_batch: config.replay_batch,
-            },
+            auth: config.auth,
+            limits: relay::Limits::new(&config),
         });
         tasks.spawn(relay::serve(
             tcp_listener,

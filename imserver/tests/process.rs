@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{WAIT, recv_message, say};
-use improto::{Client, Regist};
+use improto::{Client, Message, Packet, Regist};
 use tokio::time::timeout;
 
 struct Proc {
@@ -92,16 +92,22 @@ impl Drop for Proc {
 /// stderr.
 fn run_to_exit(args: &[&str]) -> (bool, String) {
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_imserver"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_imserver"))
         .args(args)
         .arg("--data-dir")
         .arg(dir.path())
-        .output()
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let mut stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
+        text
+    });
+    let status = wait_exit(&mut child);
+    (status.success(), reader.join().unwrap())
 }
 
 fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
@@ -125,7 +131,7 @@ async fn client(tcp: SocketAddr, user: &str) -> Client {
 async fn sigterm_and_sigint_stop_the_server_with_exit_code_0() {
     for signal in ["-TERM", "-INT"] {
         let dir = tempfile::tempdir().unwrap();
-        let mut p = spawn(dir.path(), None, &[]);
+        let mut p = spawn(dir.path(), None, &["--auth", "open"]);
         let mut c = client(p.tcp, "1").await;
         let status = Command::new("kill")
             .args([signal, &p.child.id().to_string()])
@@ -154,7 +160,7 @@ async fn a_bind_failure_is_a_clear_error_and_a_nonzero_exit() {
 #[tokio::test]
 async fn everything_survives_kill_9_and_the_ports_can_be_reused_at_once() {
     let dir = tempfile::tempdir().unwrap();
-    let mut p = spawn(dir.path(), None, &["--demo"]);
+    let mut p = spawn(dir.path(), None, &["--demo", "--auth", "open"]);
     let http = reqwest::Client::builder().timeout(WAIT).build().unwrap();
 
     // A new account, and stored messages for an offline user.
@@ -189,7 +195,7 @@ async fn everything_survives_kill_9_and_the_ports_can_be_reused_at_once() {
     }
 
     // Same data dir, same ports, right away.
-    let p2 = spawn(dir.path(), Some((p.http, p.tcp)), &[]);
+    let p2 = spawn(dir.path(), Some((p.http, p.tcp)), &["--auth", "open"]);
     assert_eq!((p2.http, p2.tcp), (p.http, p.tcp));
     // A fresh HTTP client: the old one's pooled connections died with the old process.
     let http = reqwest::Client::builder().timeout(WAIT).build().unwrap();
@@ -217,19 +223,109 @@ async fn everything_survives_kill_9_and_the_ports_can_be_reused_at_once() {
     }
 }
 
+/// `POST /login`; returns the token.
+async fn login(http: &reqwest::Client, addr: SocketAddr, user: &str, password: &str) -> String {
+    let reply: serde_json::Value = http
+        .post(format!("http://{addr}/login"))
+        .json(&serde_json::json!({"user": user, "password": password}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    reply["token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no token in {reply}"))
+        .to_owned()
+}
+
 #[tokio::test]
-async fn auth_token_mode_is_refused_until_it_exists() {
-    let (ok, stderr) = run_to_exit(&[
-        "--auth",
-        "token",
-        "--http-addr",
-        "127.0.0.1:0",
-        "--tcp-addr",
-        "127.0.0.1:0",
-    ]);
-    assert!(!ok);
+async fn acknowledged_messages_survive_kill_9_exactly_once_and_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = spawn(dir.path(), None, &["--demo", "--rate-limit", "0"]);
+    let http = reqwest::Client::builder().timeout(WAIT).build().unwrap();
+    let sender_token = login(&http, p.http, "1", "123").await;
+    let receiver_token = login(&http, p.http, "2", "123").await;
+
+    // A stream of messages with client ids; a second task collects the server's Acks.
+    let mut sender = timeout(WAIT, Client::connect(p.tcp))
+        .await
+        .unwrap()
+        .unwrap();
+    timeout(WAIT, sender.handshake(Regist::v2("1", sender_token)))
+        .await
+        .unwrap()
+        .unwrap();
+    let (mut tx, mut rx) = sender.split();
+    let acked = Arc::new(Mutex::new(Vec::<(String, u64)>::new()));
+    let acks = acked.clone();
+    let collector = tokio::spawn(async move {
+        while let Ok(Some(packet)) = rx.recv().await {
+            if let Packet::Ack(a) = packet {
+                acks.lock()
+                    .unwrap()
+                    .push((a.id.expect("ids are echoed"), a.seq));
+            }
+        }
+    });
+    let streamer = tokio::spawn(async move {
+        for i in 0u64.. {
+            let m = Message::new("1", "2", format!("durable {i}")).with_id(format!("c-{i}"));
+            if tx.send(m).await.is_err() {
+                return i; // the server is gone
+            }
+        }
+        unreachable!()
+    });
+
+    // Kill the server in the middle of the stream, once a good number is acknowledged.
+    timeout(WAIT, async {
+        while acked.lock().unwrap().len() < 300 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("acks arrive");
+    p.child.kill().unwrap(); // SIGKILL, mid-stream
+    p.child.wait().unwrap();
+    let sent = timeout(WAIT, streamer).await.unwrap().unwrap();
+    timeout(WAIT, collector).await.unwrap().unwrap();
+    let acked = acked.lock().unwrap().clone();
     assert!(
-        stderr.contains("--auth token is not implemented yet"),
-        "{stderr}"
+        sent as usize > acked.len(),
+        "killed while messages were in flight"
     );
+
+    // Restart on the same data dir and ports; the receiver drains its inbox from the start.
+    let p2 = spawn(dir.path(), Some((p.http, p.tcp)), &[]);
+    let mut receiver = timeout(WAIT, Client::connect(p2.tcp))
+        .await
+        .unwrap()
+        .unwrap();
+    let live = timeout(
+        WAIT,
+        receiver.handshake(Regist::v2("2", receiver_token).resume_after(0)),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let mut got = Vec::new();
+    while got.len() < live.seq as usize {
+        let m = recv_message(&mut receiver).await;
+        assert_eq!(
+            m.seq,
+            Some(got.len() as u64 + 1),
+            "seqs start at 1 without gaps"
+        );
+        got.push(m.id.expect("the client id is delivered"));
+    }
+    // Everything acknowledged is there, once, at the seq its Ack named, and the stored
+    // messages are exactly a prefix of the stream, in order.
+    for (id, seq) in &acked {
+        assert_eq!(&got[*seq as usize - 1], id, "acknowledged {id} at {seq}");
+    }
+    let expected: Vec<String> = (0..got.len()).map(|i| format!("c-{i}")).collect();
+    assert_eq!(got, expected);
+    assert!(got.len() >= acked.len());
 }

@@ -19,14 +19,17 @@ async fn raw(srv: &TestServer) -> TcpStream {
 }
 
 #[tokio::test]
-async fn online_message_is_relayed_unchanged() {
+async fn online_message_is_relayed_unchanged_but_for_its_seq() {
     let srv = TestServer::start().await;
     let mut b = srv.client("2").await;
     let mut a = srv.client("1").await;
     let mut sent = Message::new("1", "2", "héllo <b>&</b> 你好 😀");
     sent.create_time = 1_700_000_000.25;
     a.send(sent.clone()).await.unwrap();
-    assert_eq!(recv_message(&mut b).await, sent);
+    let mut got = recv_message(&mut b).await;
+    assert_eq!(got.seq, Some(1), "the first message of 2's inbox");
+    got.seq = None;
+    assert_eq!(got, sent);
 }
 
 #[tokio::test]

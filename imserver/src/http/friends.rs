@@ -5,7 +5,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use super::reply::{ApiError, ApiResult, ok};
-use super::{AppState, parse_id};
+use super::{AppState, guard, parse_id};
 
 #[derive(Serialize)]
 struct Friend {
@@ -13,8 +13,14 @@ struct Friend {
     name: String,
 }
 
-pub async fn list(id: String, state: Arc<AppState>) -> ApiResult {
+/// Only your own list (`403` for another user's), unless the server runs `--auth open` and
+/// the request carries no token.
+pub async fn list(id: String, token: Option<String>, state: Arc<AppState>) -> ApiResult {
+    let caller = guard::caller(&state, token.as_deref()).await?;
     let id = parse_id(&id).ok_or_else(ApiError::out_of_range)?;
+    if caller.is_some_and(|c| c != id) {
+        return Err(ApiError::forbidden());
+    }
     let friends = state
         .store
         .friends(id)

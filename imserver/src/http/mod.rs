@@ -1,13 +1,15 @@
 //! The HTTP API (warp).
 //!
 //! - `routes` here: the filter tree and the answers for unknown routes.
-//! - `users`: `/regist`, `/login`, `/profile/{id}`, `/username/{id}`.
+//! - `users`: `/regist`, `/login`, `/logout`, `/profile/{id}`, `/username/{id}`.
 //! - `friends`: `/list/{id}`.
+//! - `guard`: bearer tokens, and the rate limits of `/regist` and `/login`.
 //! - `body`: request bodies (JSON or form), capped.
 //! - `reply`: JSON replies and the error type.
 
 mod body;
 mod friends;
+mod guard;
 mod reply;
 mod users;
 
@@ -18,13 +20,40 @@ use warp::Filter;
 use warp::http::StatusCode;
 use warp::reply::Response;
 
+use std::net::{IpAddr, SocketAddr};
+
+use guard::PerMinute;
+
+use crate::Config;
+use crate::config::AuthMode;
 use crate::store::{Store, UserId};
 
 /// What the handlers share.
 pub struct AppState {
     pub store: Arc<dyn Store>,
+    /// `--auth`: whether requests must carry a bearer token.
+    pub auth: AuthMode,
+    /// `--token-ttl`, in seconds.
+    pub token_ttl: u64,
     /// `--max-body-bytes`.
     pub max_body_bytes: usize,
+    /// `--regist-limit`, per client IP address.
+    regist_limit: PerMinute<IpAddr>,
+    /// `--login-limit`, per user.
+    login_limit: PerMinute<UserId>,
+}
+
+impl AppState {
+    pub fn new(store: Arc<dyn Store>, config: &Config) -> Self {
+        AppState {
+            store,
+            auth: config.auth,
+            token_ttl: config.token_ttl,
+            max_body_bytes: config.max_body_bytes,
+            regist_limit: PerMinute::new(config.regist_limit),
+            login_limit: PerMinute::new(config.login_limit),
+        }
+    }
 }
 
 /// A user id from a path or body: a positive decimal number that fits an `i64`.
@@ -43,28 +72,42 @@ pub fn routes(
     let limit = state.max_body_bytes;
     let state = warp::any().map(move || state.clone());
 
+    // The bearer token, checked by each handler (see `guard::caller`).
+    let token = || warp::header::optional::<String>("authorization");
+
     let profile = warp::path!("profile" / String)
         .and(warp::get())
+        .and(token())
         .and(state.clone())
-        .then(|id, s| async move { reply::finish(users::profile(id, s).await) });
+        .then(|id, t, s| async move { reply::finish(users::profile(id, t, s).await) });
     let username = warp::path!("username" / String)
         .and(warp::get())
+        .and(token())
         .and(state.clone())
-        .then(|id, s| async move { reply::finish(users::username(id, s).await) });
+        .then(|id, t, s| async move { reply::finish(users::username(id, t, s).await) });
     let list = warp::path!("list" / String)
         .and(warp::get())
+        .and(token())
         .and(state.clone())
-        .then(|id, s| async move { reply::finish(friends::list(id, s).await) });
+        .then(|id, t, s| async move { reply::finish(friends::list(id, t, s).await) });
     let login = warp::path!("login")
         .and(warp::post())
         .and(body::parsed(limit))
         .and(state.clone())
         .then(|b, s| async move { reply::finish(users::login(b, s).await) });
+    let logout = warp::path!("logout")
+        .and(warp::post())
+        .and(token())
+        .and(state.clone())
+        .then(|t, s| async move { reply::finish(users::logout(t, s).await) });
     let regist = warp::path!("regist")
         .and(warp::post())
         .and(body::parsed(limit))
+        .and(warp::addr::remote())
         .and(state)
-        .then(|b, s| async move { reply::finish(users::regist(b, s).await) });
+        .then(|b, addr: Option<SocketAddr>, s| async move {
+            reply::finish(users::regist(b, addr.map(|a| a.ip()), s).await)
+        });
 
     profile
         .or(username)
@@ -72,6 +115,8 @@ pub fn routes(
         .or(list)
         .unify()
         .or(login)
+        .unify()
+        .or(logout)
         .unify()
         .or(regist)
         .unify()

@@ -25,6 +25,16 @@ impl ApiError {
         Self::new(StatusCode::BAD_REQUEST, msg)
     }
 
+    /// No valid bearer token.
+    pub fn unauthorized() -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "Unauthorized")
+    }
+
+    /// A valid token, but not for this.
+    pub fn forbidden() -> Self {
+        Self::new(StatusCode::FORBIDDEN, "Forbidden")
+    }
+
     /// The Go server's answer for an unknown or malformed user id.
     pub fn out_of_range() -> Self {
         Self::bad_request("Out of range")

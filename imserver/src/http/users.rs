@@ -1,11 +1,12 @@
-//! Accounts: `/regist`, `/login`, `/profile/{id}`, `/username/{id}`.
+//! Accounts: `/regist`, `/login`, `/logout`, `/profile/{id}`, `/username/{id}`.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use super::reply::{ApiError, ApiResult, ok};
-use super::{AppState, body, parse_id};
+use super::{AppState, body, guard, parse_id};
 use crate::auth;
 use crate::store::{Account, User};
 
@@ -16,7 +17,9 @@ pub struct Profile<'a> {
     user: String,
     name: &'a str,
     sex: &'a str,
-    email: &'a str,
+    /// Absent (not null) in another user's profile unless the two are friends.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    email: Option<&'a str>,
     signature: &'a str,
 }
 
@@ -27,7 +30,7 @@ impl<'a> From<&'a User> for Profile<'a> {
             user: u.id.to_string(),
             name: &a.name,
             sex: &a.sex,
-            email: &a.email,
+            email: Some(&a.email),
             signature: &a.signature,
         }
     }
@@ -43,12 +46,25 @@ async fn existing_user(state: &AppState, id: &str) -> Result<User, ApiError> {
         .ok_or_else(ApiError::out_of_range)
 }
 
-pub async fn profile(id: String, state: Arc<AppState>) -> ApiResult {
+/// A profile; another user's email only for their friends (or for anybody in `--auth open`
+/// mode when the request carries no token, as the Go server did).
+pub async fn profile(id: String, token: Option<String>, state: Arc<AppState>) -> ApiResult {
+    let caller = guard::caller(&state, token.as_deref()).await?;
     let user = existing_user(&state, &id).await?;
-    ok(&Profile::from(&user))
+    let mut profile = Profile::from(&user);
+    if let Some(caller) = caller
+        && caller != user.id
+    {
+        let friends = state.store.friends(caller).await?.unwrap_or_default();
+        if !friends.iter().any(|(f, _)| *f == user.id) {
+            profile.email = None;
+        }
+    }
+    ok(&profile)
 }
 
-pub async fn username(id: String, state: Arc<AppState>) -> ApiResult {
+pub async fn username(id: String, token: Option<String>, state: Arc<AppState>) -> ApiResult {
+    guard::caller(&state, token.as_deref()).await?;
     let user = existing_user(&state, &id).await?;
     ok(&serde_json::json!({ "name": user.account.name }))
 }
@@ -59,14 +75,48 @@ pub struct Login {
     password: String,
 }
 
+/// `/login`'s answer: the profile, plus a token for the relay and the other routes.
+#[derive(Serialize)]
+struct LoggedIn<'a> {
+    #[serde(flatten)]
+    profile: Profile<'a>,
+    token: String,
+    /// When the token expires, in Unix seconds.
+    #[serde(rename = "expiresAt")]
+    expires_at: i64,
+}
+
+/// Checks the password (attempts per user are limited, so it cannot be guessed at speed)
+/// and issues a token.
 pub async fn login(body: Result<Login, ApiError>, state: Arc<AppState>) -> ApiResult {
     let login = body?;
+    if let Some(id) = parse_id(&login.user) {
+        state.login_limit.check(&id, "login attempts")?;
+    }
     let user = existing_user(&state, &login.user).await?;
     if !auth::verify_password(login.password, user.account.password_hash.clone()).await {
+        tracing::info!(user = user.id, "login failed: wrong password");
         return Err(ApiError::bad_request("Wrong userID or password"));
     }
+    let token = auth::issue_token(state.store.as_ref(), user.id, state.token_ttl).await?;
     tracing::info!(user = user.id, "login");
-    ok(&Profile::from(&user))
+    ok(&LoggedIn {
+        profile: Profile::from(&user),
+        token: token.secret,
+        expires_at: token.expires_at,
+    })
+}
+
+/// Revokes the token the request carries (only that one); `401` without a valid one.
+pub async fn logout(token: Option<String>, state: Arc<AppState>) -> ApiResult {
+    let token = token
+        .as_deref()
+        .and_then(guard::bearer)
+        .ok_or_else(ApiError::unauthorized)?;
+    if !auth::revoke_token(state.store.as_ref(), token).await? {
+        return Err(ApiError::unauthorized());
+    }
+    ok(&serde_json::json!({ "msg": "Logged out" }))
 }
 
 #[derive(Deserialize)]
@@ -78,7 +128,15 @@ pub struct Regist {
     signature: String,
 }
 
-pub async fn regist(body: Result<Regist, ApiError>, state: Arc<AppState>) -> ApiResult {
+/// Creates an account; accounts per client IP address and minute are limited.
+pub async fn regist(
+    body: Result<Regist, ApiError>,
+    ip: Option<IpAddr>,
+    state: Arc<AppState>,
+) -> ApiResult {
+    if let Some(ip) = ip {
+        state.regist_limit.check(&ip, "registrations")?;
+    }
     let r = body?;
     body::non_empty(&[
         ("password", &r.password),

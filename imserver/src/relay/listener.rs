@@ -1,14 +1,20 @@
-//! The accept loop.
+//! The accept loop, and the server-wide connection limit.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::{Relay, session};
+
+/// Connections over `--max-connections` that may wait at once for their `Regist`, to be told
+/// `too_many_connections` (a v1 client cannot be told, so the answer waits for the version).
+/// Beyond these, a connection is closed as soon as it is accepted.
+const REFUSALS: usize = 64;
 
 /// Accepts connections until `shutdown`, serving each in its own task on `tasks`.
 pub async fn serve(
@@ -18,6 +24,8 @@ pub async fn serve(
     tasks: TaskTracker,
 ) {
     let ids = AtomicU64::new(1);
+    let open = Arc::new(Semaphore::new(relay.limits.max_connections));
+    let refusals = Arc::new(Semaphore::new(REFUSALS));
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -25,6 +33,18 @@ pub async fn serve(
         };
         match accepted {
             Ok((stream, peer)) => {
+                // A permit from `open` is a connection slot; one from `refusals` is a place in
+                // the line of connections that are only waiting to be refused.
+                let permit = match open.clone().try_acquire_owned() {
+                    Ok(_permit) => session::Slot::Open { _permit },
+                    Err(_) => match refusals.clone().try_acquire_owned() {
+                        Ok(_permit) => session::Slot::Refused { _permit },
+                        Err(_) => {
+                            tracing::warn!(%peer, "connection limit reached; closed at once");
+                            continue;
+                        }
+                    },
+                };
                 // Chat frames are small and latency matters more than packet count.
                 let _ = stream.set_nodelay(true);
                 let id = ids.fetch_add(1, Ordering::Relaxed);
@@ -33,6 +53,7 @@ pub async fn serve(
                     stream,
                     peer,
                     id,
+                    permit,
                     shutdown.clone(),
                 ));
             }

@@ -21,6 +21,10 @@ const SHARDS: usize = 64;
 pub enum Outbound {
     /// A stored message: its `seq` in the receiver's inbox and its payload as sent.
     Deliver { seq: u64, payload: Bytes },
+    /// v2: a message this connection sent is stored (`id` is its client id, if it had one).
+    Ack { id: Option<String>, seq: u64 },
+    /// v2: the answer to a `Ping`, once the frames before it have taken effect.
+    Pong,
 }
 
 /// A live connection, as the router sees it.
@@ -58,12 +62,15 @@ impl Router {
         self.shards[i].lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Adds a connection of `user`.
-    pub fn subscribe(&self, user: &str, conn: ConnHandle) {
-        self.shard(user)
-            .entry(user.to_owned())
-            .or_default()
-            .push(conn);
+    /// Adds a connection of `user`, unless the user already has `max` of them; false then.
+    pub fn subscribe(&self, user: &str, conn: ConnHandle, max: usize) -> bool {
+        let mut shard = self.shard(user);
+        let conns = shard.entry(user.to_owned()).or_default();
+        if conns.len() >= max {
+            return false;
+        }
+        conns.push(conn);
+        true
     }
 
     /// Removes connection `id` of `user` (and nothing else: the user's other connections,

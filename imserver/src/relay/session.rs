@@ -1,33 +1,49 @@
-//! One relay connection: `Regist`, `Message`, replay of stored messages, and writing.
+//! One relay connection: `Regist`, `Message`, `Ack`, `Ping`, replay of stored messages, the
+//! connection's limits, and writing. One code path serves protocol versions 1 and 2; they
+//! differ only in what the session writes back (see [`Session::reject`] and `flush`).
 //!
-//! A single task per connection selects between the socket (frames in) and the connection's
-//! bounded send queue (frames out), so a connection's frames take effect in the order it sent
-//! them. Every socket write also watches the evict and shutdown signals: a peer that stops
-//! reading cannot pin its task.
+//! A single task per connection selects between the socket (frames in), the connection's
+//! bounded send queue (frames out) and its timer (the `Regist` deadline, then the idle
+//! timeout), so a connection's frames take effect in the order it sent them. Every socket
+//! write also watches the evict and shutdown signals: a peer that stops reading cannot pin
+//! its task.
 //!
 //! Delivery without gaps or duplicates rests on one number, `last_sent`, the highest `seq`
 //! written to this connection. `Regist` subscribes to the router *first* and then replays the
-//! store from the acknowledged position; any live frame whose `seq` was already replayed is
-//! skipped. A message is either queued live after the subscription or committed before the
-//! replay reads, so none falls between the two.
+//! store from the client's `lastSeq` (or the user's acknowledged position); any live frame
+//! whose `seq` was already replayed is skipped. A message is either queued live after the
+//! subscription or committed before the replay reads, so none falls between the two.
+//!
+//! Replies that must follow earlier effects go through the store's writer thread: a
+//! message's `Ack` is queued by its commit hook, and a `Pong` by a barrier hook, which runs
+//! only after every write queued before it (this connection's appends and acks) committed.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use futures::StreamExt;
-use improto::{Envelope, FrameCodec, PacketKind, ProtoError};
+use governor::DefaultDirectRateLimiter;
+use governor::clock::Clock;
+use improto::{
+    Ack, Envelope, ErrorCode, ErrorPacket, FrameCodec, Packet, PacketKind, ProtoError, Regist,
+    Registered,
+};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedWriteHalf;
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::time::Instant;
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::Relay;
 use super::router::{ConnHandle, Outbound};
-use crate::store::{NewMessage, StoreError};
+use crate::auth;
+use crate::config::AuthMode;
+use crate::store::{Appended, NewMessage, StoreError};
 
 /// Initial read buffer. Small, because most connections are idle most of the time; it grows
 /// as larger frames arrive.
@@ -36,6 +52,19 @@ const READ_BUFFER: usize = 512;
 /// Stop gathering queued frames into one write past this many bytes.
 const COALESCE_BYTES: usize = 64 * 1024;
 
+/// How long the last `Error` before a close may take to write.
+const FAREWELL_WRITE: Duration = Duration::from_secs(1);
+
+/// A connection's place under `--max-connections`.
+/// The permit is held for the connection's life and frees its place when dropped.
+pub(super) enum Slot {
+    /// Within the limit.
+    Open { _permit: OwnedSemaphorePermit },
+    /// Over it: refused with `too_many_connections` at its `Regist`. The permit is a place
+    /// among the few connections allowed to wait for that.
+    Refused { _permit: OwnedSemaphorePermit },
+}
+
 /// Why a session ended.
 #[derive(Debug, thiserror::Error)]
 enum Stop {
@@ -43,14 +72,40 @@ enum Stop {
     PeerClosed,
     #[error("server shutting down")]
     Shutdown,
-    #[error("send queue full (slow reader)")]
+    #[error("send queue full (slow reader) or a store failure")]
     Evicted,
-    #[error("protocol error: {0}")]
+    #[error("no Regist within the deadline")]
+    RegistDeadline,
+    #[error("idle for longer than the idle timeout")]
+    Idle,
+    #[error("stream error: {0}")]
     Protocol(ProtoError),
+    #[error("refused ({code}): {reason}")]
+    Refused { code: ErrorCode, reason: String },
     #[error("write failed: {0}")]
     Io(#[from] std::io::Error),
     #[error("store unavailable: {0}")]
     Store(#[from] StoreError),
+}
+
+impl Stop {
+    fn refused(code: ErrorCode, reason: impl Into<String>) -> Stop {
+        Stop::Refused {
+            code,
+            reason: reason.into(),
+        }
+    }
+
+    /// The `Error` a v2 client is told before the close, if any.
+    fn farewell(&self) -> Option<ErrorPacket> {
+        match self {
+            Stop::Protocol(e) => {
+                ErrorCode::for_error(e).map(|code| ErrorPacket::new(code, e.to_string()))
+            }
+            Stop::Refused { code, reason } => Some(ErrorPacket::new(code.clone(), reason)),
+            _ => None,
+        }
+    }
 }
 
 struct Session {
@@ -58,16 +113,30 @@ struct Session {
     id: u64,
     /// The user this connection speaks for, once it has sent `Regist`.
     user: Option<String>,
+    /// The protocol version, known from `Regist` on. Until then the connection is answered
+    /// as a version 2 one (a version 1 client sends `Regist` first, so never sees it).
+    version: Option<u8>,
     /// The highest `seq` written to this connection (see the module docs).
     last_sent: u64,
     /// Our end of the send queue, handed to the router on `Regist`.
     queue: mpsc::Sender<Outbound>,
-    /// Cancelled by the router when the send queue overflows.
+    /// Cancelled by the router when the send queue overflows, or by a commit hook when the
+    /// store failed.
     evict: CancellationToken,
     shutdown: CancellationToken,
     writer: OwnedWriteHalf,
     /// Frames gathered for the next write.
     out: BytesMut,
+    /// Over `--max-connections`: refused at `Regist`.
+    over_capacity: bool,
+    /// `--rate-limit`, for this connection; `None` when off.
+    limiter: Option<DefaultDirectRateLimiter>,
+    /// When the last frame arrived, for the idle timeout.
+    last_frame: Instant,
+    /// v2: one permit per message sent but not yet acknowledged, returned by its commit hook.
+    /// Half the send queue, so that the `Ack`s of a fast sender's own messages can never fill
+    /// its queue while the store is slow: past it, the sender waits (and TCP slows it down).
+    in_flight: Arc<Semaphore>,
 }
 
 /// Serves one accepted connection until it closes.
@@ -76,24 +145,34 @@ pub(super) async fn run(
     stream: TcpStream,
     peer: SocketAddr,
     id: u64,
+    slot: Slot,
     shutdown: CancellationToken,
 ) {
     let (read, writer) = stream.into_split();
     let codec = FrameCodec::with_max_frame_length(relay.limits.max_frame_bytes);
     let mut frames = FramedRead::with_capacity(read, codec, READ_BUFFER);
-    let (queue, mut rx) = mpsc::channel(relay.limits.send_queue.max(1));
+    let s_queue = relay.limits.send_queue;
+    let (queue, mut rx) = mpsc::channel(s_queue);
+    let now = Instant::now();
     let mut s = Session {
+        limiter: relay.limits.rate.map(DefaultDirectRateLimiter::direct),
+        over_capacity: matches!(slot, Slot::Refused { .. }),
         relay,
         id,
         user: None,
+        version: None,
         last_sent: 0,
         queue,
         evict: CancellationToken::new(),
         shutdown,
         writer,
         out: BytesMut::new(),
+        last_frame: now,
+        in_flight: Arc::new(Semaphore::new((s_queue / 2).max(1))),
     };
     info!(conn = id, %peer, "connected");
+    let timer = tokio::time::sleep_until(now + s.relay.limits.regist_deadline);
+    tokio::pin!(timer);
 
     let stop = loop {
         let step = tokio::select! {
@@ -105,8 +184,12 @@ pub(super) async fn run(
                 None => Err(Stop::PeerClosed),
                 // The frame codec fails only on stream errors: oversized or truncated.
                 Some(Err(e)) => Err(Stop::Protocol(e)),
-                Some(Ok(payload)) => s.handle(payload).await,
+                Some(Ok(payload)) => {
+                    s.last_frame = Instant::now();
+                    s.handle(payload).await
+                }
             },
+            () = &mut timer => s.next_deadline().map(|at| timer.as_mut().reset(at)),
         };
         if let Err(stop) = step {
             break stop;
@@ -115,6 +198,13 @@ pub(super) async fn run(
 
     if let Some(user) = &s.user {
         s.relay.router.unsubscribe(user, id);
+    }
+    if s.version != Some(1)
+        && let Some(error) = stop.farewell()
+    {
+        s.out.clear();
+        push_packet(&mut s.out, &error.into());
+        let _ = tokio::time::timeout(FAREWELL_WRITE, s.writer.write_all(&s.out)).await;
     }
     match &stop {
         Stop::PeerClosed | Stop::Shutdown => {
@@ -125,73 +215,154 @@ pub(super) async fn run(
 }
 
 impl Session {
+    /// When the timer should fire next, or why the connection must close now. Before
+    /// `Regist` the timer is the `Regist` deadline; after it, the idle timeout.
+    fn next_deadline(&self) -> Result<Instant, Stop> {
+        if self.user.is_none() {
+            return Err(Stop::RegistDeadline);
+        }
+        match self.relay.limits.idle_timeout {
+            // Far enough to never matter, near enough for any clock.
+            None => Ok(Instant::now() + Duration::from_secs(365 * 24 * 3600)),
+            Some(idle) => {
+                let due = self.last_frame + idle;
+                if due <= Instant::now() {
+                    Err(Stop::Idle)
+                } else {
+                    Ok(due)
+                }
+            }
+        }
+    }
+
     async fn handle(&mut self, payload: Bytes) -> Result<(), Stop> {
         let env = match Envelope::peek(&payload) {
             Ok(env) => env,
             Err(e) => {
-                info!(conn = self.id, "dropped a bad packet: {}", describe(&e));
-                return Ok(());
+                info!(conn = self.id, "bad packet: {}", describe(&e));
+                let code = ErrorCode::for_error(&e).unwrap_or(ErrorCode::BadPacket);
+                let id = Envelope::client_id_of_invalid(&payload);
+                return self.reject(code, e.to_string(), id).await;
             }
         };
         match env.kind() {
-            PacketKind::Regist => {
-                self.regist(env.sender().unwrap_or_default().to_owned())
-                    .await
-            }
             PacketKind::Message => {
-                let receiver = env.receiver().unwrap_or_default().to_owned();
                 let sender = env.sender().unwrap_or_default().to_owned();
-                self.message(sender, receiver, payload).await
+                let receiver = env.receiver().unwrap_or_default().to_owned();
+                let id = env.client_id().map(str::to_owned);
+                // A relayed frame gets its `seq` spliced in after the opening brace, which
+                // needs the brace first and no `seq` of the sender's (see `canonical`).
+                let spliceable = payload.first() == Some(&b'{') && env.seq().is_none();
+                let payload = if spliceable {
+                    payload
+                } else {
+                    canonical(&payload)
+                };
+                self.message(sender, receiver, id, payload).await
             }
+            PacketKind::Regist => match Packet::from_json(&payload) {
+                Ok(Packet::Regist(r)) => self.regist(r).await,
+                _ => unreachable!("the envelope said Regist"),
+            },
+            PacketKind::Ack => self.ack(env.seq().unwrap_or_default()).await,
+            PacketKind::Ping => self.ping().await,
             other => {
-                info!(
-                    conn = self.id,
-                    ?other,
-                    "dropped a packet this server does not handle"
-                );
-                Ok(())
+                let reason = format!("{other:?} is sent by the server, not to it");
+                self.reject(ErrorCode::BadPacket, reason, None).await
             }
         }
     }
 
-    async fn regist(&mut self, user: String) -> Result<(), Stop> {
-        if let Some(current) = &self.user {
-            if *current != user {
-                warn!(
-                    conn = self.id,
-                    user = current,
-                    claimed = user,
-                    "second Regist with another id ignored"
-                );
-            }
+    /// Refuses one packet and carries on: an `Error` for v2 (and before `Regist`); for v1,
+    /// which must never receive anything but `Message`, the log line is all.
+    async fn reject(
+        &mut self,
+        code: ErrorCode,
+        message: String,
+        id: Option<String>,
+    ) -> Result<(), Stop> {
+        info!(conn = self.id, user = self.user, %code, "packet refused");
+        if self.version == Some(1) {
             return Ok(());
         }
-        // Subscribe before reading the store: see the module docs.
-        self.relay.router.subscribe(
-            &user,
-            ConnHandle {
-                id: self.id,
-                queue: self.queue.clone(),
-                evict: self.evict.clone(),
-            },
+        push_packet(
+            &mut self.out,
+            &ErrorPacket::new(code, message).with_id(id).into(),
         );
-        info!(conn = self.id, user, "registered");
-        self.user = Some(user);
+        self.flush(self.last_sent).await
+    }
+
+    async fn regist(&mut self, r: Regist) -> Result<(), Stop> {
+        if let Some(current) = &self.user {
+            if *current == r.sender {
+                return Ok(()); // a repeated Regist changes nothing
+            }
+            let reason = format!("this connection is already registered as {current}");
+            return self.reject(ErrorCode::BadPacket, reason, None).await;
+        }
+        // From here on the version decides what the connection is told, refusals included.
+        self.version = Some(r.version);
+        if self.over_capacity {
+            return Err(Stop::refused(
+                ErrorCode::TooManyConnections,
+                "the server is at its connection limit",
+            ));
+        }
+        if self.relay.auth == AuthMode::Token || r.version >= 2 {
+            let owner = match &r.token {
+                Some(token) => auth::check_token(self.relay.store.as_ref(), token).await?,
+                None => None,
+            };
+            if owner.is_none_or(|owner| owner.to_string() != r.sender) {
+                return Err(Stop::refused(
+                    ErrorCode::Unauthorized,
+                    "Regist needs a valid login token of its sender",
+                ));
+            }
+        }
+        // Subscribe before reading the store: see the module docs.
+        let handle = ConnHandle {
+            id: self.id,
+            queue: self.queue.clone(),
+            evict: self.evict.clone(),
+        };
+        let max = self.relay.limits.max_connections_per_user;
+        if !self.relay.router.subscribe(&r.sender, handle, max) {
+            return Err(Stop::refused(
+                ErrorCode::TooManyConnections,
+                format!("this user already has {max} connections"),
+            ));
+        }
+        info!(
+            conn = self.id,
+            user = r.sender,
+            version = r.version,
+            "registered"
+        );
+        let inbox = self.relay.store.inbox(&r.sender).await?;
+        if r.version >= 2 {
+            push_packet(
+                &mut self.out,
+                &Registered::new(&r.sender, inbox.head).into(),
+            );
+        }
+        // The device's own position wins; beyond the head, there is nothing to replay.
+        self.last_sent = r.last_seq.map_or(inbox.acked, |seq| seq.min(inbox.head));
+        self.user = Some(r.sender);
         self.replay().await
     }
 
-    /// Writes every stored message after the acknowledged position, in order.
+    /// Writes every stored message after `last_sent`, in order.
     async fn replay(&mut self) -> Result<(), Stop> {
         let user = self.user.clone().expect("registered");
         let store = self.relay.store.clone();
-        self.last_sent = store.inbox(&user).await?.acked;
-        let limit = self.relay.limits.replay_batch.max(1);
+        let limit = self.relay.limits.replay_batch;
         loop {
             let batch = store.read_inbox(&user, self.last_sent, limit).await?;
             let done = batch.len() < limit;
             let mut last = self.last_sent;
             for m in batch {
-                push_frame(&mut self.out, &m.payload);
+                push_message(&mut self.out, &m.payload, m.seq);
                 last = m.seq;
             }
             self.flush(last).await?;
@@ -205,36 +376,63 @@ impl Session {
         &mut self,
         sender: String,
         receiver: String,
+        id: Option<String>,
         payload: Bytes,
     ) -> Result<(), Stop> {
         let Some(user) = &self.user else {
-            info!(conn = self.id, "dropped a Message sent before Regist");
-            return Ok(());
+            let reason = "send Regist first".to_owned();
+            return self.reject(ErrorCode::NotRegistered, reason, id).await;
         };
         if sender != *user {
             warn!(
                 conn = self.id,
                 user,
                 claimed = sender,
-                "dropped a Message with another user's id as sender"
+                "a Message with another user's id as sender"
             );
-            return Ok(());
+            let reason = format!("this connection is registered as {user}");
+            return self.reject(ErrorCode::SenderMismatch, reason, id).await;
         }
+        if !self.within_rate().await? {
+            let reason = "over the message rate limit; send it again later".to_owned();
+            return self.reject(ErrorCode::RateLimited, reason, id).await;
+        }
+        // Only a v2 sender is told that its message is stored.
+        let acks = if self.version == Some(2) {
+            let permit = tokio::select! {
+                permit = self.in_flight.clone().acquire_owned() => {
+                    permit.expect("the semaphore is never closed")
+                }
+                () = self.shutdown.cancelled() => return Err(Stop::Shutdown),
+                () = self.evict.cancelled() => return Err(Stop::Evicted),
+            };
+            Some((self.queue.clone(), permit))
+        } else {
+            None
+        };
         let router = self.relay.router.clone();
         let evict = self.evict.clone();
         let to = receiver.clone();
         let frame = payload.clone();
-        let hook = Box::new(move |stored: Result<_, StoreError>| match stored {
-            Ok(crate::store::Appended {
-                seq,
-                duplicate: false,
-            }) => {
-                router.deliver(&to, seq, &frame);
+        let ack_id = id.clone();
+        let hook = Box::new(move |stored: Result<Appended, StoreError>| match stored {
+            Ok(Appended { seq, duplicate }) => {
+                // A retry of a stored message is acknowledged again, but not relayed again.
+                if !duplicate {
+                    router.deliver(&to, seq, &frame);
+                }
+                if let Some((acks, permit)) = acks {
+                    drop(permit);
+                    if acks.try_send(Outbound::Ack { id: ack_id, seq }).is_err() {
+                        // Its queue is full of deliveries: like any slow reader, the sender
+                        // reconnects later and, sending the message again, gets this Ack.
+                        evict.cancel();
+                    }
+                }
             }
-            Ok(_) => {}
             Err(e) => {
-                // The sender cannot be told over v1; closing its connection is the signal
-                // that something is wrong, and it keeps unstored messages from piling up.
+                // Unstored, so unacknowledged: closing the connection tells the sender (a v1
+                // one cannot be told otherwise), and keeps unstored messages from piling up.
                 tracing::error!(error = %e, "a message could not be stored; closing its sender");
                 evict.cancel();
             }
@@ -242,10 +440,58 @@ impl Session {
         let msg = NewMessage {
             receiver,
             sender,
-            client_id: None,
+            client_id: id,
             payload,
         };
         Ok(self.relay.store.append(msg, hook).await?)
+    }
+
+    /// Whether a message may go now under `--rate-limit`. A v2 client is told to retry; a v1
+    /// client cannot be, so its connection waits (reading nothing meanwhile, which slows the
+    /// sender through TCP) and nothing is lost.
+    async fn within_rate(&self) -> Result<bool, Stop> {
+        let Some(limiter) = &self.limiter else {
+            return Ok(true);
+        };
+        loop {
+            match limiter.check() {
+                Ok(()) => return Ok(true),
+                Err(_) if self.version != Some(1) => return Ok(false),
+                Err(not_until) => {
+                    let wait = not_until.wait_time_from(limiter.clock().now());
+                    tokio::select! {
+                        () = tokio::time::sleep(wait) => {}
+                        () = self.shutdown.cancelled() => return Err(Stop::Shutdown),
+                        () = self.evict.cancelled() => return Err(Stop::Evicted),
+                    }
+                }
+            }
+        }
+    }
+
+    /// `Ack` from the client: everything up to `seq` is processed (on any of its devices).
+    async fn ack(&mut self, seq: u64) -> Result<(), Stop> {
+        let Some(user) = &self.user else {
+            let reason = "send Regist first".to_owned();
+            return self.reject(ErrorCode::NotRegistered, reason, None).await;
+        };
+        Ok(self.relay.store.ack(user, seq).await?)
+    }
+
+    /// `Pong` once every earlier frame has taken effect. A v1 client gets nothing (the frame
+    /// still keeps its connection alive).
+    async fn ping(&mut self) -> Result<(), Stop> {
+        if self.version == Some(1) {
+            return Ok(());
+        }
+        let queue = self.queue.clone();
+        let evict = self.evict.clone();
+        let hook = Box::new(move |done: Result<(), StoreError>| {
+            if done.is_err() || queue.try_send(Outbound::Pong).is_err() {
+                evict.cancel();
+            }
+        });
+        Ok(self.relay.store.barrier(hook).await?)
     }
 
     /// Writes `first` and whatever else is queued (up to [`COALESCE_BYTES`]) in one go.
@@ -256,10 +502,18 @@ impl Session {
     ) -> Result<(), Stop> {
         let mut last = self.last_sent;
         let mut item = Some(first);
-        while let Some(Outbound::Deliver { seq, payload }) = item {
-            if seq > last {
-                push_frame(&mut self.out, &payload);
-                last = seq;
+        while let Some(next) = item {
+            match next {
+                Outbound::Deliver { seq, payload } => {
+                    if seq > last {
+                        push_message(&mut self.out, &payload, seq);
+                        last = seq;
+                    }
+                }
+                Outbound::Ack { id, seq } => {
+                    push_packet(&mut self.out, &Ack::stored(id, seq).into());
+                }
+                Outbound::Pong => push_packet(&mut self.out, &Packet::Pong),
             }
             item = if self.out.len() < COALESCE_BYTES {
                 rx.try_recv().ok()
@@ -271,7 +525,7 @@ impl Session {
     }
 
     /// Writes out the gathered frames; `last` is the highest `seq` among them. A v1 client
-    /// has no acknowledgements, so a written message counts as acknowledged.
+    /// has no acknowledgements, so for it a written message counts as acknowledged.
     async fn flush(&mut self, last: u64) -> Result<(), Stop> {
         if !self.out.is_empty() {
             let write = self.writer.write_all(&self.out);
@@ -288,20 +542,48 @@ impl Session {
         }
         if last > self.last_sent {
             self.last_sent = last;
-            let user = self
-                .user
-                .as_deref()
-                .expect("only registered sessions receive");
-            self.relay.store.ack(user, last).await?;
+            if self.version == Some(1) {
+                let user = self
+                    .user
+                    .as_deref()
+                    .expect("only registered sessions receive");
+                self.relay.store.ack(user, last).await?;
+            }
         }
         Ok(())
     }
 }
 
-fn push_frame(out: &mut BytesMut, payload: &[u8]) {
-    // Payloads were accepted under the frame limit, so they fit a u32 prefix.
-    out.put_u32(payload.len() as u32);
-    out.put_slice(payload);
+/// A stored message as a frame with its `seq`.
+fn push_message(out: &mut BytesMut, payload: &[u8], seq: u64) {
+    if !improto::write_stamped(out, payload, seq) {
+        // Only frames stored before payloads were made spliceable get here.
+        improto::write_stamped(out, &canonical(payload), seq);
+    }
+}
+
+/// A server-made packet as a frame.
+fn push_packet(out: &mut BytesMut, packet: &Packet) {
+    // Only a non-finite `createTime` fails to encode, and server packets carry no time.
+    let json = packet.to_json().expect("server packets always encode");
+    // Server packets are small; a u32 prefix always fits.
+    out.put_u32(json.len() as u32);
+    out.put_slice(&json);
+}
+
+/// A valid `Message` frame re-encoded so that a `seq` can be spliced in: the opening brace
+/// first and no `seq` of its own. Only unusual frames (leading whitespace, a client-sent
+/// `seq`) take this path.
+fn canonical(payload: &[u8]) -> Bytes {
+    match Packet::from_json(payload) {
+        Ok(Packet::Message(mut m)) => {
+            m.seq = None;
+            Packet::Message(m)
+                .to_json()
+                .map_or_else(|_| Bytes::copy_from_slice(payload), Bytes::from)
+        }
+        _ => Bytes::copy_from_slice(payload),
+    }
 }
 
 /// A packet error for the log, without the offending value (which might be message text).

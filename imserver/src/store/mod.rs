@@ -88,11 +88,25 @@ pub struct Inbox {
     pub acked: u64,
 }
 
+/// The hash of a login token: what the store keeps instead of the token.
+pub type TokenHash = [u8; 32];
+
+/// A login token as stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenRecord {
+    pub user: UserId,
+    /// Unix seconds; the token is refused from then on.
+    pub expires_at: i64,
+}
+
 /// What every store operation returns.
 pub type StoreFuture<'a, T> = BoxFuture<'a, Result<T, StoreError>>;
 
 /// Called once an append has committed (or failed); see [`Store::append`].
 pub type CommitHook = Box<dyn FnOnce(Result<Appended, StoreError>) + Send>;
+
+/// Called once every write queued before it has committed (or failed); see [`Store::barrier`].
+pub type BarrierHook = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 
 /// The server's storage.
 pub trait Store: Send + Sync + 'static {
@@ -135,6 +149,20 @@ pub trait Store: Send + Sync + 'static {
     /// applied in the order they were queued, so a later read through the same store sees it
     /// once a later write has committed.
     fn ack(&self, owner: &str, seq: u64) -> StoreFuture<'_, ()>;
+
+    /// Calls `done` once every write queued before this call has committed, from the same
+    /// thread and in the same order as commit hooks. Returns once queued. The relay answers
+    /// `Ping` through it: a `Pong` proves the connection's earlier frames have taken effect.
+    fn barrier(&self, done: BarrierHook) -> StoreFuture<'_, ()>;
+
+    /// Stores a login token's hash for `user`, and forgets expired tokens.
+    fn create_token(&self, hash: TokenHash, user: UserId, expires_at: i64) -> StoreFuture<'_, ()>;
+
+    /// The token with this hash, expired or not.
+    fn token(&self, hash: TokenHash) -> StoreFuture<'_, Option<TokenRecord>>;
+
+    /// Deletes the token with this hash; false when there was none.
+    fn revoke_token(&self, hash: TokenHash) -> StoreFuture<'_, bool>;
 
     /// Finishes queued writes and stops; later calls fail with [`StoreError::Closed`].
     fn close(&self) -> BoxFuture<'_, ()>;

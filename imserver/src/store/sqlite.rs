@@ -16,8 +16,8 @@ use rusqlite_migration::{M, Migrations};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    Account, Appended, CommitHook, Inbox, NewMessage, Store, StoreError, StoreFuture,
-    StoredMessage, User, UserId,
+    Account, Appended, BarrierHook, CommitHook, Inbox, NewMessage, Store, StoreError, StoreFuture,
+    StoredMessage, TokenHash, TokenRecord, User, UserId,
 };
 use crate::config::Durability;
 
@@ -27,7 +27,10 @@ const DB_FILE: &str = "imserver.sqlite3";
 const IDLE_READERS: usize = 8;
 
 fn migrations() -> Migrations<'static> {
-    Migrations::new(vec![M::up(include_str!("migrations/0001_init.sql"))])
+    Migrations::new(vec![
+        M::up(include_str!("migrations/0001_init.sql")),
+        M::up(include_str!("migrations/0002_tokens.sql")),
+    ])
 }
 
 /// A request to the writer thread.
@@ -41,6 +44,14 @@ enum Write {
     Befriend(UserId, UserId, oneshot::Sender<Result<(), StoreError>>),
     /// Queue-only: nobody waits for an acknowledgement to commit.
     Ack(String, u64),
+    Barrier(BarrierHook),
+    CreateToken(
+        TokenHash,
+        UserId,
+        i64,
+        oneshot::Sender<Result<(), StoreError>>,
+    ),
+    RevokeToken(TokenHash, oneshot::Sender<Result<bool, StoreError>>),
     /// Stop after everything queued before it.
     Close(oneshot::Sender<()>),
 }
@@ -236,6 +247,31 @@ impl Store for SqliteStore {
         self.enqueue(Write::Ack(owner.to_owned(), seq))
     }
 
+    fn barrier(&self, done: BarrierHook) -> StoreFuture<'_, ()> {
+        self.enqueue(Write::Barrier(done))
+    }
+
+    fn create_token(&self, hash: TokenHash, user: UserId, expires_at: i64) -> StoreFuture<'_, ()> {
+        self.write(move |tx| Write::CreateToken(hash, user, expires_at, tx))
+    }
+
+    fn token(&self, hash: TokenHash) -> StoreFuture<'_, Option<TokenRecord>> {
+        self.read(move |c| {
+            c.prepare_cached("SELECT user_id, expires_at FROM tokens WHERE hash = ?1")?
+                .query_row([&hash[..]], |r| {
+                    Ok(TokenRecord {
+                        user: r.get(0)?,
+                        expires_at: r.get(1)?,
+                    })
+                })
+                .optional()
+        })
+    }
+
+    fn revoke_token(&self, hash: TokenHash) -> StoreFuture<'_, bool> {
+        self.write(move |tx| Write::RevokeToken(hash, tx))
+    }
+
     fn close(&self) -> BoxFuture<'_, ()> {
         async move {
             let (tx, rx) = oneshot::channel();
@@ -272,6 +308,7 @@ fn writer(mut conn: Connection, mut rx: mpsc::Receiver<Write>, max_batch: usize)
 enum Outcome {
     Appended(Appended),
     Created(Option<UserId>),
+    Revoked(bool),
     Done,
 }
 
@@ -299,7 +336,22 @@ fn commit(conn: &mut Connection, batch: &mut Vec<Write>) -> bool {
                     .execute(params![owner, seq])?;
                     Outcome::Done
                 }
-                Write::Close(_) => Outcome::Done,
+                Write::CreateToken(hash, user, expires_at, _) => {
+                    // Expired tokens are useless; forget them while we are here.
+                    tx.prepare_cached("DELETE FROM tokens WHERE expires_at <= unixepoch()")?
+                        .execute([])?;
+                    tx.prepare_cached(
+                        "INSERT INTO tokens (hash, user_id, expires_at) VALUES (?1, ?2, ?3)",
+                    )?
+                    .execute(params![&hash[..], user, expires_at])?;
+                    Outcome::Done
+                }
+                Write::RevokeToken(hash, _) => Outcome::Revoked(
+                    tx.prepare_cached("DELETE FROM tokens WHERE hash = ?1")?
+                        .execute([&hash[..]])?
+                        == 1,
+                ),
+                Write::Barrier(_) | Write::Close(_) => Outcome::Done,
             });
         }
         tx.commit()?;
@@ -319,6 +371,13 @@ fn commit(conn: &mut Connection, batch: &mut Vec<Write>) -> bool {
                         let _ = tx.send(Ok(()));
                     }
                     (Write::Ack(..), _) => {}
+                    (Write::Barrier(done), _) => done(Ok(())),
+                    (Write::CreateToken(.., tx), _) => {
+                        let _ = tx.send(Ok(()));
+                    }
+                    (Write::RevokeToken(_, tx), Outcome::Revoked(found)) => {
+                        let _ = tx.send(Ok(found));
+                    }
                     (Write::Close(tx), _) => {
                         closing = true;
                         let _ = tx.send(());
@@ -340,6 +399,13 @@ fn commit(conn: &mut Connection, batch: &mut Vec<Write>) -> bool {
                         let _ = tx.send(Err(fail()));
                     }
                     Write::Ack(..) => {}
+                    Write::Barrier(done) => done(Err(fail())),
+                    Write::CreateToken(.., tx) => {
+                        let _ = tx.send(Err(fail()));
+                    }
+                    Write::RevokeToken(_, tx) => {
+                        let _ = tx.send(Err(fail()));
+                    }
                     Write::Close(tx) => {
                         closing = true;
                         let _ = tx.send(());

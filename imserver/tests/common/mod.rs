@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use improto::{Client, Message, Packet, Regist};
+use imserver::config::AuthMode;
 use imserver::{Config, Server};
 use tokio::time::timeout;
 
@@ -18,25 +19,38 @@ pub struct TestServer {
     pub server: Option<Server>,
     pub http: reqwest::Client,
     pub dir: tempfile::TempDir,
+    /// What `restart` starts again with.
+    config: Config,
 }
 
 impl TestServer {
-    /// A server with the demo users and default limits.
+    /// The Go server's model (`--auth open`) with the demo users.
     pub async fn start() -> Self {
         Self::start_with(|_| {}).await
     }
 
-    /// A server with the demo users and `adjust` applied to its configuration.
+    /// `--auth token` (the default) with the demo users.
+    pub async fn start_secure() -> Self {
+        Self::start_with(|c| c.auth = AuthMode::Token).await
+    }
+
+    /// The demo users, `--auth open`, the per-IP, per-user and per-connection rate limits
+    /// off (the tests of those limits turn them on), then `adjust` applied.
     pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut config = Config::local(dir.path());
         config.demo = true;
+        config.auth = AuthMode::Open;
+        config.regist_limit = 0;
+        config.login_limit = 0;
+        config.rate_limit = 0;
         adjust(&mut config);
-        let server = Server::start(config).await.expect("server starts");
+        let server = Server::start(config.clone()).await.expect("server starts");
         TestServer {
             server: Some(server),
             http: reqwest::Client::new(),
             dir,
+            config,
         }
     }
 
@@ -114,6 +128,36 @@ impl TestServer {
         c
     }
 
+    /// `POST /login` as `user` (password `pw`); returns the token.
+    pub async fn login(&self, user: &str, pw: &str) -> String {
+        let (status, body) = self
+            .post_json("/login", serde_json::json!({"user": user, "password": pw}))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body["token"].as_str().expect("a token").to_owned()
+    }
+
+    /// A raw connection, not registered.
+    pub async fn raw(&self) -> Client {
+        timeout(WAIT, Client::connect(self.tcp()))
+            .await
+            .expect("in time")
+            .expect("connects")
+    }
+
+    /// A v2 connection of `user` (after the handshake), resuming after `last_seq` if given.
+    pub async fn v2(&self, user: &str, token: &str, last_seq: Option<u64>) -> (Client, u64) {
+        let mut c = self.raw().await;
+        let mut regist = Regist::v2(user, token);
+        regist.last_seq = last_seq;
+        let live = timeout(WAIT, c.handshake(regist))
+            .await
+            .expect("in time")
+            .expect("registered");
+        assert_eq!(live.sender, user);
+        (c, live.seq)
+    }
+
     /// Stops the server gracefully (the data dir stays).
     pub async fn stop(&mut self) {
         if let Some(s) = self.server.take() {
@@ -123,11 +167,10 @@ impl TestServer {
         }
     }
 
-    /// Stops and starts again on the same data dir (new ports).
+    /// Stops and starts again on the same data dir and configuration (new ports).
     pub async fn restart(&mut self) {
         self.stop().await;
-        let mut config = Config::local(self.dir.path());
-        config.demo = true;
+        let config = self.config.clone();
         self.server = Some(Server::start(config).await.expect("server restarts"));
     }
 }
@@ -191,4 +234,41 @@ pub fn frame(payload: &[u8]) -> Vec<u8> {
     let mut v = (payload.len() as u32).to_be_bytes().to_vec();
     v.extend_from_slice(payload);
     v
+}
+
+/// The next packet, whatever it is.
+pub async fn recv_packet(c: &mut Client) -> Packet {
+    match timeout(WAIT, c.recv()).await.expect("a packet in time") {
+        Ok(Some(p)) => p,
+        other => panic!("expected a packet, got {other:?}"),
+    }
+}
+
+/// The next packet, which must be an `Error` with `code`; returns it.
+pub async fn expect_error(c: &mut Client, code: improto::ErrorCode) -> improto::ErrorPacket {
+    match recv_packet(c).await {
+        Packet::Error(e) if e.code == code => e,
+        other => panic!("expected Error {code}, got {other:?}"),
+    }
+}
+
+/// Sends `Ping` and returns every packet received before the `Pong`: once it returns, every
+/// frame sent before the `Ping` has taken effect.
+pub async fn sync(c: &mut Client) -> Vec<Packet> {
+    c.send(Packet::Ping).await.expect("sends Ping");
+    let mut before = Vec::new();
+    loop {
+        match recv_packet(c).await {
+            Packet::Pong => return before,
+            p => before.push(p),
+        }
+    }
+}
+
+/// After a `sync`, the connection is closed by the server (end of stream or an I/O error).
+pub async fn expect_eof(c: &mut Client) {
+    match timeout(WAIT, c.recv()).await.expect("closed in time") {
+        Ok(None) | Err(_) => {}
+        Ok(Some(p)) => panic!("expected the connection to close, got {p:?}"),
+    }
 }
