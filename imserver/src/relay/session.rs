@@ -186,7 +186,15 @@ pub(super) async fn run(
                 Some(Err(e)) => Err(Stop::Protocol(e)),
                 Some(Ok(payload)) => {
                     s.last_frame = Instant::now();
-                    s.handle(payload).await
+                    let was_registered = s.user.is_some();
+                    let handled = s.handle(payload).await;
+                    if !was_registered && s.user.is_some() {
+                        // From the `Regist` deadline to the idle timeout.
+                        if let Ok(at) = s.next_deadline() {
+                            timer.as_mut().reset(at);
+                        }
+                    }
+                    handled
                 }
             },
             () = &mut timer => s.next_deadline().map(|at| timer.as_mut().reset(at)),
