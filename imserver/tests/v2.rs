@@ -430,3 +430,24 @@ async fn a_slow_v2_reader_is_disconnected_and_resumes_from_its_last_seq() {
         assert_eq!((m.seq, m.id), (Some(seq), Some((seq - 1).to_string())));
     }
 }
+
+#[tokio::test]
+async fn a_v1_sender_over_the_rate_limit_is_slowed_down_not_dropped() {
+    let srv = TestServer::start_with(|c| {
+        c.rate_limit = 4;
+        c.rate_burst = 2;
+    })
+    .await;
+    let mut b = srv.client("2").await;
+    let (mut a, _rx) = srv.client("1").await.split();
+    // The probe in `client` used one message of the burst; these ten go past it.
+    for i in 0..10 {
+        a.feed(Message::new("1", "2", format!("v1-{i}")))
+            .await
+            .unwrap();
+    }
+    a.flush().await.unwrap();
+    for i in 0..10 {
+        assert_eq!(recv_message(&mut b).await.message, format!("v1-{i}"));
+    }
+}
