@@ -164,15 +164,10 @@ async fn everything_survives_kill_9_and_the_ports_can_be_reused_at_once() {
     let http = reqwest::Client::builder().timeout(WAIT).build().unwrap();
 
     // A new account, and stored messages for an offline user.
-    let created: serde_json::Value = http
-        .post(format!("http://{}/regist", p.http))
-        .json(&serde_json::json!({"password":"pw","name":"K","sex":"f","email":"k@x","signature":"s"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let account = serde_json::json!(
+        {"password":"pw","name":"K","sex":"f","email":"k@x","signature":"s"}
+    );
+    let created = post(&http, format!("http://{}/regist", p.http), account).await;
     let id = created["user"].as_str().unwrap().to_string();
     let mut a = client(p.tcp, "1").await;
     for i in 0..10 {
@@ -223,17 +218,16 @@ async fn everything_survives_kill_9_and_the_ports_can_be_reused_at_once() {
     }
 }
 
+/// POSTs `body` as JSON to `url`; returns the reply's JSON.
+async fn post(http: &reqwest::Client, url: String, body: serde_json::Value) -> serde_json::Value {
+    let reply = http.post(url).json(&body).send().await.unwrap();
+    reply.json().await.unwrap()
+}
+
 /// `POST /login`; returns the token.
 async fn login(http: &reqwest::Client, addr: SocketAddr, user: &str, password: &str) -> String {
-    let reply: serde_json::Value = http
-        .post(format!("http://{addr}/login"))
-        .json(&serde_json::json!({"user": user, "password": password}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body = serde_json::json!({"user": user, "password": password});
+    let reply = post(http, format!("http://{addr}/login"), body).await;
     reply["token"]
         .as_str()
         .unwrap_or_else(|| panic!("no token in {reply}"))

@@ -11,10 +11,24 @@ use tokio::time::timeout;
 
 /// A server in token mode, and tokens for users 1 and 2.
 async fn secure() -> (TestServer, String, String) {
-    let srv = TestServer::start_secure().await;
+    with_tokens(|c| c.auth = imserver::config::AuthMode::Token).await
+}
+
+/// A server configured by `adjust` (see `TestServer::start_with`), and tokens for users 1
+/// and 2.
+async fn with_tokens(adjust: impl FnOnce(&mut imserver::Config)) -> (TestServer, String, String) {
+    let srv = TestServer::start_with(adjust).await;
     let t1 = srv.login("1", "123").await;
     let t2 = srv.login("2", "123").await;
     (srv, t1, t2)
+}
+
+/// A raw socket that has sent a v2 `Regist` as user 1; for frames `Client` would not send.
+async fn raw_v2(srv: &TestServer, t1: &str) -> TcpStream {
+    let mut s = TcpStream::connect(srv.tcp()).await.unwrap();
+    let regist = format!(r#"{{"type":"Regist","sender":"1","token":"{t1}","version":2}}"#);
+    s.write_all(&frame(regist.as_bytes())).await.unwrap();
+    s
 }
 
 /// Sends `texts` from 1 to 2 (v2, with ids `<text>`), and waits for every `Ack`; returns
@@ -203,9 +217,7 @@ async fn a_spoofed_sender_is_refused_and_not_relayed() {
 #[tokio::test]
 async fn bad_packets_get_an_error_and_the_connection_stays() {
     let (srv, t1, _) = secure().await;
-    let mut s = TcpStream::connect(srv.tcp()).await.unwrap();
-    let regist = format!(r#"{{"type":"Regist","sender":"1","token":"{t1}","version":2}}"#);
-    s.write_all(&frame(regist.as_bytes())).await.unwrap();
+    let mut s = raw_v2(&srv, &t1).await;
     let long_id = "x".repeat(65);
     let cases: Vec<(Vec<u8>, ErrorCode, Option<&str>)> = vec![
         (b"{not json".to_vec(), ErrorCode::BadJson, None),
@@ -241,12 +253,7 @@ async fn bad_packets_get_an_error_and_the_connection_stays() {
 async fn bad_packet_errors_name_the_field() {
     let (srv, t1, _) = secure().await;
     // Built by hand: the Client would not send a Message without a receiver.
-    let mut s = TcpStream::connect(srv.tcp()).await.unwrap();
-    s.write_all(&frame(
-        format!(r#"{{"type":"Regist","sender":"1","token":"{t1}","version":2}}"#).as_bytes(),
-    ))
-    .await
-    .unwrap();
+    let mut s = raw_v2(&srv, &t1).await;
     s.write_all(&frame(
         br#"{"type":"Message","sender":"1","message":"m","createTime":1}"#,
     ))
@@ -290,12 +297,7 @@ async fn the_frame_limit_is_judged_on_the_prefix_exactly() {
     assert!(matches!(recv_packet(&mut c).await, Packet::Ack(_)));
     // One more byte: too_large, judged on the prefix alone (no payload is sent), then close.
     drop(c);
-    let mut s = TcpStream::connect(srv.tcp()).await.unwrap();
-    s.write_all(&frame(
-        format!(r#"{{"type":"Regist","sender":"1","token":"{t1}","version":2}}"#).as_bytes(),
-    ))
-    .await
-    .unwrap();
+    let mut s = raw_v2(&srv, &t1).await;
     s.write_all(&201u32.to_be_bytes()).await.unwrap();
     let mut c = improto::Client::new(s);
     assert!(matches!(recv_packet(&mut c).await, Packet::Registered(_)));
@@ -305,13 +307,11 @@ async fn the_frame_limit_is_judged_on_the_prefix_exactly() {
 
 #[tokio::test]
 async fn a_flood_past_the_rate_limit_is_refused_and_nothing_is_lost() {
-    let srv = TestServer::start_with(|c| {
+    let (srv, t1, t2) = with_tokens(|c| {
         c.rate_limit = 1;
         c.rate_burst = 5;
     })
     .await;
-    let t1 = srv.login("1", "123").await;
-    let t2 = srv.login("2", "123").await;
     let (mut a, _) = srv.v2("1", &t1, None).await;
     for i in 0..30 {
         a.send(Message::new("1", "2", format!("f{i}")).with_id(format!("f{i}")))
@@ -371,12 +371,11 @@ async fn a_connection_that_never_sends_regist_is_closed() {
 #[tokio::test]
 async fn an_idle_connection_is_closed_and_ping_keeps_one_alive() {
     // A `Regist` deadline far beyond the wait: the idle timeout must apply from `Regist` on.
-    let srv = TestServer::start_with(|c| {
+    let (srv, t1, _) = with_tokens(|c| {
         c.idle_timeout = 3;
         c.regist_deadline = 3600;
     })
     .await;
-    let t1 = srv.login("1", "123").await;
     let (mut idle, _) = srv.v2("1", &t1, None).await;
     let (mut busy, _) = srv.v2("1", &t1, None).await;
     // `busy` pings every 100 ms, well inside the timeout, for longer than the timeout.
@@ -394,9 +393,7 @@ async fn an_idle_connection_is_closed_and_ping_keeps_one_alive() {
 
 #[tokio::test]
 async fn a_slow_v2_reader_is_disconnected_and_resumes_from_its_last_seq() {
-    let srv = TestServer::start_with(|c| c.send_queue = 8).await;
-    let t1 = srv.login("1", "123").await;
-    let t2 = srv.login("2", "123").await;
+    let (srv, t1, t2) = with_tokens(|c| c.send_queue = 8).await;
     // The reader registers, then never reads: its socket and queue fill up.
     let (mut slow, _) = srv.v2("2", &t2, None).await;
     let text = "z".repeat(4000);
