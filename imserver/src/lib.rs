@@ -11,10 +11,12 @@
 //! ## Layout
 //!
 //! - `config`: every flag and limit ([`Config`]).
-//! - `http/`: the HTTP API (`routes`, `users`, `friends`, `body`, `reply`).
-//! - `relay/`: the TCP relay (`listener`, `session`, `router`).
+//! - `http/`: the HTTP API (routes in `mod`, `users`, `friends`, `guard` for bearer tokens
+//!   and rate limits, `body`, `reply`).
+//! - `relay/`: the TCP relay (`listener` with the connection limit, `session` for one
+//!   connection of either protocol version, `router`).
 //! - `store/`: the [`Store`](store::Store) trait and its SQLite implementation.
-//! - `auth`: password hashing.
+//! - `auth`: password hashing and login tokens.
 //!
 //! ## The way one message travels
 //!
@@ -22,7 +24,9 @@
 //! append to the store. The store's writer thread commits a batch of appends in one
 //! transaction, assigning each receiver's next `seq`, and then runs each append's commit hook
 //! in commit order; the hook hands the frame to the router, which queues it on every live
-//! connection of the receiver. Offline receivers get it from the store when they `Regist`.
+//! connection of the receiver, and queues the sender's `Ack` (v2) on the sender's connection.
+//! Each connection writes a message with its `seq` spliced in. Offline receivers get it from
+//! the store when they `Regist`, from their `lastSeq` or acknowledged position.
 
 pub mod auth;
 pub mod config;

@@ -270,7 +270,12 @@ impl Session {
             }
             PacketKind::Regist => match Packet::from_json(&payload) {
                 Ok(Packet::Regist(r)) => self.regist(r).await,
-                _ => unreachable!("the envelope said Regist"),
+                // The peek and the full decode agree on every frame (a fuzzed property);
+                // were they ever not to, refuse the packet rather than panic.
+                _ => {
+                    let reason = "malformed Regist".to_owned();
+                    self.reject(ErrorCode::BadPacket, reason, None).await
+                }
             },
             PacketKind::Ack => self.ack(env.seq().unwrap_or_default()).await,
             PacketKind::Ping => self.ping().await,
