@@ -97,7 +97,7 @@ pub async fn revoke_token(store: &dyn Store, secret: &str) -> Result<bool, Store
 }
 
 /// Unix seconds.
-pub fn now() -> i64 {
+fn now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)

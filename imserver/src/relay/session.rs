@@ -419,7 +419,7 @@ impl Session {
                 () = self.shutdown.cancelled() => return Err(Stop::Shutdown),
                 () = self.evict.cancelled() => return Err(Stop::Evicted),
             };
-            Some((self.queue.clone(), permit))
+            Some((self.queue.clone(), permit, id.clone()))
         } else {
             None
         };
@@ -427,16 +427,15 @@ impl Session {
         let evict = self.evict.clone();
         let to = receiver.clone();
         let frame = payload.clone();
-        let ack_id = id.clone();
         let hook = Box::new(move |stored: Result<Appended, StoreError>| match stored {
             Ok(Appended { seq, duplicate }) => {
                 // A retry of a stored message is acknowledged again, but not relayed again.
                 if !duplicate {
                     router.deliver(&to, seq, &frame);
                 }
-                if let Some((acks, permit)) = acks {
+                if let Some((acks, permit, id)) = acks {
                     drop(permit);
-                    if acks.try_send(Outbound::Ack { id: ack_id, seq }).is_err() {
+                    if acks.try_send(Outbound::Ack { id, seq }).is_err() {
                         // Its queue is full of deliveries: like any slow reader, the sender
                         // reconnects later and, sending the message again, gets this Ack.
                         evict.cancel();
