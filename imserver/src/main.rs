@@ -15,13 +15,17 @@ async fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::stdout().is_terminal())
         .init();
     let config = Config::parse();
+    // The handlers are installed before the startup line is logged: a supervisor that
+    // signals as soon as it sees that line must get a clean shutdown, not the default
+    // action of a signal nobody listens for yet.
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let server = Server::start(config)
         .await
         .context("imserver failed to start")?;
 
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received; shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT received; shutting down"),
         _ = term.recv() => tracing::info!("SIGTERM received; shutting down"),
     }
     server.shutdown().await;
