@@ -3,9 +3,11 @@
 //!
 //! - `listener`: the accept loop and the server-wide connection limit.
 //! - `session`: one connection, from its first frame to its close.
+//! - `reader`: frames in from a connection, with a read buffer sized by its traffic.
 //! - `router`: user id → live connections, and delivery into their send queues.
 
 mod listener;
+mod reader;
 mod router;
 mod session;
 

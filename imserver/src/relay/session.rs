@@ -23,7 +23,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use futures::StreamExt;
 use governor::DefaultDirectRateLimiter;
 use governor::clock::Clock;
 use improto::{
@@ -35,19 +34,15 @@ use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::Instant;
-use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::Relay;
+use super::reader::FrameReader;
 use super::router::{ConnHandle, Outbound};
 use crate::auth;
 use crate::config::AuthMode;
 use crate::store::{Appended, NewMessage, StoreError};
-
-/// Initial read buffer. Small, because most connections are idle most of the time; it grows
-/// as larger frames arrive.
-const READ_BUFFER: usize = 512;
 
 /// Stop gathering queued frames into one write past this many bytes.
 const COALESCE_BYTES: usize = 64 * 1024;
@@ -150,7 +145,7 @@ pub(super) async fn run(
 ) {
     let (read, writer) = stream.into_split();
     let codec = FrameCodec::with_max_frame_length(relay.limits.max_frame_bytes);
-    let mut frames = FramedRead::with_capacity(read, codec, READ_BUFFER);
+    let mut frames = FrameReader::new(read, codec);
     let s_queue = relay.limits.send_queue;
     let (queue, mut rx) = mpsc::channel(s_queue);
     let now = Instant::now();

@@ -5,6 +5,7 @@
 //! writer thread, which takes everything waiting (up to `--max-batch`) into one transaction,
 //! commits once, and only then answers each request, in order.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -283,25 +284,42 @@ impl Store for SqliteStore {
     }
 }
 
+/// Inbox heads the writer keeps in memory at most; past this, it forgets them all and reads
+/// them again as needed. About 100 bytes each.
+const HEADS_CACHED: usize = 100_000;
+
+/// The writer thread's state between batches.
+struct Writer {
+    conn: Connection,
+    /// Inbox heads (highest assigned `seq`), each read from the table once. Only this thread
+    /// assigns `seq`s, so the copies stay exact, as long as they are forgotten whenever a
+    /// transaction fails (the database rolled back, the copies did not). They save an
+    /// `inboxes` write per message: each batch writes each inbox it touched once.
+    heads: HashMap<String, u64>,
+}
+
 /// The writer thread: group commit until `Close` or until every sender is gone.
-fn writer(mut conn: Connection, mut rx: mpsc::Receiver<Write>, max_batch: usize) {
+fn writer(conn: Connection, mut rx: mpsc::Receiver<Write>, max_batch: usize) {
+    let mut w = Writer {
+        conn,
+        heads: HashMap::new(),
+    };
     let mut batch = Vec::with_capacity(max_batch);
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
         while batch.len() < max_batch {
             match rx.try_recv() {
-                Ok(w) => batch.push(w),
+                Ok(write) => batch.push(write),
                 Err(_) => break,
             }
         }
-        let closing = commit(&mut conn, &mut batch);
+        let closing = w.commit(&mut batch);
         if closing {
             rx.close();
             break;
         }
     }
     // Dropping the connection checkpoints the WAL when it is the last one.
-    drop(conn);
 }
 
 /// What one request produced inside the transaction, answered after commit.
@@ -312,14 +330,42 @@ enum Outcome {
     Done,
 }
 
-/// Applies `batch` in one transaction and answers every request. Returns true on `Close`.
-fn commit(conn: &mut Connection, batch: &mut Vec<Write>) -> bool {
-    let result = (|| -> rusqlite::Result<Vec<Outcome>> {
-        let tx = conn.transaction()?;
+/// What a batch changed in one inbox, written once at the end of the batch.
+#[derive(Default)]
+struct InboxChange {
+    /// The new head, when messages were appended.
+    head: Option<u64>,
+    /// The highest acknowledgement.
+    acked: Option<u64>,
+}
+
+impl Writer {
+    /// Applies `batch` in one transaction and answers every request. Returns true on
+    /// `Close`.
+    fn commit(&mut self, batch: &mut Vec<Write>) -> bool {
+        if self.heads.len() > HEADS_CACHED {
+            self.heads.clear();
+        }
+        let result = self.apply(batch);
+        if result.is_err() {
+            self.heads.clear();
+        }
+        answer(batch, result)
+    }
+
+    fn apply(&mut self, batch: &[Write]) -> rusqlite::Result<Vec<Outcome>> {
+        let tx = self.conn.transaction()?;
         let mut outcomes = Vec::with_capacity(batch.len());
-        for w in batch.iter() {
+        let mut inboxes: HashMap<&str, InboxChange> = HashMap::new();
+        for w in batch {
             outcomes.push(match w {
-                Write::Append(m, _) => Outcome::Appended(append(&tx, m)?),
+                Write::Append(m, _) => {
+                    let appended = append(&tx, &mut self.heads, m)?;
+                    if !appended.duplicate {
+                        inboxes.entry(&m.receiver).or_default().head = Some(appended.seq);
+                    }
+                    Outcome::Appended(appended)
+                }
                 Write::CreateUser(id, a, _) => Outcome::Created(create_user(&tx, *id, a)?),
                 Write::Befriend(a, b, _) => {
                     let mut stmt = tx.prepare_cached(
@@ -330,10 +376,8 @@ fn commit(conn: &mut Connection, batch: &mut Vec<Write>) -> bool {
                     Outcome::Done
                 }
                 Write::Ack(owner, seq) => {
-                    tx.prepare_cached(
-                        "UPDATE inboxes SET acked = max(acked, min(?2, head)) WHERE owner = ?1",
-                    )?
-                    .execute(params![owner, seq])?;
+                    let acked = &mut inboxes.entry(owner).or_default().acked;
+                    *acked = (*acked).max(Some(*seq));
                     Outcome::Done
                 }
                 Write::CreateToken(hash, user, expires_at, _) => {
@@ -354,10 +398,30 @@ fn commit(conn: &mut Connection, batch: &mut Vec<Write>) -> bool {
                 Write::Barrier(_) | Write::Close(_) => Outcome::Done,
             });
         }
+        for (owner, change) in inboxes {
+            if let Some(head) = change.head {
+                tx.prepare_cached(
+                    "INSERT INTO inboxes (owner, head, acked) VALUES (?1, ?2, 0)
+                     ON CONFLICT (owner) DO UPDATE SET head = excluded.head",
+                )?
+                .execute(params![owner, head])?;
+            }
+            if let Some(seq) = change.acked {
+                // Never backwards, never past the head.
+                tx.prepare_cached(
+                    "UPDATE inboxes SET acked = max(acked, min(?2, head)) WHERE owner = ?1",
+                )?
+                .execute(params![owner, seq])?;
+            }
+        }
         tx.commit()?;
         Ok(outcomes)
-    })();
+    }
+}
 
+/// Answers every request of a batch with its outcome, or with the transaction's error.
+/// Returns true on `Close`.
+fn answer(batch: &mut Vec<Write>, result: rusqlite::Result<Vec<Outcome>>) -> bool {
     let mut closing = false;
     match result {
         Ok(outcomes) => {
@@ -417,35 +481,52 @@ fn commit(conn: &mut Connection, batch: &mut Vec<Write>) -> bool {
     closing
 }
 
-fn append(tx: &rusqlite::Transaction, m: &NewMessage) -> rusqlite::Result<Appended> {
-    if let Some(id) = &m.client_id {
-        let earlier: Option<u64> = tx
-            .prepare_cached("SELECT seq FROM messages WHERE sender = ?1 AND client_id = ?2")?
-            .query_row(params![m.sender, id], |r| r.get(0))
-            .optional()?;
-        if let Some(seq) = earlier {
-            return Ok(Appended {
-                seq,
-                duplicate: true,
-            });
+/// Stores `m` at the next `seq` of its receiver's inbox, or finds the earlier copy of a
+/// retry (same sender, same client id) through the unique index.
+fn append(
+    tx: &rusqlite::Transaction,
+    heads: &mut HashMap<String, u64>,
+    m: &NewMessage,
+) -> rusqlite::Result<Appended> {
+    let head = match heads.get(&m.receiver) {
+        Some(head) => *head,
+        None => {
+            let head = tx
+                .prepare_cached("SELECT head FROM inboxes WHERE owner = ?1")?
+                .query_row([&m.receiver], |r| r.get(0))
+                .optional()?
+                .unwrap_or(0);
+            heads.insert(m.receiver.clone(), head);
+            head
         }
-    }
-    let seq: u64 = tx
+    };
+    let seq = head + 1;
+    let inserted = tx
         .prepare_cached(
-            "INSERT INTO inboxes (owner, head, acked) VALUES (?1, 1, 0)
-             ON CONFLICT (owner) DO UPDATE SET head = head + 1 RETURNING head",
+            "INSERT INTO messages (owner, seq, sender, client_id, payload)
+             VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (sender, client_id) WHERE client_id IS NOT NULL DO NOTHING",
         )?
-        .query_row([&m.receiver], |r| r.get(0))?;
-    tx.prepare_cached(
-        "INSERT INTO messages (owner, seq, sender, client_id, payload) VALUES (?1, ?2, ?3, ?4, ?5)",
-    )?
-    .execute(params![
-        m.receiver,
-        seq,
-        m.sender,
-        m.client_id,
-        &m.payload[..]
-    ])?;
+        .execute(params![
+            m.receiver,
+            seq,
+            m.sender,
+            m.client_id,
+            &m.payload[..]
+        ])?;
+    if inserted == 0 {
+        // Only a retry conflicts with the unique index of (sender, client_id).
+        let seq = tx
+            .prepare_cached("SELECT seq FROM messages WHERE sender = ?1 AND client_id = ?2")?
+            .query_row(params![m.sender, m.client_id], |r| r.get(0))?;
+        return Ok(Appended {
+            seq,
+            duplicate: true,
+        });
+    }
+    if let Some(head) = heads.get_mut(&m.receiver) {
+        *head = seq;
+    }
     Ok(Appended {
         seq,
         duplicate: false,

@@ -1,0 +1,97 @@
+//! `imbench`: an end-to-end load generator for imserver (and anything else that speaks its
+//! protocol, such as the `refrelay` reference relay next to it).
+//!
+//! It talks to the server over the real protocol from outside, as clients do, and with
+//! `--pid` reads the server's CPU time and memory from `/proc`, so the figure that counts
+//! on a machine shared with the load generator, server CPU per message, is measured
+//! directly. Every run ends with one `RESULT key=value …` line for scripts.
+//!
+//! ## Layout
+//!
+//! - `peer`: connecting, registering, accounts and tokens, the benchmark's messages;
+//! - `flow`: the windowed sender and the counting receiver, shared by the modes;
+//! - `relay`, `conns`, `offline`: the modes;
+//! - `server`: `/proc/<pid>` readings; `report`: the output.
+
+mod conns;
+mod flow;
+mod offline;
+mod peer;
+mod relay;
+mod report;
+mod server;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    about = "Load generator for imserver: relay throughput and latency, idle connections, offline storage"
+)]
+struct Cli {
+    /// The relay's TCP address.
+    #[arg(long, global = true, default_value = "127.0.0.1:8888")]
+    tcp: SocketAddr,
+    /// The HTTP API's address. With it, users are registered and logged in, and connections
+    /// carry tokens (the server needs `--regist-limit 0`); without it, the server must run
+    /// with `--auth open`.
+    #[arg(long, global = true)]
+    http: Option<SocketAddr>,
+    /// The server's PID, to report its CPU time per message and its memory.
+    #[arg(long, global = true)]
+    pid: Option<u32>,
+    /// Give up on a stream after this many seconds without a frame.
+    #[arg(long, global = true, default_value_t = 10)]
+    idle: u64,
+    /// Threads of the load generator.
+    #[arg(long, global = true, default_value_t = 1)]
+    threads: usize,
+    #[command(subcommand)]
+    mode: Mode,
+}
+
+#[derive(Subcommand, Debug)]
+enum Mode {
+    /// P sender→receiver pairs: throughput, latency, missing and out-of-order messages.
+    Relay(relay::Opts),
+    /// N idle registered connections: connect rate, memory per connection, probes.
+    Conns(conns::Opts),
+    /// Messages to offline users, then their drain: store and replay rates.
+    Offline(offline::Opts),
+    /// Logs a user in and prints its token (for HTTP benchmarks with wrk).
+    Token {
+        #[arg(long)]
+        user: String,
+        #[arg(long)]
+        password: String,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cli.threads.max(1))
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let server = server::Server::new(cli.pid)?;
+        let idle = Duration::from_secs(cli.idle);
+        let report = match cli.mode {
+            Mode::Relay(o) => relay::run(cli.tcp, cli.http, &server, idle, o).await?,
+            Mode::Conns(o) => conns::run(cli.tcp, &server, idle, o).await?,
+            Mode::Offline(o) => offline::run(cli.tcp, cli.http, &server, idle, o).await?,
+            Mode::Token { user, password } => {
+                let http = cli
+                    .http
+                    .ok_or_else(|| anyhow::anyhow!("token needs --http"))?;
+                let token = peer::login(&reqwest::Client::new(), http, &user, &password).await?;
+                println!("{token}");
+                return Ok(());
+            }
+        };
+        report.print();
+        Ok(())
+    })
+}
