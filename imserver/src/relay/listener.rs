@@ -48,14 +48,8 @@ pub async fn serve(
                 // Chat frames are small and latency matters more than packet count.
                 let _ = stream.set_nodelay(true);
                 let id = ids.fetch_add(1, Ordering::Relaxed);
-                tasks.spawn(session::run(
-                    relay.clone(),
-                    stream,
-                    peer,
-                    id,
-                    permit,
-                    shutdown.clone(),
-                ));
+                let fut = session::run(relay.clone(), stream, peer, id, permit, shutdown.clone());
+                tasks.spawn(fut);
             }
             Err(e) => {
                 // Usually out of file descriptors. Back off instead of spinning; connections

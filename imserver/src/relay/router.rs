@@ -10,8 +10,7 @@ use std::hash::BuildHasher;
 use std::sync::Mutex;
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
-use tokio::sync::mpsc::error::TrySendError;
+use flume::TrySendError;
 use tokio_util::sync::CancellationToken;
 
 const SHARDS: usize = 64;
@@ -32,7 +31,7 @@ pub enum Outbound {
 pub struct ConnHandle {
     /// Unique per connection, so closing one connection removes only that one.
     pub id: u64,
-    pub queue: mpsc::Sender<Outbound>,
+    pub queue: flume::Sender<Outbound>,
     /// Cancelled to make the connection close itself (its queue overflowed).
     pub evict: CancellationToken,
 }
@@ -111,7 +110,7 @@ impl Router {
                     c.evict.cancel();
                     false
                 }
-                Err(TrySendError::Closed(_)) => false,
+                Err(TrySendError::Disconnected(_)) => false,
             }
         });
         if conns.is_empty() {

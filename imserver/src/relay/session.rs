@@ -32,7 +32,7 @@ use improto::{
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedWriteHalf;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -103,6 +103,17 @@ impl Stop {
     }
 }
 
+/// What woke a session up.
+enum Event {
+    Stop(Stop),
+    /// Something to write.
+    Queued(Outbound),
+    /// A frame from the peer, or how its stream ended.
+    Frame(Option<Result<Bytes, ProtoError>>),
+    /// The `Regist` deadline or the idle timeout is due.
+    Timer,
+}
+
 struct Session {
     relay: Arc<Relay>,
     id: u64,
@@ -114,7 +125,7 @@ struct Session {
     /// The highest `seq` written to this connection (see the module docs).
     last_sent: u64,
     /// Our end of the send queue, handed to the router on `Regist`.
-    queue: mpsc::Sender<Outbound>,
+    queue: flume::Sender<Outbound>,
     /// Cancelled by the router when the send queue overflows, or by a commit hook when the
     /// store failed.
     evict: CancellationToken,
@@ -147,7 +158,7 @@ pub(super) async fn run(
     let codec = FrameCodec::with_max_frame_length(relay.limits.max_frame_bytes);
     let mut frames = FrameReader::new(read, codec);
     let s_queue = relay.limits.send_queue;
-    let (queue, mut rx) = mpsc::channel(s_queue);
+    let (queue, rx) = flume::bounded(s_queue);
     let now = Instant::now();
     let mut s = Session {
         limiter: relay.limits.rate.map(DefaultDirectRateLimiter::direct),
@@ -170,29 +181,39 @@ pub(super) async fn run(
     tokio::pin!(timer);
 
     let stop = loop {
-        let step = tokio::select! {
+        // The select only says what happened; the work happens after it, so that the futures
+        // it waits on and the work's own futures never take room in the task together (an
+        // idle connection's task is mostly this loop's state).
+        let event = tokio::select! {
             biased;
-            _ = s.shutdown.cancelled() => Err(Stop::Shutdown),
-            _ = s.evict.cancelled() => Err(Stop::Evicted),
-            Some(item) = rx.recv() => s.send_queued(item, &mut rx).await,
-            frame = frames.next() => match frame {
-                None => Err(Stop::PeerClosed),
-                // The frame codec fails only on stream errors: oversized or truncated.
-                Some(Err(e)) => Err(Stop::Protocol(e)),
-                Some(Ok(payload)) => {
-                    s.last_frame = Instant::now();
-                    let was_registered = s.user.is_some();
-                    let handled = s.handle(payload).await;
-                    if !was_registered && s.user.is_some() {
-                        // From the `Regist` deadline to the idle timeout.
-                        if let Ok(at) = s.next_deadline() {
-                            timer.as_mut().reset(at);
-                        }
+            _ = s.shutdown.cancelled() => Event::Stop(Stop::Shutdown),
+            _ = s.evict.cancelled() => Event::Stop(Stop::Evicted),
+            Ok(item) = rx.recv_async() => Event::Queued(item),
+            frame = frames.next() => Event::Frame(frame),
+            () = &mut timer => Event::Timer,
+        };
+        let step = match event {
+            Event::Stop(stop) => Err(stop),
+            Event::Queued(item) => s.send_queued(item, &rx).await,
+            Event::Frame(None) => Err(Stop::PeerClosed),
+            // The frame codec fails only on stream errors: oversized or truncated.
+            Event::Frame(Some(Err(e))) => Err(Stop::Protocol(e)),
+            Event::Frame(Some(Ok(payload))) => {
+                s.last_frame = Instant::now();
+                let was_registered = s.user.is_some();
+                // Boxed: a task is as large as the largest future it awaits inline, and
+                // handling a frame (a `Regist`, a message with its rate limit and store
+                // queue) needs about 900 bytes that an idle connection would otherwise hold.
+                let handled = Box::pin(s.handle(payload)).await;
+                if !was_registered && s.user.is_some() {
+                    // From the `Regist` deadline to the idle timeout.
+                    if let Ok(at) = s.next_deadline() {
+                        timer.as_mut().reset(at);
                     }
-                    handled
                 }
-            },
-            () = &mut timer => s.next_deadline().map(|at| timer.as_mut().reset(at)),
+                handled
+            }
+            Event::Timer => s.next_deadline().map(|at| timer.as_mut().reset(at)),
         };
         if let Err(stop) = step {
             break stop;
@@ -407,13 +428,10 @@ impl Session {
         }
         // Only a v2 sender is told that its message is stored.
         let acks = if self.version == Some(2) {
-            let permit = tokio::select! {
-                permit = self.in_flight.clone().acquire_owned() => {
-                    permit.expect("the semaphore is never closed")
-                }
-                () = self.shutdown.cancelled() => return Err(Stop::Shutdown),
-                () = self.evict.cancelled() => return Err(Stop::Evicted),
-            };
+            let permit = self.in_flight.clone().acquire_owned();
+            let permit = unless_closing(&self.shutdown, &self.evict, permit)
+                .await?
+                .expect("the semaphore is never closed");
             Some((self.queue.clone(), permit, id.clone()))
         } else {
             None
@@ -466,11 +484,8 @@ impl Session {
                 Err(_) if self.version != Some(1) => return Ok(false),
                 Err(not_until) => {
                     let wait = not_until.wait_time_from(limiter.clock().now());
-                    tokio::select! {
-                        () = tokio::time::sleep(wait) => {}
-                        () = self.shutdown.cancelled() => return Err(Stop::Shutdown),
-                        () = self.evict.cancelled() => return Err(Stop::Evicted),
-                    }
+                    let sleep = tokio::time::sleep(wait);
+                    unless_closing(&self.shutdown, &self.evict, sleep).await?;
                 }
             }
         }
@@ -505,7 +520,7 @@ impl Session {
     async fn send_queued(
         &mut self,
         first: Outbound,
-        rx: &mut mpsc::Receiver<Outbound>,
+        rx: &flume::Receiver<Outbound>,
     ) -> Result<(), Stop> {
         let mut last = self.last_sent;
         let mut item = Some(first);
@@ -536,11 +551,7 @@ impl Session {
     async fn flush(&mut self, last: u64) -> Result<(), Stop> {
         if !self.out.is_empty() {
             let write = self.writer.write_all(&self.out);
-            tokio::select! {
-                result = write => result?,
-                _ = self.evict.cancelled() => return Err(Stop::Evicted),
-                _ = self.shutdown.cancelled() => return Err(Stop::Shutdown),
-            }
+            unless_closing(&self.shutdown, &self.evict, write).await??;
             self.out.clear();
             // Do not let one burst pin a large buffer to an idle connection.
             if self.out.capacity() > COALESCE_BYTES * 2 {
@@ -558,6 +569,20 @@ impl Session {
             }
         }
         Ok(())
+    }
+}
+
+/// Runs `f` unless the connection is told to close first.
+async fn unless_closing<F: Future>(
+    shutdown: &CancellationToken,
+    evict: &CancellationToken,
+    f: F,
+) -> Result<F::Output, Stop> {
+    tokio::select! {
+        biased;
+        () = shutdown.cancelled() => Err(Stop::Shutdown),
+        () = evict.cancelled() => Err(Stop::Evicted),
+        out = f => Ok(out),
     }
 }
 
