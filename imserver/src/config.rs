@@ -41,6 +41,11 @@ pub struct Config {
     #[arg(long, env = "IMSERVER_LOGIN_LIMIT", default_value_t = 10)]
     pub login_limit: u32,
 
+    /// Passwords hashed or checked at once (each argon2id hash takes 19 MiB and tens of
+    /// milliseconds of one core); further registrations and logins wait their turn.
+    #[arg(long, env = "IMSERVER_PASSWORD_HASHERS", default_value_t = 2)]
+    pub password_hashers: usize,
+
     /// Create, if missing, user "1" (Wu) and user "2" (WuYW), password "123", friends of each
     /// other: what the Go server always started with.
     #[arg(long, env = "IMSERVER_DEMO")]

@@ -42,6 +42,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use auth::PasswordHashers;
 pub use config::Config;
 use store::{Account, SqliteStore, Store, StoreError};
 
@@ -59,6 +60,8 @@ pub enum StartError {
     },
     #[error("cannot open the store: {0}")]
     Store(#[from] StoreError),
+    #[error("cannot start the password hashing threads: {0}")]
+    Hashers(std::io::Error),
     #[error("cannot create the demo users: {0}")]
     Demo(String),
 }
@@ -89,14 +92,15 @@ impl Server {
             .map_err(|e| StoreError::Io(std::io::Error::other(e)))??
         };
         let store: Arc<dyn Store> = Arc::new(store);
+        let hashers = PasswordHashers::new(config.password_hashers).map_err(StartError::Hashers)?;
         if config.demo {
-            create_demo_users(store.as_ref()).await?;
+            create_demo_users(store.as_ref(), &hashers).await?;
         }
 
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
 
-        let state = Arc::new(http::AppState::new(store.clone(), &config));
+        let state = Arc::new(http::AppState::new(store.clone(), hashers, &config));
         let stop = shutdown.clone();
         tasks.spawn(
             warp::serve(http::routes(state))
@@ -169,12 +173,13 @@ fn local_addr(
 }
 
 /// User "1" (Wu) and user "2" (WuYW), password "123", friends: the Go server's fixtures.
-async fn create_demo_users(store: &dyn Store) -> Result<(), StartError> {
+async fn create_demo_users(store: &dyn Store, hashers: &PasswordHashers) -> Result<(), StartError> {
     for (id, name) in [(1, "Wu"), (2, "WuYW")] {
         if store.user(id).await?.is_some() {
             continue;
         }
-        let password_hash = auth::hash_password("123".into())
+        let password_hash = hashers
+            .hash("123".into())
             .await
             .map_err(|e| StartError::Demo(e.to_string()))?;
         let account = Account {

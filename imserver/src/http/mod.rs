@@ -25,6 +25,7 @@ use std::net::{IpAddr, SocketAddr};
 use guard::PerMinute;
 
 use crate::Config;
+use crate::auth::PasswordHashers;
 use crate::config::AuthMode;
 use crate::store::{Store, UserId};
 
@@ -41,11 +42,14 @@ pub struct AppState {
     regist_limit: PerMinute<IpAddr>,
     /// `--login-limit`, per user.
     login_limit: PerMinute<UserId>,
+    /// `--password-hashers` threads, for `/regist` and `/login`.
+    pub hashers: PasswordHashers,
 }
 
 impl AppState {
-    pub fn new(store: Arc<dyn Store>, config: &Config) -> Self {
+    pub fn new(store: Arc<dyn Store>, hashers: PasswordHashers, config: &Config) -> Self {
         AppState {
+            hashers,
             store,
             auth: config.auth,
             token_ttl: config.token_ttl,

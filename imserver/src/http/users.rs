@@ -94,7 +94,11 @@ pub async fn login(body: Result<Login, ApiError>, state: Arc<AppState>) -> ApiRe
         state.login_limit.check(&id, "login attempts")?;
     }
     let user = existing_user(&state, &login.user).await?;
-    if !auth::verify_password(login.password, user.account.password_hash.clone()).await {
+    if !state
+        .hashers
+        .verify(login.password, user.account.password_hash.clone())
+        .await
+    {
         tracing::info!(user = user.id, "login failed: wrong password");
         return Err(ApiError::bad_request("Wrong userID or password"));
     }
@@ -146,7 +150,7 @@ pub async fn regist(
         ("signature", &r.signature),
     ])?;
     let account = Account {
-        password_hash: auth::hash_password(r.password).await?,
+        password_hash: state.hashers.hash(r.password).await?,
         name: r.name,
         sex: r.sex,
         email: r.email,
