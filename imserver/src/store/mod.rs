@@ -5,6 +5,7 @@
 //! after its transaction commits, and commit hooks run in commit order, which is what keeps
 //! each receiver's `seq` order on the live path.
 
+mod cache;
 mod sqlite;
 
 use bytes::Bytes;

@@ -6,6 +6,7 @@
 //! commits once, and only then answers each request, in order.
 
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -16,6 +17,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use rusqlite_migration::{M, Migrations};
 use tokio::sync::{mpsc, oneshot};
 
+use super::cache::{ReadCache, Table};
 use super::{
     Account, Appended, BarrierHook, CommitHook, Inbox, NewMessage, Store, StoreError, StoreFuture,
     StoredMessage, TokenHash, TokenRecord, User, UserId,
@@ -61,6 +63,7 @@ enum Write {
 pub struct SqliteStore {
     writes: mpsc::Sender<Write>,
     readers: Arc<ReaderPool>,
+    cache: Arc<ReadCache>,
 }
 
 struct ReaderPool {
@@ -93,11 +96,18 @@ impl SqliteStore {
 
         let (writes, rx) = mpsc::channel(queue.max(1));
         let max_batch = max_batch.max(1);
+        let cache = Arc::new(ReadCache::default());
+        let w = Writer {
+            conn,
+            heads: HashMap::new(),
+            cache: cache.clone(),
+        };
         std::thread::Builder::new()
             .name("sqlite-writer".into())
-            .spawn(move || writer(conn, rx, max_batch))?;
+            .spawn(move || writer(w, rx, max_batch))?;
         Ok(SqliteStore {
             writes,
+            cache,
             readers: Arc::new(ReaderPool {
                 path,
                 idle: Mutex::new(Vec::new()),
@@ -159,40 +169,44 @@ impl Store for SqliteStore {
     }
 
     fn user(&self, id: UserId) -> StoreFuture<'_, Option<User>> {
-        self.read(move |c| {
-            c.prepare_cached(
-                "SELECT id, name, sex, email, signature, password_hash FROM users WHERE id = ?1",
-            )?
-            .query_row([id], |r| {
-                Ok(User {
-                    id: r.get(0)?,
-                    account: Account {
-                        name: r.get(1)?,
-                        sex: r.get(2)?,
-                        email: r.get(3)?,
-                        signature: r.get(4)?,
-                        password_hash: r.get(5)?,
-                    },
+        cached(&self.cache.users, id, |key| {
+            self.read(move |c| {
+                c.prepare_cached(
+                    "SELECT id, name, sex, email, signature, password_hash FROM users WHERE id = ?1",
+                )?
+                .query_row([key], |r| {
+                    Ok(User {
+                        id: r.get(0)?,
+                        account: Account {
+                            name: r.get(1)?,
+                            sex: r.get(2)?,
+                            email: r.get(3)?,
+                            signature: r.get(4)?,
+                            password_hash: r.get(5)?,
+                        },
+                    })
                 })
+                .optional()
             })
-            .optional()
         })
     }
 
     fn friends(&self, id: UserId) -> StoreFuture<'_, Option<Vec<(UserId, String)>>> {
-        self.read(move |c| {
-            let exists = c
-                .prepare_cached("SELECT 1 FROM users WHERE id = ?1")?
-                .exists([id])?;
-            if !exists {
-                return Ok(None);
-            }
-            let mut stmt = c.prepare_cached(
-                "SELECT u.id, u.name FROM friendships f JOIN users u ON u.id = f.friend_id
-                 WHERE f.user_id = ?1 ORDER BY u.id",
-            )?;
-            let rows = stmt.query_map([id], |r| Ok((r.get(0)?, r.get(1)?)))?;
-            Ok(Some(rows.collect::<Result<_, _>>()?))
+        cached(&self.cache.friends, id, |key| {
+            self.read(move |c| {
+                let exists = c
+                    .prepare_cached("SELECT 1 FROM users WHERE id = ?1")?
+                    .exists([key])?;
+                if !exists {
+                    return Ok(None);
+                }
+                let mut stmt = c.prepare_cached(
+                    "SELECT u.id, u.name FROM friendships f JOIN users u ON u.id = f.friend_id
+                     WHERE f.user_id = ?1 ORDER BY u.id",
+                )?;
+                let rows = stmt.query_map([key], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                Ok(Some(rows.collect::<Result<_, _>>()?))
+            })
         })
     }
 
@@ -257,15 +271,17 @@ impl Store for SqliteStore {
     }
 
     fn token(&self, hash: TokenHash) -> StoreFuture<'_, Option<TokenRecord>> {
-        self.read(move |c| {
-            c.prepare_cached("SELECT user_id, expires_at FROM tokens WHERE hash = ?1")?
-                .query_row([&hash[..]], |r| {
-                    Ok(TokenRecord {
-                        user: r.get(0)?,
-                        expires_at: r.get(1)?,
+        cached(&self.cache.tokens, hash, |key| {
+            self.read(move |c| {
+                c.prepare_cached("SELECT user_id, expires_at FROM tokens WHERE hash = ?1")?
+                    .query_row([&key[..]], |r| {
+                        Ok(TokenRecord {
+                            user: r.get(0)?,
+                            expires_at: r.get(1)?,
+                        })
                     })
-                })
-                .optional()
+                    .optional()
+            })
         })
     }
 
@@ -284,6 +300,32 @@ impl Store for SqliteStore {
     }
 }
 
+/// Answers from `table` when it has `key`; otherwise reads the database with `read(key)` and
+/// caches what it found.
+fn cached<'a, K, V>(
+    table: &'a Table<K, V>,
+    key: K,
+    read: impl FnOnce(K) -> StoreFuture<'a, Option<V>>,
+) -> StoreFuture<'a, Option<V>>
+where
+    K: Hash + Eq + Clone + Send + 'a,
+    V: Clone + Send + 'a,
+{
+    if let Some(hit) = table.get(&key) {
+        return futures::future::ready(Ok(Some(hit))).boxed();
+    }
+    let generation = table.generation();
+    let found = read(key.clone());
+    async move {
+        let found = found.await?;
+        if let Some(value) = &found {
+            table.put(generation, key, value.clone());
+        }
+        Ok(found)
+    }
+    .boxed()
+}
+
 /// Inbox heads the writer keeps in memory at most; past this, it forgets them all and reads
 /// them again as needed. About 100 bytes each.
 const HEADS_CACHED: usize = 100_000;
@@ -296,14 +338,12 @@ struct Writer {
     /// transaction fails (the database rolled back, the copies did not). They save an
     /// `inboxes` write per message: each batch writes each inbox it touched once.
     heads: HashMap<String, u64>,
+    /// Told of every change to what it caches, after the commit and before the answer.
+    cache: Arc<ReadCache>,
 }
 
 /// The writer thread: group commit until `Close` or until every sender is gone.
-fn writer(conn: Connection, mut rx: mpsc::Receiver<Write>, max_batch: usize) {
-    let mut w = Writer {
-        conn,
-        heads: HashMap::new(),
-    };
+fn writer(mut w: Writer, mut rx: mpsc::Receiver<Write>, max_batch: usize) {
     let mut batch = Vec::with_capacity(max_batch);
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
@@ -347,10 +387,27 @@ impl Writer {
             self.heads.clear();
         }
         let result = self.apply(batch);
-        if result.is_err() {
-            self.heads.clear();
+        match &result {
+            Ok(_) => self.forget_changes(batch),
+            Err(_) => self.heads.clear(),
         }
         answer(batch, result)
+    }
+
+    /// Tells the read cache what a committed batch changed.
+    fn forget_changes(&self, batch: &[Write]) {
+        for w in batch {
+            match w {
+                Write::Befriend(a, b, _) => {
+                    self.cache.friends.forget(a);
+                    self.cache.friends.forget(b);
+                }
+                Write::RevokeToken(hash, _) => self.cache.tokens.forget(hash),
+                // New users and tokens were not cached (misses never are); expired tokens
+                // deleted by `CreateToken` are refused by their expiry wherever they are.
+                _ => {}
+            }
+        }
     }
 
     fn apply(&mut self, batch: &[Write]) -> rusqlite::Result<Vec<Outcome>> {
