@@ -1,0 +1,209 @@
+#!/usr/bin/env bash
+# The performance benchmarks of imserver, end to end: builds in release mode, runs every
+# mode of `imbench` RUNS times, each against a freshly started server with a fresh data
+# dir, next to the same runs against `refrelay` (the minimal relay without storage), and
+# prints the median of each figure. Stops only the processes it started, by PID.
+#
+#   benches/run.sh                 # everything, 3 runs each (about 10 minutes)
+#   RUNS=5 benches/run.sh relay    # some scenarios only: relay latency v2 conns offline http
+#
+# Needs Python 3 (for the medians) and wrk (for `http`; installed with apt-get when
+# missing). Not part of CI: timings belong here, not in tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+RUNS=${RUNS:-3}
+MESSAGES=${MESSAGES:-1000000}
+CONNS=${CONNS:-19000}
+HOLD=${HOLD:-10}
+OUT=${OUT:-target/bench}
+SCENARIOS=${*:-relay latency v2 conns offline http}
+BIN=target/release
+
+cargo build --release -p imserver -p imbench
+mkdir -p "$OUT"
+RESULTS="$OUT/results.txt"
+: >"$RESULTS"
+LOG="$OUT/imbench.log"
+: >"$LOG"
+# The `conns` mode holds CONNS sockets in imbench and as many in the server.
+ulimit -n 20000 2>/dev/null || true
+
+STARTED=()
+cleanup() {
+    for pid in "${STARTED[@]}"; do
+        kill "$pid" 2>/dev/null || true
+    done
+}
+trap cleanup EXIT
+
+# Waits for `pattern` in `file`; fails after 30 s.
+wait_for() {
+    for _ in $(seq 300); do
+        grep -q "$2" "$1" 2>/dev/null && return 0
+        sleep 0.1
+    done
+    echo "no '$2' in $1:" >&2
+    cat "$1" >&2
+    exit 1
+}
+
+# Starts imserver with a fresh data dir and the benchmark's limits plus "$@"; sets PID,
+# TCP and HTTP.
+start_imserver() {
+    local dir
+    dir=$(mktemp -d "$OUT/data.XXXXXX")
+    "$BIN/imserver" --http-addr 127.0.0.1:0 --tcp-addr 127.0.0.1:0 --data-dir "$dir" \
+        --regist-limit 0 --login-limit 0 --rate-limit 0 --max-connections 19500 "$@" \
+        >"$dir/log" 2>&1 &
+    PID=$!
+    STARTED+=("$PID")
+    wait_for "$dir/log" "imserver listening"
+    TCP=$(grep -o 'tcp_addr=[^ ]*' "$dir/log" | head -1 | cut -d= -f2)
+    HTTP=$(grep -o 'http_addr=[^ ]*' "$dir/log" | head -1 | cut -d= -f2)
+}
+
+start_refrelay() {
+    local log
+    log=$(mktemp "$OUT/refrelay.XXXXXX")
+    "$BIN/refrelay" --addr 127.0.0.1:0 >"$log" 2>&1 &
+    PID=$!
+    STARTED+=("$PID")
+    wait_for "$log" "refrelay listening"
+    TCP=$(grep -o 'tcp_addr=[^ ]*' "$log" | cut -d= -f2)
+    HTTP=
+}
+
+stop() {
+    kill "$PID" 2>/dev/null || true
+    wait "$PID" 2>/dev/null || true
+}
+
+# Runs imbench with "$@" and records its RESULT line under `label`.
+bench() {
+    local label=$1
+    shift
+    echo "-- $label: imbench $*" | tee -a "$LOG"
+    "$BIN/imbench" --pid "$PID" "$@" 2>&1 | tee -a "$LOG" | grep '^RESULT' |
+        sed "s/^RESULT /$label /" >>"$RESULTS"
+}
+
+# Server CPU ticks (user + system) of $PID.
+ticks() { awk '{ print $14 + $15 }' "/proc/$PID/stat"; }
+
+# `wrk -t1 -c50` on one route; records requests/s and server CPU per request.
+wrk_route() {
+    local label=$1 path=$2 token=$3 before after out
+    before=$(ticks)
+    out=$(wrk -t1 -c50 -d10s -H "Authorization: Bearer $token" "http://$HTTP$path")
+    after=$(ticks)
+    echo "$out" >>"$LOG"
+    local rps requests errors
+    rps=$(echo "$out" | awk '/Requests\/sec/ { print $2 }')
+    requests=$(echo "$out" | awk '/requests in/ { print $1 }')
+    errors=$(echo "$out" | awk '/Non-2xx/ { print $NF }')
+    python3 -c "
+hz = $(getconf CLK_TCK)
+print('$label mode=http req_per_s=$rps non_2xx=${errors:-0} cpu_us_per_req=%.3f' % (($after - $before) / hz * 1e6 / $requests))" >>"$RESULTS"
+}
+
+for run in $(seq "$RUNS"); do
+    echo "== run $run of $RUNS"
+    for scenario in $SCENARIOS; do
+        case $scenario in
+        relay)
+            start_refrelay
+            bench relay-ref --tcp "$TCP" relay --messages "$MESSAGES"
+            stop
+            start_imserver
+            bench relay-v1 --tcp "$TCP" --http "$HTTP" relay --messages "$MESSAGES"
+            stop
+            ;;
+        v2)
+            start_imserver
+            bench relay-v2 --tcp "$TCP" --http "$HTTP" relay --proto 2 --messages "$MESSAGES"
+            stop
+            ;;
+        latency)
+            start_refrelay
+            bench latency-ref --tcp "$TCP" relay --pairs 1 --window 1 --messages 20000
+            stop
+            start_imserver
+            bench latency-v1 --tcp "$TCP" --http "$HTTP" relay --pairs 1 --window 1 --messages 20000
+            stop
+            ;;
+        conns)
+            start_refrelay
+            bench conns-ref --tcp "$TCP" conns --conns "$CONNS" --hold "$HOLD"
+            stop
+            # One user per connection, without tokens: see `imbench conns --help`.
+            start_imserver --auth open
+            bench conns --tcp "$TCP" conns --conns "$CONNS" --hold "$HOLD"
+            stop
+            ;;
+        offline)
+            start_imserver
+            bench offline --tcp "$TCP" --http "$HTTP" offline --messages 100000
+            stop
+            ;;
+        http)
+            if ! command -v wrk >/dev/null; then
+                apt-get install -y wrk >/dev/null || { apt-get update >/dev/null && apt-get install -y wrk >/dev/null; }
+            fi
+            start_imserver --demo
+            token=$("$BIN/imbench" token --http "$HTTP" --user 1 --password 123)
+            wrk_route http-profile /profile/2 "$token"
+            wrk_route http-list /list/1 "$token"
+            stop
+            ;;
+        *)
+            echo "unknown scenario $scenario" >&2
+            exit 2
+            ;;
+        esac
+    done
+done
+
+echo
+echo "== medians of $RUNS runs (all lines in $RESULTS, imbench output in $LOG)"
+python3 - "$RESULTS" <<'EOF'
+import collections, statistics, sys
+
+runs = collections.defaultdict(lambda: collections.defaultdict(list))
+order = []
+for line in open(sys.argv[1]):
+    label, *fields = line.split()
+    if label not in runs:
+        order.append(label)
+    for f in fields:
+        key, _, value = f.partition("=")
+        try:
+            runs[label][key].append(float(value))
+        except ValueError:
+            pass
+
+shown = ["msgs_per_s", "cpu_us_per_msg", "missing", "out_of_order", "p50_us", "p99_us",
+         "rss_bytes_per_conn", "probes_delivered", "dropped", "connects_per_s",
+         "store_per_s", "drain_per_s", "cpu_us_per_store", "cpu_us_per_drain",
+         "req_per_s", "cpu_us_per_req", "non_2xx", "rss_mib"]
+for label in order:
+    cols = [f"{k}={statistics.median(runs[label][k]):g}" for k in shown if runs[label][k]]
+    print(f"{label:14} " + " ".join(cols))
+
+def median(label, key):
+    values = runs.get(label, {}).get(key)
+    return statistics.median(values) if values else None
+
+print()
+print("== imserver against refrelay (ratios of medians)")
+for label, ref, keys in [
+    ("relay-v1", "relay-ref", ["cpu_us_per_msg", "msgs_per_s"]),
+    ("relay-v2", "relay-ref", ["cpu_us_per_msg", "msgs_per_s"]),
+    ("latency-v1", "latency-ref", ["p50_us", "p99_us"]),
+    ("conns", "conns-ref", ["rss_bytes_per_conn"]),
+]:
+    pairs = [(k, median(label, k), median(ref, k)) for k in keys]
+    text = [f"{k} x{a / b:.2f}" for k, a, b in pairs if a is not None and b]
+    if text:
+        print(f"{label:14} / {ref:12} " + " ".join(text))
+EOF
