@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use futures::FutureExt;
 use futures::future::BoxFuture;
+use rusqlite::types::Type;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use rusqlite_migration::{M, Migrations};
 use tokio::sync::{mpsc, oneshot};
@@ -33,6 +34,7 @@ fn migrations() -> Migrations<'static> {
     Migrations::new(vec![
         M::up(include_str!("migrations/0001_init.sql")),
         M::up(include_str!("migrations/0002_tokens.sql")),
+        M::up(include_str!("migrations/0003_chunks.sql")),
     ])
 }
 
@@ -242,19 +244,31 @@ impl Store for SqliteStore {
         limit: usize,
     ) -> StoreFuture<'_, Vec<StoredMessage>> {
         let owner = owner.to_owned();
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.read(move |c| {
             let mut stmt = c.prepare_cached(
-                "SELECT seq, payload FROM messages WHERE owner = ?1 AND seq > ?2
-                 ORDER BY seq LIMIT ?3",
+                "SELECT first_seq, frames FROM chunks WHERE owner = ?1 AND last_seq > ?2
+                 ORDER BY last_seq",
             )?;
-            let rows = stmt.query_map(params![owner, after, limit], |r| {
-                Ok(StoredMessage {
-                    seq: r.get(0)?,
-                    payload: Bytes::from(r.get::<_, Vec<u8>>(1)?),
-                })
-            })?;
-            rows.collect()
+            let mut rows = stmt.query(params![owner, after])?;
+            let mut out = Vec::new();
+            while out.len() < limit
+                && let Some(row) = rows.next()?
+            {
+                let first: u64 = row.get(0)?;
+                let frames = Bytes::from(row.get::<_, Vec<u8>>(1)?);
+                let mut frames = Frames::new(first, frames);
+                while out.len() < limit
+                    && let Some(m) = frames.next()
+                {
+                    let m = m.map_err(|e| {
+                        rusqlite::Error::FromSqlConversionFailure(1, Type::Blob, e.into())
+                    })?;
+                    if m.seq > after {
+                        out.push(m);
+                    }
+                }
+            }
+            Ok(out)
         })
     }
 
@@ -373,6 +387,8 @@ enum Outcome {
 /// What a batch changed in one inbox, written once at the end of the batch.
 #[derive(Default)]
 struct InboxChange {
+    /// The seq of the first message appended, and the frames of all of them: the chunk.
+    appended: Option<(u64, Vec<u8>)>,
     /// The new head, when messages were appended.
     head: Option<u64>,
     /// The highest acknowledgement.
@@ -419,7 +435,13 @@ impl Writer {
                 Write::Append(m, _) => {
                     let appended = append(&tx, &mut self.heads, m)?;
                     if !appended.duplicate {
-                        inboxes.entry(&m.receiver).or_default().head = Some(appended.seq);
+                        let inbox = inboxes.entry(&m.receiver).or_default();
+                        let (_, frames) = inbox
+                            .appended
+                            .get_or_insert_with(|| (appended.seq, Vec::new()));
+                        frames.extend_from_slice(&(m.payload.len() as u32).to_be_bytes());
+                        frames.extend_from_slice(&m.payload);
+                        inbox.head = Some(appended.seq);
                     }
                     Outcome::Appended(appended)
                 }
@@ -456,6 +478,13 @@ impl Writer {
             });
         }
         for (owner, change) in inboxes {
+            if let (Some((first, frames)), Some(last)) = (change.appended, change.head) {
+                tx.prepare_cached(
+                    "INSERT INTO chunks (owner, first_seq, last_seq, frames)
+                     VALUES (?1, ?2, ?3, ?4)",
+                )?
+                .execute(params![owner, first, last, frames])?;
+            }
             if let Some(head) = change.head {
                 tx.prepare_cached(
                     "INSERT INTO inboxes (owner, head, acked) VALUES (?1, ?2, 0)
@@ -538,8 +567,8 @@ fn answer(batch: &mut Vec<Write>, result: rusqlite::Result<Vec<Outcome>>) -> boo
     closing
 }
 
-/// Stores `m` at the next `seq` of its receiver's inbox, or finds the earlier copy of a
-/// retry (same sender, same client id) through the unique index.
+/// Assigns `m` the next `seq` of its receiver's inbox (the caller adds it to the batch's
+/// chunk), or finds the earlier copy of a retry (same sender, same client id).
 fn append(
     tx: &rusqlite::Transaction,
     heads: &mut HashMap<String, u64>,
@@ -558,28 +587,23 @@ fn append(
         }
     };
     let seq = head + 1;
-    let inserted = tx
-        .prepare_cached(
-            "INSERT INTO messages (owner, seq, sender, client_id, payload)
-             VALUES (?1, ?2, ?3, ?4, ?5)
-             ON CONFLICT (sender, client_id) WHERE client_id IS NOT NULL DO NOTHING",
-        )?
-        .execute(params![
-            m.receiver,
-            seq,
-            m.sender,
-            m.client_id,
-            &m.payload[..]
-        ])?;
-    if inserted == 0 {
-        // Only a retry conflicts with the unique index of (sender, client_id).
-        let seq = tx
-            .prepare_cached("SELECT seq FROM messages WHERE sender = ?1 AND client_id = ?2")?
-            .query_row(params![m.sender, m.client_id], |r| r.get(0))?;
-        return Ok(Appended {
-            seq,
-            duplicate: true,
-        });
+    if let Some(id) = &m.client_id {
+        let first = tx
+            .prepare_cached(
+                "INSERT INTO client_ids (sender, client_id, seq) VALUES (?1, ?2, ?3)
+                 ON CONFLICT DO NOTHING",
+            )?
+            .execute(params![m.sender, id, seq])?
+            == 1;
+        if !first {
+            let seq = tx
+                .prepare_cached("SELECT seq FROM client_ids WHERE sender = ?1 AND client_id = ?2")?
+                .query_row(params![m.sender, id], |r| r.get(0))?;
+            return Ok(Appended {
+                seq,
+                duplicate: true,
+            });
+        }
     }
     if let Some(head) = heads.get_mut(&m.receiver) {
         *head = seq;
@@ -588,6 +612,48 @@ fn append(
         seq,
         duplicate: false,
     })
+}
+
+/// The messages of one chunk, in order.
+struct Frames {
+    seq: u64,
+    rest: Bytes,
+}
+
+impl Frames {
+    fn new(first_seq: u64, frames: Bytes) -> Self {
+        Frames {
+            seq: first_seq,
+            rest: frames,
+        }
+    }
+}
+
+impl Iterator for Frames {
+    type Item = Result<StoredMessage, &'static str>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.rest.is_empty() {
+            return None;
+        }
+        let Some(head) = self.rest.first_chunk::<4>() else {
+            self.rest.clear();
+            return Some(Err("a chunk ends inside a length prefix"));
+        };
+        let len = u32::from_be_bytes(*head) as usize;
+        if self.rest.len() < 4 + len {
+            self.rest.clear();
+            return Some(Err("a chunk ends inside a frame"));
+        }
+        let payload = self.rest.slice(4..4 + len);
+        self.rest = self.rest.slice(4 + len..);
+        let m = StoredMessage {
+            seq: self.seq,
+            payload,
+        };
+        self.seq += 1;
+        Some(Ok(m))
+    }
 }
 
 fn create_user(
