@@ -7,7 +7,6 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use bytes::Bytes;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use imserver::config::Durability;
 use imserver::store::{CommitHook, NewMessage, SqliteStore, Store};
@@ -21,7 +20,7 @@ fn append(c: &mut Criterion) {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(SqliteStore::open(dir.path(), Durability::Process, 1024, 16384).unwrap());
-    let payload = Bytes::from(imbench::payload(&imbench::message_of_payload_len(100)));
+    let payload = imbench::payload(&imbench::message_of_payload_len(100));
     let mut group = c.benchmark_group("store");
     group.throughput(Throughput::Elements(ROUND as u64));
     group.sample_size(10);
