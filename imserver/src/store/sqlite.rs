@@ -4,6 +4,13 @@
 //! No SQLite call ever runs on a tokio worker thread. Writes go over a bounded channel to the
 //! writer thread, which takes everything waiting (up to `--max-batch`) into one transaction,
 //! commits once, and only then answers each request, in order.
+//!
+//! Messages are stored in chunks (migration 0003): the frames one transaction appended to
+//! one inbox, in one row. Per message, the writer assigns the next `seq` from its in-memory
+//! copy of the inbox heads and appends the frame to that inbox's chunk; each inbox it
+//! touched gets one `chunks` row and one `inboxes` update at the end of the batch. A v2
+//! message with a client id also gets a `client_ids` row, the unique key that makes retries
+//! idempotent. Reads that every HTTP request makes go through a cache (`cache.rs`).
 
 use std::collections::HashMap;
 use std::hash::Hash;

@@ -232,17 +232,29 @@ mod tests {
     #[test]
     fn messages_have_the_size_asked_for_and_parse_back() {
         for proto in [Proto::V1, Proto::V2] {
-            let frames = MessageFrames::new("1001", "1002", 100, proto);
-            let mut out = BytesMut::new();
-            frames.push(&mut out, 42, 123_456_789);
-            assert_eq!(out.len(), 4 + 100);
-            let payload = &out[4..];
-            let Ok(Packet::Message(m)) = Packet::from_json(payload) else {
-                panic!("not a valid Message: {}", String::from_utf8_lossy(payload));
-            };
-            assert_eq!((m.sender.as_str(), m.receiver.as_str()), ("1001", "1002"));
-            assert_eq!(m.id.is_some(), proto == Proto::V2);
-            assert_eq!(parse_text(payload), Some((42, 123_456_789)));
+            // 200 bytes leave room for every field; 10 bytes cannot, and the frame grows
+            // to what its fields need rather than being cut.
+            for (size, exact) in [(200, true), (10, false)] {
+                let frames = MessageFrames::new("1001", "1002", size, proto);
+                let mut out = BytesMut::new();
+                frames.push(&mut out, 42, 123_456_789);
+                let payload = &out[4..];
+                assert_eq!(
+                    u32::from_be_bytes(out[..4].try_into().unwrap()) as usize,
+                    payload.len()
+                );
+                if exact {
+                    assert_eq!(payload.len(), size, "{proto:?}");
+                } else {
+                    assert!(payload.len() > size, "{proto:?}");
+                }
+                let Ok(Packet::Message(m)) = Packet::from_json(payload) else {
+                    panic!("not a valid Message: {}", String::from_utf8_lossy(payload));
+                };
+                assert_eq!((m.sender.as_str(), m.receiver.as_str()), ("1001", "1002"));
+                assert_eq!(m.id.is_some(), proto == Proto::V2);
+                assert_eq!(parse_text(payload), Some((42, 123_456_789)));
+            }
         }
     }
 }
