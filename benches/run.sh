@@ -4,7 +4,7 @@
 # dir, next to the same runs against `refrelay` (the minimal relay without storage), and
 # prints the median of each figure. Stops only the processes it started, by PID.
 #
-#   benches/run.sh                 # everything, 3 runs each (about 10 minutes)
+#   benches/run.sh                 # everything, 3 runs each (about 5 minutes)
 #   RUNS=5 benches/run.sh relay    # some scenarios only: relay latency v2 conns offline http
 #
 # Needs Python 3 (for the medians) and wrk (for `http`; installed with apt-get when

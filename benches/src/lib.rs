@@ -4,7 +4,16 @@
 //!
 //! - `benches/codec.rs`: criterion micro-benchmarks of the protocol layer (encode, full
 //!   decode, envelope peek), run with `cargo bench -p imbench --bench codec`.
+//! - `benches/store.rs`: imserver's store alone (the writer thread, group commit, chunks).
+//! - `benches/sqlite_floor.rs`: bare SQLite with the server's settings, one variant per
+//!   schema: the floor under the store's cost per message.
+//! - `src/bin/imbench/`: the end-to-end load generator (`relay`, `conns`, `offline` modes),
+//!   over the real protocol against any server address; `src/bin/refrelay.rs`: the minimal
+//!   reference relay every result is compared with.
+//! - `run.sh`: builds, runs every scenario several times on fresh servers, prints medians.
 //! - this library: fixtures shared by the benchmarks.
+//!
+//! The results, and how to reproduce them, are in the README's "Performance" section.
 
 use bytes::{BufMut, Bytes, BytesMut};
 use improto::{Message, Packet};
