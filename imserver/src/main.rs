@@ -39,8 +39,8 @@ async fn main() -> anyhow::Result<()> {
 /// much for good. A fixed threshold keeps large blocks mmapped, so freeing one returns it.
 fn return_large_blocks_to_the_os() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes allocator parameters; called before any other thread
-    // exists.
+    // SAFETY: mallopt only changes allocator parameters, under the allocator's own lock (the
+    // runtime's threads may already be allocating); it touches no Rust-visible memory.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
     }
