@@ -19,7 +19,8 @@ const RECEIVERS: usize = 50;
 fn append(c: &mut Criterion) {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(SqliteStore::open(dir.path(), Durability::Process, 1024, 16384).unwrap());
+    let store =
+        Arc::new(SqliteStore::open(dir.path(), Durability::Process, 1024, 16384, 4).unwrap());
     let payload = imbench::payload(&imbench::message_of_payload_len(100));
     let mut group = c.benchmark_group("store");
     group.throughput(Throughput::Elements(ROUND as u64));

@@ -17,82 +17,55 @@ use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, Salt
 use blake2::Digest;
 
 use crate::store::{Store, StoreError, TokenHash, UserId};
+use crate::workers::Workers;
 
 /// Hashing failed; only a bug (bad parameters) or a panic in a hashing thread causes this.
 #[derive(Debug, thiserror::Error)]
 #[error("password hashing failed: {0}")]
 pub struct HashError(String);
 
-/// A password hashing job, run on one of the [`PasswordHashers`] threads.
-type Job = Box<dyn FnOnce() + Send>;
-
-/// A few threads of its own for argon2, which needs 19 MiB of memory per hash. On tokio's
-/// blocking pool, a burst of logins spread hashes over dozens of threads, and the allocator
-/// kept each thread's 19 MiB: the server grew by gigabytes (seen in `imbench` runs that
-/// log in a hundred users). Here at most `--password-hashers` hashes run at once; further
-/// requests wait their turn in a short queue, then wait for room in it.
+/// A few threads of their own for argon2, which needs 19 MiB of memory per hash (see
+/// [`Workers`] for why not tokio's blocking pool): at most `--password-hashers` hashes run at
+/// once, and further registrations and logins wait their turn.
 #[derive(Clone)]
 pub struct PasswordHashers {
-    jobs: flume::Sender<Job>,
+    workers: Workers<()>,
 }
 
 impl PasswordHashers {
-    /// Starts `threads` hashing threads (at least one). They end when the last clone of the
-    /// returned value is dropped.
+    /// Starts `threads` hashing threads (none is an error).
     pub fn new(threads: usize) -> std::io::Result<Self> {
-        let threads = threads.max(1);
-        let (jobs, queue) = flume::bounded::<Job>(threads * 4);
-        for i in 0..threads {
-            let queue = queue.clone();
-            std::thread::Builder::new()
-                .name(format!("argon2-{i}"))
-                .spawn(move || {
-                    while let Ok(job) = queue.recv() {
-                        job();
-                    }
-                })?;
-        }
-        Ok(PasswordHashers { jobs })
-    }
-
-    async fn run<T: Send + 'static>(
-        &self,
-        f: impl FnOnce() -> T + Send + 'static,
-    ) -> Result<T, HashError> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let job: Job = Box::new(move || {
-            let _ = tx.send(f());
-        });
-        let gone = |_| HashError("the hashing threads have stopped".into());
-        self.jobs.send_async(job).await.map_err(gone)?;
-        rx.await
-            .map_err(|_| HashError("a hashing thread failed".into()))
+        let workers = Workers::new("argon2", vec![(); threads])?;
+        Ok(PasswordHashers { workers })
     }
 
     /// Hashes `password` with argon2id (the crate's defaults: 19 MiB, 2 passes) and a random
     /// salt; returns a PHC string that carries the parameters and the salt.
     pub async fn hash(&self, password: String) -> Result<String, HashError> {
-        self.run(move || {
-            let salt = SaltString::generate(&mut OsRng);
-            Argon2::default()
-                .hash_password(password.as_bytes(), &salt)
-                .map(|h| h.to_string())
-                .map_err(|e| HashError(e.to_string()))
-        })
-        .await?
+        self.workers
+            .run(move |()| {
+                let salt = SaltString::generate(&mut OsRng);
+                Argon2::default()
+                    .hash_password(password.as_bytes(), &salt)
+                    .map(|h| h.to_string())
+                    .map_err(|e| HashError(e.to_string()))
+            })
+            .await
+            .map_err(|e| HashError(e.to_string()))?
     }
 
     /// True when `password` matches the stored `hash`. A malformed hash matches nothing.
     pub async fn verify(&self, password: String, hash: String) -> bool {
-        self.run(move || {
-            PasswordHash::new(&hash).is_ok_and(|h| {
-                Argon2::default()
-                    .verify_password(password.as_bytes(), &h)
-                    .is_ok()
+        self.workers
+            .run(move |()| {
+                PasswordHash::new(&hash).is_ok_and(|h| {
+                    Argon2::default()
+                        .verify_password(password.as_bytes(), &h)
+                        .is_ok()
+                })
             })
-        })
-        .await
-        .unwrap_or(false)
+            .await
+            .unwrap_or(false)
     }
 }
 

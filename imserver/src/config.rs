@@ -43,7 +43,8 @@ pub struct Config {
 
     /// Passwords hashed or checked at once (each argon2id hash takes 19 MiB and tens of
     /// milliseconds of one core); further registrations and logins wait their turn.
-    #[arg(long, env = "IMSERVER_PASSWORD_HASHERS", default_value_t = 2)]
+    #[arg(long, env = "IMSERVER_PASSWORD_HASHERS", default_value_t = 2,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub password_hashers: usize,
 
     /// Create, if missing, user "1" (Wu) and user "2" (WuYW), password "123", friends of each
@@ -104,6 +105,13 @@ pub struct Config {
     /// Store requests that may wait for the writer thread before senders are slowed down.
     #[arg(long, env = "IMSERVER_STORE_QUEUE", default_value_t = 16 * 1024)]
     pub store_queue: usize,
+
+    /// Threads that read the database (inboxes on reconnect, accounts and tokens the cache
+    /// does not hold yet), each with a read-only SQLite connection of its own: reads that may
+    /// run at once. More wait their turn.
+    #[arg(long, env = "IMSERVER_STORE_READERS", default_value_t = 4,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub store_readers: usize,
 
     /// What an acknowledged write survives. `process`: a crash or `kill -9` of the server
     /// (the OS still holds the data). `power`: also power loss or a kernel crash (an fsync

@@ -17,6 +17,7 @@
 //!   connection of either protocol version, `router`).
 //! - `store/`: the [`Store`](store::Store) trait and its SQLite implementation.
 //! - `auth`: password hashing and login tokens.
+//! - `workers`: fixed sets of threads for blocking work (SQLite reads, password hashing).
 //!
 //! ## The way one message travels
 //!
@@ -33,6 +34,7 @@ pub mod config;
 pub mod http;
 pub mod relay;
 pub mod store;
+pub mod workers;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -86,7 +88,13 @@ impl Server {
         let store = {
             let c = config.clone();
             tokio::task::spawn_blocking(move || {
-                SqliteStore::open(&c.data_dir, c.durability, c.max_batch, c.store_queue)
+                SqliteStore::open(
+                    &c.data_dir,
+                    c.durability,
+                    c.max_batch,
+                    c.store_queue,
+                    c.store_readers,
+                )
             })
             .await
             .map_err(|e| StoreError::Io(std::io::Error::other(e)))??

@@ -323,3 +323,38 @@ async fn acknowledged_messages_survive_kill_9_exactly_once_and_in_order() {
     assert_eq!(got, expected);
     assert!(got.len() >= acked.len());
 }
+
+/// How many threads process `pid` has.
+fn threads(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("a Linux /proc")
+        .count()
+}
+
+#[tokio::test]
+async fn a_burst_of_reconnects_starts_no_threads() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = spawn(
+        dir.path(),
+        None,
+        &["--auth", "open", "--store-readers", "2"],
+    );
+    let before = threads(p.child.id());
+    // Each `Regist` reads its user's inbox from the store; a message to oneself comes back
+    // only once that is done.
+    let tcp = p.tcp;
+    let conns = futures::future::join_all((0..300).map(|i| async move {
+        let user = (1000 + i).to_string();
+        let mut c = client(tcp, &user).await;
+        say(&mut c, &user, &user, "back to me").await;
+        assert_eq!(recv_message(&mut c).await.sender, user);
+        c
+    }))
+    .await;
+    let after = threads(p.child.id());
+    assert!(
+        after <= before,
+        "{before} threads before 300 connections registered at once, {after} after"
+    );
+    drop(conns);
+}

@@ -1,7 +1,7 @@
 //! What the HTTP API reads on every request (the caller's token, a user, a friend list),
 //! kept in memory in front of SQLite.
 //!
-//! Without it each request made two or three trips to the blocking pool, which capped the
+//! Without it each request made two or three trips to a reader thread, which capped the
 //! API near 20,000 requests per second on two cores; a hit costs a map lookup.
 //!
 //! Only the writer thread changes the database, and it tells the cache what it changed

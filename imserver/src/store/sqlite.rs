@@ -15,7 +15,7 @@
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::FutureExt;
@@ -31,11 +31,9 @@ use super::{
     StoredMessage, TokenHash, TokenRecord, User, UserId,
 };
 use crate::config::Durability;
+use crate::workers::Workers;
 
 const DB_FILE: &str = "imserver.sqlite3";
-
-/// Read connections kept open between uses; more are opened under load and closed after.
-const IDLE_READERS: usize = 8;
 
 fn migrations() -> Migrations<'static> {
     Migrations::new(vec![
@@ -71,13 +69,9 @@ enum Write {
 /// The SQLite implementation of [`Store`].
 pub struct SqliteStore {
     writes: mpsc::Sender<Write>,
-    readers: Arc<ReaderPool>,
+    /// `--store-readers` threads, each with a read-only connection.
+    readers: Workers<Connection>,
     cache: Arc<ReadCache>,
-}
-
-struct ReaderPool {
-    path: std::path::PathBuf,
-    idle: Mutex<Vec<Connection>>,
 }
 
 impl SqliteStore {
@@ -88,6 +82,7 @@ impl SqliteStore {
         durability: Durability,
         max_batch: usize,
         queue: usize,
+        readers: usize,
     ) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir)?;
         let path = dir.join(DB_FILE);
@@ -102,6 +97,12 @@ impl SqliteStore {
         };
         conn.pragma_update(None, "synchronous", sync)?;
         migrations().to_latest(&mut conn)?;
+        let read_connections = (0..readers)
+            .map(|_| {
+                let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+                Connection::open_with_flags(&path, flags)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
 
         let (writes, rx) = mpsc::channel(queue.max(1));
         let max_batch = max_batch.max(1);
@@ -117,38 +118,19 @@ impl SqliteStore {
         Ok(SqliteStore {
             writes,
             cache,
-            readers: Arc::new(ReaderPool {
-                path,
-                idle: Mutex::new(Vec::new()),
-            }),
+            readers: Workers::new("sqlite-reader", read_connections)?,
         })
     }
 
-    /// Runs `f` on a read connection, off the async threads.
+    /// Runs `f` on a read connection, off the async threads, once one is free.
     fn read<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> StoreFuture<'static, T> {
-        let pool = self.readers.clone();
+        let readers = self.readers.clone();
         async move {
-            tokio::task::spawn_blocking(move || {
-                let conn = pool.idle.lock().expect("reader pool").pop();
-                let conn = match conn {
-                    Some(c) => c,
-                    None => Connection::open_with_flags(
-                        &pool.path,
-                        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-                    )?,
-                };
-                let result = f(&conn);
-                let mut idle = pool.idle.lock().expect("reader pool");
-                if idle.len() < IDLE_READERS {
-                    idle.push(conn);
-                }
-                Ok(result?)
-            })
-            .await
-            .unwrap_or(Err(StoreError::Closed))
+            let read = readers.run(move |conn| f(conn)).await;
+            Ok(read.map_err(|_| StoreError::Closed)??)
         }
         .boxed()
     }
