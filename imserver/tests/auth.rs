@@ -211,9 +211,25 @@ async fn registrations_are_limited_per_ip_address() {
     for _ in 0..3 {
         assert_eq!(srv.post_json("/regist", body.clone()).await.0, 200);
     }
-    let (status, reply) = srv.post_json("/regist", body).await;
-    assert_eq!(status, 429);
-    assert!(reply["msg"].as_str().unwrap().contains("retry"), "{reply}");
+    let reply = srv.http.post(srv.url("/regist")).json(&body).send();
+    let reply = timeout(WAIT, reply).await.unwrap().unwrap();
+    assert_eq!(reply.status(), 429);
+    // Three a minute: room for the next one within 20 s, and the client is told when.
+    let retry_after: u64 = reply.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        (1..=20).contains(&retry_after),
+        "Retry-After: {retry_after}"
+    );
+    let reply: serde_json::Value = reply.json().await.unwrap();
+    let msg = reply["msg"].as_str().unwrap();
+    assert!(
+        msg.contains(&format!("retry in {retry_after} s")),
+        "{reply}"
+    );
 }
 
 #[tokio::test]

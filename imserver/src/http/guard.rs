@@ -5,7 +5,6 @@ use std::num::NonZeroU32;
 
 use governor::clock::Clock;
 use governor::{DefaultKeyedRateLimiter, Quota};
-use warp::http::StatusCode;
 
 use super::AppState;
 use super::reply::ApiError;
@@ -38,11 +37,10 @@ impl<K: Hash + Eq + Clone> PerMinute<K> {
             limiter.retain_recent();
         }
         limiter.check_key(key).map_err(|not_until| {
+            // Rounded up: a client that waits this long finds room.
             let wait = not_until.wait_time_from(limiter.clock().now());
-            ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                format!("Too many {what}; retry in {} s", wait.as_secs() + 1),
-            )
+            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            ApiError::too_many(format!("Too many {what}; retry in {secs} s"), secs)
         })
     }
 }
@@ -77,6 +75,8 @@ pub fn bearer(header: &str) -> Option<&str> {
 
 #[cfg(test)]
 mod tests {
+    use warp::http::StatusCode;
+
     use super::*;
 
     #[test]
@@ -95,6 +95,8 @@ mod tests {
         assert!(limit.check(&"a", "tries").is_ok());
         let e = limit.check(&"a", "tries").unwrap_err();
         assert_eq!(e.status, StatusCode::TOO_MANY_REQUESTS);
+        // Two a minute: the next one in about 30 s.
+        assert!(matches!(e.retry_after, Some(1..=30)), "{:?}", e.retry_after);
         assert!(limit.check(&"b", "tries").is_ok(), "keys are independent");
         let none = PerMinute::new(0);
         assert!((0..100).all(|_| none.check(&"a", "tries").is_ok()));

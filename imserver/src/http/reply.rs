@@ -2,6 +2,7 @@
 
 use serde::Serialize;
 use warp::http::StatusCode;
+use warp::http::header::{HeaderValue, RETRY_AFTER};
 use warp::reply::Response;
 
 use crate::store::StoreError;
@@ -11,6 +12,8 @@ use crate::store::StoreError;
 pub struct ApiError {
     pub status: StatusCode,
     pub msg: String,
+    /// Seconds after which a refused request may succeed, sent as `Retry-After` (a `429`).
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -18,6 +21,15 @@ impl ApiError {
         ApiError {
             status,
             msg: msg.into(),
+            retry_after: None,
+        }
+    }
+
+    /// `429`: over a rate limit, with room again in `secs` seconds.
+    pub fn too_many(msg: impl Into<String>, secs: u64) -> Self {
+        ApiError {
+            retry_after: Some(secs),
+            ..Self::new(StatusCode::TOO_MANY_REQUESTS, msg)
         }
     }
 
@@ -68,7 +80,15 @@ pub fn json<T: Serialize>(status: StatusCode, body: &T) -> Response {
 
 /// Turns a handler's result into the response.
 pub fn finish(result: ApiResult) -> Response {
-    result.unwrap_or_else(|e| json(e.status, &serde_json::json!({ "msg": e.msg })))
+    result.unwrap_or_else(|e| {
+        let mut reply = json(e.status, &serde_json::json!({ "msg": e.msg }));
+        if let Some(secs) = e.retry_after {
+            reply
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from(secs));
+        }
+        reply
+    })
 }
 
 use warp::Reply as _;
