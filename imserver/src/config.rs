@@ -74,6 +74,12 @@ pub struct Config {
     #[arg(long, env = "IMSERVER_MAX_CONNECTIONS", default_value_t = 16 * 1024)]
     pub max_connections: usize,
 
+    /// Connections over `--max-connections` that may stay open until their `Regist`, to be
+    /// told `too_many_connections` (a v1 client, which cannot be told, is closed). Past these,
+    /// a connection over the limit is closed as soon as it is accepted.
+    #[arg(long, env = "IMSERVER_REFUSAL_BACKLOG", default_value_t = 64)]
+    pub refusal_backlog: usize,
+
     /// Relay connections one user may have open at once (phone, desktop, ...).
     #[arg(long, env = "IMSERVER_MAX_CONNECTIONS_PER_USER", default_value_t = 16)]
     pub max_connections_per_user: usize,

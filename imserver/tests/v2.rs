@@ -362,6 +362,26 @@ async fn connections_per_user_and_in_all_are_limited() {
 }
 
 #[tokio::test]
+async fn past_the_refusal_backlog_a_connection_is_closed_without_an_answer() {
+    let srv = TestServer::start_with(|c| {
+        c.max_connections = 1;
+        c.refusal_backlog = 1;
+    })
+    .await;
+    let t1 = srv.login("1", "123").await;
+    let _open = srv.v2("1", &t1, None).await;
+    // Over the limit, it waits for its `Regist` in the backlog's one place...
+    let mut waiting = srv.raw().await;
+    // ...so this one, past the backlog, is closed without being told why.
+    let mut late = srv.raw().await;
+    late.send(Regist::v2("1", &t1)).await.unwrap();
+    expect_eof(&mut late).await;
+    waiting.send(Regist::v2("1", &t1)).await.unwrap();
+    expect_error(&mut waiting, ErrorCode::TooManyConnections).await;
+    expect_eof(&mut waiting).await;
+}
+
+#[tokio::test]
 async fn a_connection_that_never_sends_regist_is_closed() {
     let srv = TestServer::start_with(|c| c.regist_deadline = 1).await;
     let mut silent = TcpStream::connect(srv.tcp()).await.unwrap();

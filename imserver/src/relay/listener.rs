@@ -11,11 +11,6 @@ use tokio_util::task::TaskTracker;
 
 use super::{Relay, session};
 
-/// Connections over `--max-connections` that may wait at once for their `Regist`, to be told
-/// `too_many_connections` (a v1 client cannot be told, so the answer waits for the version).
-/// Beyond these, a connection is closed as soon as it is accepted.
-const REFUSALS: usize = 64;
-
 /// Accepts connections until `shutdown`, serving each in its own task on `tasks`.
 pub async fn serve(
     listener: TcpListener,
@@ -25,7 +20,10 @@ pub async fn serve(
 ) {
     let ids = AtomicU64::new(1);
     let open = Arc::new(Semaphore::new(relay.limits.max_connections));
-    let refusals = Arc::new(Semaphore::new(REFUSALS));
+    // `--refusal-backlog`: the connections over the limit that wait for their `Regist` to be
+    // told `too_many_connections` (a v1 client cannot be told, so the answer waits for the
+    // version).
+    let refusals = Arc::new(Semaphore::new(relay.limits.refusal_backlog));
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => return,

@@ -40,6 +40,7 @@ pub struct Limits {
     /// `--rate-limit` and `--rate-burst`; `None` when off.
     pub rate: Option<Quota>,
     pub max_connections: usize,
+    pub refusal_backlog: usize,
     pub max_connections_per_user: usize,
     pub regist_deadline: Duration,
     /// `None` when off.
@@ -58,6 +59,7 @@ impl Limits {
             replay_batch: c.replay_batch.max(1),
             rate,
             max_connections: c.max_connections,
+            refusal_backlog: c.refusal_backlog,
             max_connections_per_user: c.max_connections_per_user.max(1),
             regist_deadline: Duration::from_secs(c.regist_deadline),
             idle_timeout: (c.idle_timeout > 0).then(|| Duration::from_secs(c.idle_timeout)),
