@@ -15,7 +15,7 @@
 //!   and rate limits, `body`, `reply`).
 //! - `relay/`: the TCP relay (`listener` with the connection limit, `session` for one
 //!   connection of either protocol version, `router`).
-//! - `store/`: the [`Store`](store::Store) trait and its SQLite implementation.
+//! - `store/`: the [`Store`] trait and its SQLite implementation.
 //! - `auth`: password hashing and login tokens.
 //! - `workers`: fixed sets of threads for blocking work (SQLite reads, password hashing).
 //!

@@ -3,7 +3,8 @@
 //!
 //! No SQLite call ever runs on a tokio worker thread. Writes go over a bounded channel to the
 //! writer thread, which takes everything waiting (up to `--max-batch`) into one transaction,
-//! commits once, and only then answers each request, in order.
+//! commits once, and only then answers each request, in order. Reads run on
+//! `--store-readers` threads ([`Workers`]), each with a read-only connection of its own.
 //!
 //! Messages are stored in chunks (migration 0003): the frames one transaction appended to
 //! one inbox, in one row. Per message, the writer assigns the next `seq` from its in-memory
