@@ -7,9 +7,11 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use clap::Parser;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use imserver::Config;
 use imserver::config::Durability;
-use imserver::store::{CommitHook, NewMessage, SqliteStore, Store};
+use imserver::store::{CommitHook, NewMessage, SqliteStore, Store, StoreLimits};
 
 /// Messages per measured round, spread over this many receivers (as `imbench relay`'s 50
 /// pairs).
@@ -19,8 +21,15 @@ const RECEIVERS: usize = 50;
 fn append(c: &mut Criterion) {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let store =
-        Arc::new(SqliteStore::open(dir.path(), Durability::Process, 1024, 16384, 4).unwrap());
+    let store = Arc::new(
+        SqliteStore::open(
+            dir.path(),
+            Durability::Process,
+            // The server's defaults.
+            StoreLimits::new(&Config::parse_from(["imserver"])),
+        )
+        .unwrap(),
+    );
     let payload = imbench::payload(&imbench::message_of_payload_len(100));
     let mut group = c.benchmark_group("store");
     group.throughput(Throughput::Elements(ROUND as u64));

@@ -119,6 +119,12 @@ pub struct Config {
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub store_readers: usize,
 
+    /// Entries each in-memory cache holds at most: users, friend lists and tokens (what
+    /// every HTTP request reads), and the writer's inbox heads. Past it, a cache is emptied
+    /// and fills again with what is used.
+    #[arg(long, env = "IMSERVER_CACHE_ENTRIES", default_value_t = 65_536)]
+    pub cache_entries: usize,
+
     /// What an acknowledged write survives. `process`: a crash or `kill -9` of the server
     /// (the OS still holds the data). `power`: also power loss or a kernel crash (an fsync
     /// per transaction, slower).

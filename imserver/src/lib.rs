@@ -46,7 +46,7 @@ use tokio_util::task::TaskTracker;
 
 use auth::PasswordHashers;
 pub use config::Config;
-use store::{Account, SqliteStore, Store, StoreError};
+use store::{Account, SqliteStore, Store, StoreError, StoreLimits};
 
 /// How long shutdown waits for connections to finish before giving up on them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -88,13 +88,7 @@ impl Server {
         let store = {
             let c = config.clone();
             tokio::task::spawn_blocking(move || {
-                SqliteStore::open(
-                    &c.data_dir,
-                    c.durability,
-                    c.max_batch,
-                    c.store_queue,
-                    c.store_readers,
-                )
+                SqliteStore::open(&c.data_dir, c.durability, StoreLimits::new(&c))
             })
             .await
             .map_err(|e| StoreError::Io(std::io::Error::other(e)))??

@@ -8,7 +8,7 @@
 //! (after the commit, before it answers the request), so entries are never stale. A read
 //! that missed fills the cache only if nothing was forgotten while it was reading the
 //! database, as its answer may predate that write. Misses are not cached: the keys come
-//! from clients, and the cache is bounded by [`ENTRIES`] per table.
+//! from clients, and each table holds at most `--cache-entries` entries.
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -16,18 +16,27 @@ use std::sync::Mutex;
 
 use super::{TokenHash, TokenRecord, User, UserId};
 
-/// Entries per table; past it, the table is emptied and fills again with what is used.
-const ENTRIES: usize = 65_536;
-
-#[derive(Default)]
 pub(super) struct ReadCache {
     pub users: Table<UserId, User>,
     pub friends: Table<UserId, Vec<(UserId, String)>>,
     pub tokens: Table<TokenHash, TokenRecord>,
 }
 
+impl ReadCache {
+    /// Tables of at most `entries` entries each.
+    pub fn new(entries: usize) -> Self {
+        ReadCache {
+            users: Table::new(entries),
+            friends: Table::new(entries),
+            tokens: Table::new(entries),
+        }
+    }
+}
+
 pub(super) struct Table<K, V> {
     inner: Mutex<Inner<K, V>>,
+    /// Past this many entries, the table is emptied and fills again with what is used.
+    max: usize,
 }
 
 struct Inner<K, V> {
@@ -36,18 +45,17 @@ struct Inner<K, V> {
     map: HashMap<K, V>,
 }
 
-impl<K, V> Default for Table<K, V> {
-    fn default() -> Self {
+impl<K: Hash + Eq, V: Clone> Table<K, V> {
+    fn new(max: usize) -> Self {
         Table {
             inner: Mutex::new(Inner {
                 generation: 0,
                 map: HashMap::new(),
             }),
+            max,
         }
     }
-}
 
-impl<K: Hash + Eq, V: Clone> Table<K, V> {
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner<K, V>> {
         // Every operation leaves the map consistent, so a poisoned lock is still usable.
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
@@ -68,7 +76,7 @@ impl<K: Hash + Eq, V: Clone> Table<K, V> {
         if inner.generation != generation {
             return;
         }
-        if inner.map.len() >= ENTRIES {
+        if inner.map.len() >= self.max {
             inner.map.clear();
         }
         inner.map.insert(key, value);
@@ -88,7 +96,7 @@ mod tests {
 
     #[test]
     fn a_read_that_raced_a_write_does_not_fill_the_cache() {
-        let t = Table::<u32, &str>::default();
+        let t = Table::<u32, &str>::new(16);
         let before = t.generation();
         t.forget(&1); // the writer changed key 1 while a reader was at the database
         t.put(before, 1, "stale");
@@ -99,5 +107,14 @@ mod tests {
         assert_eq!(t.get(&1), Some("fresh"));
         t.forget(&1);
         assert_eq!(t.get(&1), None);
+    }
+
+    #[test]
+    fn a_full_table_starts_over() {
+        let t = Table::<u32, u32>::new(2);
+        for key in 1..=3 {
+            t.put(t.generation(), key, key * 10);
+        }
+        assert_eq!((t.get(&1), t.get(&2), t.get(&3)), (None, None, Some(30)));
     }
 }

@@ -11,7 +11,7 @@ mod sqlite;
 use bytes::Bytes;
 use futures::future::BoxFuture;
 
-pub use sqlite::SqliteStore;
+pub use sqlite::{SqliteStore, StoreLimits};
 
 /// A user's numeric id. On the wire it is a decimal string.
 pub type UserId = i64;

@@ -31,7 +31,7 @@ use super::{
     Account, Appended, BarrierHook, CommitHook, Inbox, NewMessage, Store, StoreError, StoreFuture,
     StoredMessage, TokenHash, TokenRecord, User, UserId,
 };
-use crate::config::Durability;
+use crate::config::{Config, Durability};
 use crate::workers::Workers;
 
 const DB_FILE: &str = "imserver.sqlite3";
@@ -67,6 +67,31 @@ enum Write {
     Close(oneshot::Sender<()>),
 }
 
+/// The store's limits (see `Config` for what each is for).
+#[derive(Debug, Clone, Copy)]
+pub struct StoreLimits {
+    /// `--max-batch`: writes in one transaction at most.
+    pub max_batch: usize,
+    /// `--store-queue`: writes that may wait for the writer thread.
+    pub queue: usize,
+    /// `--store-readers`: reader threads.
+    pub readers: usize,
+    /// `--cache-entries`: entries in each in-memory table (users, friend lists, tokens,
+    /// inbox heads).
+    pub cache_entries: usize,
+}
+
+impl StoreLimits {
+    pub fn new(c: &Config) -> Self {
+        StoreLimits {
+            max_batch: c.max_batch,
+            queue: c.store_queue,
+            readers: c.store_readers,
+            cache_entries: c.cache_entries,
+        }
+    }
+}
+
 /// The SQLite implementation of [`Store`].
 pub struct SqliteStore {
     writes: mpsc::Sender<Write>,
@@ -81,9 +106,7 @@ impl SqliteStore {
     pub fn open(
         dir: &Path,
         durability: Durability,
-        max_batch: usize,
-        queue: usize,
-        readers: usize,
+        limits: StoreLimits,
     ) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir)?;
         let path = dir.join(DB_FILE);
@@ -98,19 +121,20 @@ impl SqliteStore {
         };
         conn.pragma_update(None, "synchronous", sync)?;
         migrations().to_latest(&mut conn)?;
-        let read_connections = (0..readers)
+        let read_connections = (0..limits.readers)
             .map(|_| {
                 let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
                 Connection::open_with_flags(&path, flags)
             })
             .collect::<Result<Vec<_>, _>>()?;
 
-        let (writes, rx) = mpsc::channel(queue.max(1));
-        let max_batch = max_batch.max(1);
-        let cache = Arc::new(ReadCache::default());
+        let (writes, rx) = mpsc::channel(limits.queue.max(1));
+        let max_batch = limits.max_batch.max(1);
+        let cache = Arc::new(ReadCache::new(limits.cache_entries));
         let w = Writer {
             conn,
             heads: HashMap::new(),
+            max_heads: limits.cache_entries,
             cache: cache.clone(),
         };
         std::thread::Builder::new()
@@ -330,10 +354,6 @@ where
     .boxed()
 }
 
-/// Inbox heads the writer keeps in memory at most; past this, it forgets them all and reads
-/// them again as needed. About 100 bytes each.
-const HEADS_CACHED: usize = 100_000;
-
 /// The writer thread's state between batches.
 struct Writer {
     conn: Connection,
@@ -342,6 +362,9 @@ struct Writer {
     /// transaction fails (the database rolled back, the copies did not). They save an
     /// `inboxes` write per message: each batch writes each inbox it touched once.
     heads: HashMap<String, u64>,
+    /// `--cache-entries`: past this many heads, the writer forgets them all and reads them
+    /// again as needed.
+    max_heads: usize,
     /// Told of every change to what it caches, after the commit and before the answer.
     cache: Arc<ReadCache>,
 }
@@ -389,7 +412,7 @@ impl Writer {
     /// Applies `batch` in one transaction and answers every request. Returns true on
     /// `Close`.
     fn commit(&mut self, batch: &mut Vec<Write>) -> bool {
-        if self.heads.len() > HEADS_CACHED {
+        if self.heads.len() > self.max_heads {
             self.heads.clear();
         }
         let result = self.apply(batch);
