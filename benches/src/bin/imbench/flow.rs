@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use hdrhistogram::Histogram;
 use improto::{Ack, Envelope, PacketKind};
@@ -106,12 +106,9 @@ pub async fn receive(
     let (mut max_seq, mut unacked) = (0, 0);
     let mut buf = BytesMut::new();
     while r.delivered < expect {
-        let payload = match tokio::time::timeout(idle, frames.next()).await {
-            Ok(Some(frame)) => frame.context("receiving")?,
-            Ok(None) | Err(_) => {
-                r.errors += 1;
-                break;
-            }
+        let Some(payload) = next_within(&mut frames, idle).await? else {
+            r.errors += 1;
+            break;
         };
         let env = Envelope::peek(&payload)?;
         match env.kind() {
@@ -176,12 +173,9 @@ pub async fn count_acks(
         done_at: Instant::now(),
     };
     while a.acks < expect {
-        let payload = match tokio::time::timeout(idle, frames.next()).await {
-            Ok(Some(frame)) => frame.context("receiving acks")?,
-            Ok(None) | Err(_) => {
-                a.errors += 1;
-                break;
-            }
+        let Some(payload) = next_within(&mut frames, idle).await? else {
+            a.errors += 1;
+            break;
         };
         match Envelope::peek(&payload)?.kind() {
             PacketKind::Ack => {
@@ -199,4 +193,12 @@ pub async fn count_acks(
         }
     }
     Ok(a)
+}
+
+/// The next frame, or `None` when the stream ended or nothing came for `idle`.
+async fn next_within(frames: &mut Frames, idle: Duration) -> anyhow::Result<Option<Bytes>> {
+    match tokio::time::timeout(idle, frames.next()).await {
+        Ok(Some(frame)) => Ok(Some(frame.context("receiving")?)),
+        Ok(None) | Err(_) => Ok(None),
+    }
 }
