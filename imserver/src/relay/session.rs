@@ -4,9 +4,9 @@
 //!
 //! A single task per connection selects between the socket (frames in), the connection's
 //! bounded send queue (frames out) and its timer (the `Regist` deadline, then the idle
-//! timeout), so a connection's frames take effect in the order it sent them. Every socket
-//! write also watches the evict and shutdown signals: a peer that stops reading cannot pin
-//! its task.
+//! timeout), so a connection's frames take effect in the order it sent them. Every wait
+//! also watches the connection's `evict` token, a child of the server's shutdown token: a
+//! peer that stops reading cannot pin its task.
 //!
 //! Delivery without gaps or duplicates rests on one number, `last_sent`, the highest `seq`
 //! written to this connection. `Regist` subscribes to the router *first* and then replays the
@@ -126,9 +126,11 @@ struct Session {
     last_sent: u64,
     /// Our end of the send queue, handed to the router on `Regist`.
     queue: flume::Sender<Outbound>,
-    /// Cancelled by the router when the send queue overflows, or by a commit hook when the
-    /// store failed.
+    /// Cancelled by the router when the send queue overflows, by a commit hook when the
+    /// store failed, or with its parent, the server's shutdown token: one token to wait on
+    /// (a wait on a shared token would take that token's lock on every frame).
     evict: CancellationToken,
+    /// The server's shutdown token, to tell a shutdown from an eviction.
     shutdown: CancellationToken,
     writer: OwnedWriteHalf,
     /// Frames gathered for the next write.
@@ -169,7 +171,7 @@ pub(super) async fn run(
         version: None,
         last_sent: 0,
         queue,
-        evict: CancellationToken::new(),
+        evict: shutdown.child_token(),
         shutdown,
         writer,
         out: BytesMut::new(),
@@ -179,6 +181,9 @@ pub(super) async fn run(
     info!(conn = id, %peer, "connected");
     let timer = tokio::time::sleep_until(now + s.relay.limits.regist_deadline);
     tokio::pin!(timer);
+    // Made once: a fresh wait per event would register and unregister itself every time.
+    let evicted = s.evict.clone().cancelled_owned();
+    tokio::pin!(evicted);
 
     let stop = loop {
         // The select only says what happened; the work happens after it, so that the futures
@@ -186,8 +191,7 @@ pub(super) async fn run(
         // idle connection's task is mostly this loop's state).
         let event = tokio::select! {
             biased;
-            _ = s.shutdown.cancelled() => Event::Stop(Stop::Shutdown),
-            _ = s.evict.cancelled() => Event::Stop(Stop::Evicted),
+            () = &mut evicted => Event::Stop(closed(&s.shutdown)),
             Ok(item) = rx.recv_async() => Event::Queued(item),
             frame = frames.next() => Event::Frame(frame),
             () = &mut timer => Event::Timer,
@@ -428,10 +432,15 @@ impl Session {
         }
         // Only a v2 sender is told that its message is stored.
         let acks = if self.version == Some(2) {
-            let permit = self.in_flight.clone().acquire_owned();
-            let permit = unless_closing(&self.shutdown, &self.evict, permit)
-                .await?
-                .expect("the semaphore is never closed");
+            let permit = match self.in_flight.clone().try_acquire_owned() {
+                Ok(permit) => permit,
+                Err(_) => {
+                    let permit = self.in_flight.clone().acquire_owned();
+                    unless_closing(&self.evict, &self.shutdown, permit)
+                        .await?
+                        .expect("the semaphore is never closed")
+                }
+            };
             Some((self.queue.clone(), permit, id.clone()))
         } else {
             None
@@ -485,7 +494,7 @@ impl Session {
                 Err(not_until) => {
                     let wait = not_until.wait_time_from(limiter.clock().now());
                     let sleep = tokio::time::sleep(wait);
-                    unless_closing(&self.shutdown, &self.evict, sleep).await?;
+                    unless_closing(&self.evict, &self.shutdown, sleep).await?;
                 }
             }
         }
@@ -550,8 +559,16 @@ impl Session {
     /// has no acknowledgements, so for it a written message counts as acknowledged.
     async fn flush(&mut self, last: u64) -> Result<(), Stop> {
         if !self.out.is_empty() {
-            let write = self.writer.write_all(&self.out);
-            unless_closing(&self.shutdown, &self.evict, write).await??;
+            // Most writes fit in the socket's buffer at once, with nothing to wait for.
+            let written = match self.writer.try_write(&self.out) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
+                Err(e) => return Err(e.into()),
+            };
+            if written < self.out.len() {
+                let write = self.writer.write_all(&self.out[written..]);
+                unless_closing(&self.evict, &self.shutdown, write).await??;
+            }
             self.out.clear();
             // Do not let one burst pin a large buffer to an idle connection.
             if self.out.capacity() > COALESCE_BYTES * 2 {
@@ -574,15 +591,23 @@ impl Session {
 
 /// Runs `f` unless the connection is told to close first.
 async fn unless_closing<F: Future>(
-    shutdown: &CancellationToken,
     evict: &CancellationToken,
+    shutdown: &CancellationToken,
     f: F,
 ) -> Result<F::Output, Stop> {
     tokio::select! {
         biased;
-        () = shutdown.cancelled() => Err(Stop::Shutdown),
-        () = evict.cancelled() => Err(Stop::Evicted),
+        () = evict.cancelled() => Err(closed(shutdown)),
         out = f => Ok(out),
+    }
+}
+
+/// Why `evict` was cancelled: by the server's shutdown (its parent) or for this connection.
+fn closed(shutdown: &CancellationToken) -> Stop {
+    if shutdown.is_cancelled() {
+        Stop::Shutdown
+    } else {
+        Stop::Evicted
     }
 }
 
