@@ -1,5 +1,5 @@
 //! The SQLite store: WAL mode, versioned migrations, one writer thread with group commit,
-//! and a small pool of read connections used from `spawn_blocking`.
+//! and a few reader threads, each with a read-only connection.
 //!
 //! No SQLite call ever runs on a tokio worker thread. Writes go over a bounded channel to the
 //! writer thread, which takes everything waiting (up to `--max-batch`) into one transaction,
@@ -22,7 +22,7 @@ use bytes::Bytes;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use rusqlite::types::Type;
-use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use rusqlite::{CachedStatement, Connection, OpenFlags, OptionalExtension, params};
 use rusqlite_migration::{M, Migrations};
 use tokio::sync::{mpsc, oneshot};
 
@@ -443,10 +443,11 @@ impl Writer {
         let tx = self.conn.transaction()?;
         let mut outcomes = Vec::with_capacity(batch.len());
         let mut inboxes: HashMap<&str, InboxChange> = HashMap::new();
+        let mut statements = AppendStatements::new(&tx)?;
         for w in batch {
             outcomes.push(match w {
                 Write::Append(m, _) => {
-                    let appended = append(&tx, &mut self.heads, m)?;
+                    let appended = append(&mut statements, &mut self.heads, m)?;
                     if !appended.duplicate {
                         let inbox = inboxes.entry(&m.receiver).or_default();
                         let (_, frames) = inbox
@@ -490,6 +491,7 @@ impl Writer {
                 Write::Barrier(_) | Write::Close(_) => Outcome::Done,
             });
         }
+        drop(statements);
         for (owner, change) in inboxes {
             if let (Some((first, frames)), Some(last)) = (change.appended, change.head) {
                 tx.prepare_cached(
@@ -580,18 +582,41 @@ fn answer(batch: &mut Vec<Write>, result: rusqlite::Result<Vec<Outcome>>) -> boo
     closing
 }
 
+/// The statements of [`append`], looked up once per batch rather than once per message (a
+/// lookup hashes the statement's whole text).
+struct AppendStatements<'t> {
+    head: CachedStatement<'t>,
+    insert_id: CachedStatement<'t>,
+    find_id: CachedStatement<'t>,
+}
+
+impl<'t> AppendStatements<'t> {
+    fn new(tx: &'t rusqlite::Transaction) -> rusqlite::Result<Self> {
+        Ok(AppendStatements {
+            head: tx.prepare_cached("SELECT head FROM inboxes WHERE owner = ?1")?,
+            insert_id: tx.prepare_cached(
+                "INSERT INTO client_ids (sender, client_id, seq) VALUES (?1, ?2, ?3)
+                 ON CONFLICT DO NOTHING",
+            )?,
+            find_id: tx.prepare_cached(
+                "SELECT seq FROM client_ids WHERE sender = ?1 AND client_id = ?2",
+            )?,
+        })
+    }
+}
+
 /// Assigns `m` the next `seq` of its receiver's inbox (the caller adds it to the batch's
 /// chunk), or finds the earlier copy of a retry (same sender, same client id).
 fn append(
-    tx: &rusqlite::Transaction,
+    statements: &mut AppendStatements,
     heads: &mut HashMap<String, u64>,
     m: &NewMessage,
 ) -> rusqlite::Result<Appended> {
     let head = match heads.get(&m.receiver) {
         Some(head) => *head,
         None => {
-            let head = tx
-                .prepare_cached("SELECT head FROM inboxes WHERE owner = ?1")?
+            let head = statements
+                .head
                 .query_row([&m.receiver], |r| r.get(0))
                 .optional()?
                 .unwrap_or(0);
@@ -601,16 +626,10 @@ fn append(
     };
     let seq = head + 1;
     if let Some(id) = &m.client_id {
-        let first = tx
-            .prepare_cached(
-                "INSERT INTO client_ids (sender, client_id, seq) VALUES (?1, ?2, ?3)
-                 ON CONFLICT DO NOTHING",
-            )?
-            .execute(params![m.sender, id, seq])?
-            == 1;
+        let first = statements.insert_id.execute(params![m.sender, id, seq])? == 1;
         if !first {
-            let seq = tx
-                .prepare_cached("SELECT seq FROM client_ids WHERE sender = ?1 AND client_id = ?2")?
+            let seq = statements
+                .find_id
                 .query_row(params![m.sender, id], |r| r.get(0))?;
             return Ok(Appended {
                 seq,
