@@ -358,3 +358,49 @@ async fn a_burst_of_reconnects_starts_no_threads() {
     );
     drop(conns);
 }
+
+/// The process's resident memory, in bytes.
+fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("a Linux /proc");
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .expect("VmRSS in /proc/<pid>/status");
+    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kib * 1024
+}
+
+#[tokio::test]
+async fn password_hashing_gives_its_memory_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = spawn(
+        dir.path(),
+        None,
+        &["--regist-limit", "0", "--login-limit", "0"],
+    );
+    let before = rss(p.child.id());
+    // Each registration and each login hashes with 19 MiB of memory, two at a time (the
+    // default --password-hashers); an allocator that kept it would hold 38 MiB or more.
+    let http = reqwest::Client::new();
+    let addr = p.http;
+    futures::future::join_all((0..10).map(|_| {
+        let http = http.clone();
+        async move {
+            let account = serde_json::json!({"password": "pw", "name": "Neo", "sex": "m",
+                "email": "neo@example.com", "signature": "hi"});
+            let created = post(&http, format!("http://{addr}/regist"), account).await;
+            let user = created["user"]
+                .as_str()
+                .unwrap_or_else(|| panic!("no user id in {created}"));
+            login(&http, addr, user, "pw").await;
+        }
+    }))
+    .await;
+    let after = rss(p.child.id());
+    let grown = after.saturating_sub(before);
+    assert!(
+        grown < 16 << 20,
+        "RSS grew by {} KiB over 10 registrations and 10 logins ({before} -> {after} bytes)",
+        grown >> 10
+    );
+}
