@@ -5,8 +5,8 @@
 //! - `benches/codec.rs`: criterion micro-benchmarks of the protocol layer (encode, full
 //!   decode, envelope peek), run with `cargo bench -p imbench --bench codec`.
 //! - `benches/store.rs`: imserver's store alone (the writer thread, group commit, chunks).
-//! - `benches/sqlite_floor.rs`: bare SQLite with the server's settings, one variant per
-//!   schema: the floor under the store's cost per message.
+//! - `benches/sqlite_schemas.rs`: bare SQLite with the server's settings, one variant per
+//!   schema, to compare schemas with each other.
 //! - `src/bin/imbench/`: the end-to-end load generator (`relay`, `conns`, `offline` modes),
 //!   over the real protocol against any server address; `src/bin/refrelay.rs`: the minimal
 //!   reference relay every result is compared with.
