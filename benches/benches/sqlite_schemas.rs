@@ -15,8 +15,9 @@
 //!
 //! `cargo bench -p imbench --bench sqlite_schemas`
 
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use rusqlite::{Connection, params};
+use criterion::measurement::WallTime;
+use criterion::{BenchmarkGroup, Criterion, Throughput, criterion_group, criterion_main};
+use rusqlite::{Connection, Statement, params};
 
 const BATCH: u64 = 1000;
 const INBOXES: u64 = 50;
@@ -45,44 +46,56 @@ fn open(dir: &tempfile::TempDir, schema: &str) -> Connection {
     conn
 }
 
+/// Benchmarks one transaction of `BATCH` messages, written by `fill` with the prepared
+/// `insert`, on a fresh database with `schema`.
+fn bench_batches(
+    group: &mut BenchmarkGroup<WallTime>,
+    name: &str,
+    schema: &str,
+    insert: &str,
+    mut fill: impl FnMut(&mut Statement),
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut conn = open(&dir, schema);
+    group.bench_function(name, |b| {
+        b.iter(|| {
+            let tx = conn.transaction().unwrap();
+            let mut stmt = tx.prepare(insert).unwrap();
+            fill(&mut stmt);
+            drop(stmt);
+            tx.commit().unwrap();
+        })
+    });
+}
+
 fn insert(c: &mut Criterion) {
     let payload = imbench::payload(&imbench::message_of_payload_len(100));
     let users: Vec<String> = (0..INBOXES).map(|i| (100_000 + i).to_string()).collect();
     let mut group = c.benchmark_group("sqlite_schemas");
     group.throughput(Throughput::Elements(BATCH));
 
-    let dir = tempfile::tempdir().unwrap();
-    let mut conn = open(&dir, ROW_PER_MESSAGE);
     let mut seq = 0u64;
-    group.bench_function("row_per_message", |b| {
-        b.iter(|| {
-            let tx = conn.transaction().unwrap();
-            let mut stmt = tx
-                .prepare(
-                    "INSERT INTO messages (owner, seq, sender, payload) VALUES (?1, ?2, ?3, ?4)",
-                )
-                .unwrap();
+    bench_batches(
+        &mut group,
+        "row_per_message",
+        ROW_PER_MESSAGE,
+        "INSERT INTO messages (owner, seq, sender, payload) VALUES (?1, ?2, ?3, ?4)",
+        |stmt| {
             for i in 0..BATCH {
                 seq += 1;
                 let who = &users[(i % INBOXES) as usize];
                 stmt.execute(params![who, seq, who, &payload[..]]).unwrap();
             }
-            drop(stmt);
-            tx.commit().unwrap();
-        })
-    });
+        },
+    );
 
-    let dir = tempfile::tempdir().unwrap();
-    let mut conn = open(&dir, CHUNKS);
     let mut seq = 0u64;
-    group.bench_function("chunk_per_inbox", |b| {
-        b.iter(|| {
-            let tx = conn.transaction().unwrap();
-            let mut stmt = tx
-                .prepare(
-                    "INSERT INTO chunks (owner, first_seq, last_seq, frames) VALUES (?1, ?2, ?3, ?4)",
-                )
-                .unwrap();
+    bench_batches(
+        &mut group,
+        "chunk_per_inbox",
+        CHUNKS,
+        "INSERT INTO chunks (owner, first_seq, last_seq, frames) VALUES (?1, ?2, ?3, ?4)",
+        |stmt| {
             let per_inbox = BATCH / INBOXES;
             for who in &users {
                 let mut frames = Vec::new();
@@ -94,29 +107,23 @@ fn insert(c: &mut Criterion) {
                     .unwrap();
                 seq += per_inbox;
             }
-            drop(stmt);
-            tx.commit().unwrap();
-        })
-    });
+        },
+    );
 
-    let dir = tempfile::tempdir().unwrap();
-    let mut conn = open(&dir, CLIENT_IDS);
     let mut seq = 0u64;
-    group.bench_function("client_id_rows", |b| {
-        b.iter(|| {
-            let tx = conn.transaction().unwrap();
-            let mut stmt = tx
-                .prepare("INSERT INTO client_ids (sender, client_id, seq) VALUES (?1, ?2, ?3)")
-                .unwrap();
+    bench_batches(
+        &mut group,
+        "client_id_rows",
+        CLIENT_IDS,
+        "INSERT INTO client_ids (sender, client_id, seq) VALUES (?1, ?2, ?3)",
+        |stmt| {
             for i in 0..BATCH {
                 seq += 1;
                 let who = &users[(i % INBOXES) as usize];
                 stmt.execute(params![who, seq.to_string(), seq]).unwrap();
             }
-            drop(stmt);
-            tx.commit().unwrap();
-        })
-    });
+        },
+    );
     group.finish();
 }
 
