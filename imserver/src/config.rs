@@ -103,6 +103,13 @@ pub struct Config {
     #[arg(long, env = "IMSERVER_SEND_QUEUE", default_value_t = 1024)]
     pub send_queue: usize,
 
+    /// Payload bytes that may wait in one connection's send queue, whatever the frame count:
+    /// past it, the reader is disconnected as for a full queue. `--send-queue` frames of up
+    /// to `--max-frame-bytes` each would be a gigabyte. A frame always fits in an empty
+    /// queue, so a limit below `--max-frame-bytes` never cuts off a reader that keeps up.
+    #[arg(long, env = "IMSERVER_SEND_QUEUE_BYTES", default_value_t = 8 << 20)]
+    pub send_queue_bytes: usize,
+
     /// Messages written to the store in one transaction at most (group commit). Larger
     /// batches amortise the commit better under load; a lone message never waits for a batch.
     #[arg(long, env = "IMSERVER_MAX_BATCH", default_value_t = 1024)]

@@ -113,7 +113,7 @@ impl Server {
 
         let relay = Arc::new(relay::Relay {
             store: store.clone(),
-            router: Arc::default(),
+            router: Arc::new(relay::Router::new(config.send_queue_bytes)),
             auth: config.auth,
             limits: relay::Limits::new(&config),
         });

@@ -252,7 +252,39 @@ async fn a_truncated_frame_at_close_is_discarded() {
 
 #[tokio::test]
 async fn a_reader_that_never_reads_is_disconnected_and_loses_nothing() {
-    let srv = TestServer::start_with(|c| c.send_queue = 8).await;
+    never_reading_reader_is_disconnected_and_loses_nothing(|c| c.send_queue = 8).await;
+}
+
+#[tokio::test]
+async fn a_reader_whose_queue_holds_too_many_bytes_is_disconnected_and_loses_nothing() {
+    // 8 messages of 32 KiB fill the byte limit long before the 1024 frames of the default
+    // queue; the flood below is 400 such messages.
+    never_reading_reader_is_disconnected_and_loses_nothing(|c| {
+        c.send_queue = 1024;
+        c.send_queue_bytes = 256 * 1024;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_message_over_the_queue_byte_limit_still_reaches_a_reader_that_keeps_up() {
+    let srv = TestServer::start_with(|c| c.send_queue_bytes = 16).await;
+    let mut b = srv.client("2").await;
+    let mut a = srv.client("1").await;
+    for i in 0..3 {
+        let text = format!("far longer than sixteen bytes, number {i}");
+        say(&mut a, "1", "2", &text).await;
+        assert_eq!(recv_message(&mut b).await.message, text);
+    }
+}
+
+/// A v1 reader that registers and then never reads, under the limits set by `limits`: a
+/// flood to it gets it disconnected, other users are served throughout, and when it
+/// reconnects it gets every message exactly once, in order.
+async fn never_reading_reader_is_disconnected_and_loses_nothing(
+    limits: impl FnOnce(&mut imserver::Config),
+) {
+    let srv = TestServer::start_with(limits).await;
     // The slow reader registers and then never reads.
     let mut slow = raw(&srv).await;
     slow.write_all(&frame(br#"{"type":"Regist","sender":"2"}"#))

@@ -2,12 +2,14 @@
 //!
 //! Sharded by user id, so a delivery locks one shard for a moment and never a global table.
 //! A delivery never waits: it `try_send`s into each connection's bounded queue, and a
-//! connection whose queue is full is told to close (its messages are in the store already,
-//! so it loses nothing and catches up when it reconnects).
+//! connection whose queue is full (`--send-queue` frames, or `--send-queue-bytes` of
+//! payloads) is told to close (its messages are in the store already, so it loses nothing
+//! and catches up when it reconnects).
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use flume::TrySendError;
@@ -32,6 +34,9 @@ pub struct ConnHandle {
     /// Unique per connection, so closing one connection removes only that one.
     pub id: u64,
     pub queue: flume::Sender<Outbound>,
+    /// Payload bytes of the `Deliver`s in `queue`: added here, subtracted by the session as
+    /// it takes them out.
+    pub queued_bytes: Arc<AtomicUsize>,
     /// Cancelled to make the connection close itself (its queue overflowed).
     pub evict: CancellationToken,
 }
@@ -42,18 +47,19 @@ type Shard = Mutex<HashMap<String, Vec<ConnHandle>>>;
 pub struct Router {
     hasher: std::collections::hash_map::RandomState,
     shards: Box<[Shard]>,
-}
-
-impl Default for Router {
-    fn default() -> Self {
-        Router {
-            hasher: Default::default(),
-            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
-        }
-    }
+    /// `--send-queue-bytes`.
+    max_queued_bytes: usize,
 }
 
 impl Router {
+    pub fn new(max_queued_bytes: usize) -> Self {
+        Router {
+            hasher: Default::default(),
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            max_queued_bytes,
+        }
+    }
+
     fn shard(&self, user: &str) -> std::sync::MutexGuard<'_, HashMap<String, Vec<ConnHandle>>> {
         let i = self.hasher.hash_one(user) as usize % SHARDS;
         // A panic while holding a shard lock cannot leave the map inconsistent (every
@@ -91,12 +97,19 @@ impl Router {
             return 0;
         };
         let mut delivered = 0;
+        let len = payload.len();
         conns.retain(|c| {
+            let queued = c.queued_bytes.fetch_add(len, Ordering::Relaxed);
             let item = Outbound::Deliver {
                 seq,
                 payload: payload.clone(),
             };
-            match c.queue.try_send(item) {
+            let sent = if queued > 0 && queued + len > self.max_queued_bytes {
+                Err(TrySendError::Full(item))
+            } else {
+                c.queue.try_send(item)
+            };
+            match sent {
                 Ok(()) => {
                     delivered += 1;
                     true

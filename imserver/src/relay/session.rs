@@ -4,9 +4,10 @@
 //!
 //! A single task per connection selects between the socket (frames in), the connection's
 //! bounded send queue (frames out) and its timer (the `Regist` deadline, then the idle
-//! timeout), so a connection's frames take effect in the order it sent them. Every wait
-//! also watches the connection's `evict` token, a child of the server's shutdown token: a
-//! peer that stops reading cannot pin its task.
+//! timeout), so a connection's frames take effect in the order it sent them. That select,
+//! every socket write and every wait on a limit (the rate limit, the in-flight window) also
+//! watch the connection's `evict` token, a child of the server's shutdown token: a peer that
+//! stops reading cannot pin its task.
 //!
 //! Delivery without gaps or duplicates rests on one number, `last_sent`, the highest `seq`
 //! written to this connection. `Regist` subscribes to the router *first* and then replays the
@@ -20,6 +21,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -126,6 +128,8 @@ struct Session {
     last_sent: u64,
     /// Our end of the send queue, handed to the router on `Regist`.
     queue: flume::Sender<Outbound>,
+    /// Payload bytes waiting in the queue (see `ConnHandle`).
+    queued_bytes: Arc<AtomicUsize>,
     /// Cancelled by the router when the send queue overflows, by a commit hook when the
     /// store failed, or with its parent, the server's shutdown token: one token to wait on
     /// (a wait on a shared token would take that token's lock on every frame).
@@ -171,6 +175,7 @@ pub(super) async fn run(
         version: None,
         last_sent: 0,
         queue,
+        queued_bytes: Arc::default(),
         evict: shutdown.child_token(),
         shutdown,
         writer,
@@ -357,6 +362,7 @@ impl Session {
         let handle = ConnHandle {
             id: self.id,
             queue: self.queue.clone(),
+            queued_bytes: self.queued_bytes.clone(),
             evict: self.evict.clone(),
         };
         let max = self.relay.limits.max_connections_per_user;
@@ -536,6 +542,8 @@ impl Session {
         while let Some(next) = item {
             match next {
                 Outbound::Deliver { seq, payload } => {
+                    self.queued_bytes
+                        .fetch_sub(payload.len(), Ordering::Relaxed);
                     if seq > last {
                         push_message(&mut self.out, &payload, seq);
                         last = seq;
