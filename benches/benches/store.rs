@@ -1,17 +1,24 @@
 //! The store alone, without sockets: what appending a message costs imserver's SQLite
-//! writer (one transaction per batch, as in the server). Compare with `imbench relay`'s
-//! server CPU per message to see how much of it is storage.
+//! writer (one transaction per batch, as in the server; each message to its receiver's
+//! stream and a copy to its sender's). Compare with `imbench relay`'s server CPU per message
+//! to see how much of it is storage.
 //!
 //! `cargo bench -p imbench --bench store`
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use clap::Parser;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use imserver::Config;
-use imserver::config::Durability;
-use imserver::store::{CommitHook, NewMessage, SqliteStore, Store, StoreLimits};
+use imserver::delivery::{Delivery, Entry};
+use imserver::store::{Append, CommitHook, SqliteStore, Streams};
+use imserver::{Config, UserId};
+
+/// Nobody is online.
+struct Nobody;
+
+impl Delivery for Nobody {
+    fn deliver(&self, _: UserId, _: &Entry) {}
+}
 
 /// Messages per measured round, spread over this many receivers (as `imbench relay`'s 50
 /// pairs).
@@ -21,15 +28,11 @@ const RECEIVERS: usize = 50;
 fn append(c: &mut Criterion) {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(
-        SqliteStore::open(
-            dir.path(),
-            Durability::Process,
-            // The server's defaults.
-            StoreLimits::new(&Config::parse_from(["imserver"])),
-        )
-        .unwrap(),
-    );
+    // The server's defaults.
+    let mut config = Config::default().store;
+    config.data_dir = dir.path().into();
+    let store = Arc::new(SqliteStore::open(&config, Arc::new(Nobody)).unwrap());
+    let user = |n: usize| UserId::new(n as i64).unwrap();
     let payload = imbench::payload(&imbench::message_of_payload_len(100));
     let mut group = c.benchmark_group("store");
     group.throughput(Throughput::Elements(ROUND as u64));
@@ -46,11 +49,13 @@ fn append(c: &mut Criterion) {
                 let requests: Vec<_> = (0..ROUND)
                     .map(|i| {
                         let id = next_id.fetch_add(1, Ordering::Relaxed);
-                        let msg = NewMessage {
-                            receiver: (1000 + i % RECEIVERS).to_string(),
-                            sender: (2000 + i % RECEIVERS).to_string(),
+                        let msg = Append {
+                            receiver: user(1000 + i % RECEIVERS),
+                            sender: user(2000 + i % RECEIVERS),
                             client_id: with_id.then(|| format!("c-{id}")),
                             payload: payload.clone(),
+                            origin: None,
+                            friends_only: false,
                         };
                         let last = (i == ROUND - 1).then(|| done_tx.take()).flatten();
                         let hook: CommitHook = Box::new(move |r| {

@@ -5,8 +5,8 @@
 use arbitrary::Arbitrary;
 use bytes::BytesMut;
 use improto::{
-    Ack, Envelope, ErrorCode, ErrorPacket, MAX_CLIENT_ID_CHARS, Message, Packet, PacketCodec,
-    ProtoError, Regist, Registered,
+    Ack, Envelope, ErrorCode, ErrorPacket, Event, EventKind, MAX_CLIENT_ID_CHARS, Message, Packet,
+    PacketCodec, ProtoError, Read, Regist, Registered,
 };
 use libfuzzer_sys::fuzz_target;
 use tokio_util::codec::{Decoder, Encoder};
@@ -41,6 +41,17 @@ enum Input {
         code: String,
         text: String,
         id: Option<String>,
+    },
+    Event {
+        kind: String,
+        user: Option<String>,
+        name: Option<String>,
+        text: Option<String>,
+        seq: Option<u64>,
+    },
+    Read {
+        peer: String,
+        seq: u64,
     },
 }
 
@@ -79,6 +90,18 @@ fn build(input: Input) -> Packet {
         Input::Error { code, text, id } => ErrorPacket::new(ErrorCode::from_wire(&code), text)
             .with_id(id)
             .into(),
+        Input::Event {
+            kind,
+            user,
+            name,
+            text,
+            seq,
+        } => {
+            let mut e = Event::new(EventKind::from_wire(&kind), "", "");
+            (e.user, e.name, e.message, e.seq) = (user, name, text, seq);
+            e.into()
+        }
+        Input::Read { peer, seq } => Read::new(peer, seq).into(),
     }
 }
 
@@ -124,6 +147,11 @@ fuzz_target!(|input: Input| {
             assert_eq!(env.seq(), m.seq);
         }
         Packet::Ack(a) => assert_eq!(env.seq(), Some(a.seq)),
+        Packet::Event(e) => assert_eq!(env.seq(), e.seq),
+        Packet::Read(r) => assert_eq!(
+            (env.peer(), env.seq()),
+            (Some(r.peer.as_str()), Some(r.seq))
+        ),
         Packet::Registered(r) => assert_eq!(
             (env.sender(), env.seq()),
             (Some(r.sender.as_str()), Some(r.seq))

@@ -172,6 +172,11 @@ impl Client {
         self.sender.ack(seq).await
     }
 
+    /// Marks the conversation with `peer` read up to `seq` (v2). See [`ClientSender::read`].
+    pub async fn read(&mut self, peer: &str, seq: u64) -> Result<(), ProtoError> {
+        self.sender.read(peer, seq).await
+    }
+
     /// Splits the client into halves that can be used from different tasks.
     pub fn split(self) -> (ClientSender, ClientReceiver) {
         (self.sender, self.receiver)
@@ -200,6 +205,31 @@ impl ClientSender {
     /// what comes after it.
     pub async fn ack(&mut self, seq: u64) -> Result<(), ProtoError> {
         self.send(Ack::new(seq)).await
+    }
+
+    /// Marks the conversation with `peer` as read up to `seq` of this user's stream (v2), for
+    /// all of the user's devices: the server's unread count for it (`GET /conversations`)
+    /// then counts only `peer`'s messages after `seq`. Positions only move forward.
+    ///
+    /// ```no_run
+    /// use improto::{Client, Packet, Regist};
+    ///
+    /// # async fn demo(token: String) -> Result<(), improto::ProtoError> {
+    /// let (mut tx, mut rx) = Client::connect("127.0.0.1:8888").await?.split();
+    /// tx.send(Regist::v2("7", token)).await?;
+    /// while let Some(packet) = rx.recv().await? {
+    ///     if let Packet::Message(m) = packet {
+    ///         // Shown on screen: tell the server (and so the user's other devices).
+    ///         let seq = m.seq.unwrap_or_default();
+    ///         let peer = if m.sender == "7" { &m.receiver } else { &m.sender };
+    ///         tx.read(peer, seq).await?;
+    ///         tx.ack(seq).await?;
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn read(&mut self, peer: &str, seq: u64) -> Result<(), ProtoError> {
+        self.send(crate::Read::new(peer, seq)).await
     }
 
     /// Sends `Ping` (v2). The server answers `Pong` once every frame sent before it has taken

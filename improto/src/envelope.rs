@@ -38,6 +38,10 @@ pub enum PacketKind {
     Registered,
     /// `{"type":"Error",…}`
     Error,
+    /// `{"type":"Event",…}`
+    Event,
+    /// `{"type":"Read",…}`
+    Read,
 }
 
 /// The routing facts of one valid frame, borrowed from it.
@@ -59,6 +63,7 @@ pub struct Envelope<'a> {
     receiver: Option<Cow<'a, str>>,
     id: Option<Cow<'a, str>>,
     seq: Option<u64>,
+    peer: Option<Cow<'a, str>>,
 }
 
 impl<'a> Envelope<'a> {
@@ -73,6 +78,7 @@ impl<'a> Envelope<'a> {
             receiver,
             id,
             seq,
+            peer: None,
         };
         Ok(match wire::parse::<SkipStr>(frame)? {
             Valid::Regist { sender, .. } => env(PacketKind::Regist, Some(sender), None, None, None),
@@ -90,6 +96,11 @@ impl<'a> Envelope<'a> {
                 env(PacketKind::Registered, Some(sender), None, None, Some(seq))
             }
             Valid::Error { id, .. } => env(PacketKind::Error, None, None, id, None),
+            Valid::Event { seq, .. } => env(PacketKind::Event, None, None, None, seq),
+            Valid::Read { peer, seq } => Envelope {
+                peer: Some(peer),
+                ..env(PacketKind::Read, None, None, None, Some(seq))
+            },
         })
     }
 
@@ -122,12 +133,18 @@ impl<'a> Envelope<'a> {
         self.receiver.as_deref()
     }
 
+    /// The other user of the conversation a `Read` is about.
+    pub fn peer(&self) -> Option<&str> {
+        self.peer.as_deref()
+    }
+
     /// The client message id (`Message`, `Ack`, `Error`), when present.
     pub fn client_id(&self) -> Option<&str> {
         self.id.as_deref()
     }
 
-    /// The `seq` (`Ack`, `Registered`, and a delivered `Message`), when present.
+    /// The `seq` (`Ack`, `Registered`, `Read`, and a delivered `Message` or `Event`), when
+    /// present.
     pub fn seq(&self) -> Option<u64> {
         self.seq
     }

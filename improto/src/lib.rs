@@ -36,8 +36,8 @@
 //! ## Layout
 //!
 //! - `packet`: [`Packet`] and its variants: [`Regist`] and [`Message`] (v1 and v2), and the
-//!   v2 additions [`Ack`], [`Registered`] and [`ErrorPacket`] (with [`ErrorCode`]); JSON in and
-//!   out.
+//!   v2 additions [`Ack`], [`Registered`], [`Event`] (with [`EventKind`]), [`Read`] and
+//!   [`ErrorPacket`] (with [`ErrorCode`]); JSON in and out.
 //! - `codec`: [`FrameCodec`] (raw payloads as `Bytes`, built on tokio-util's
 //!   `LengthDelimitedCodec`) and [`PacketCodec`] (frames plus JSON).
 //! - `envelope`: [`Envelope::peek`], the type, sender and receiver of a frame, borrowed, for
@@ -63,7 +63,9 @@ pub use client::{Client, ClientReceiver, ClientSender};
 pub use codec::{DEFAULT_MAX_FRAME_LENGTH, FrameCodec, PacketCodec};
 pub use envelope::{Envelope, PacketKind, SEQ_STAMP_MAX, write_stamped};
 pub use error::ProtoError;
-pub use packet::{Ack, ErrorCode, ErrorPacket, Message, Packet, Regist, Registered};
+pub use packet::{
+    Ack, ErrorCode, ErrorPacket, Event, EventKind, Message, Packet, Read, Regist, Registered,
+};
 #[cfg(fuzzing)]
 #[doc(hidden)]
 pub use wire::fast_path_agrees;

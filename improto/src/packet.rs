@@ -14,8 +14,8 @@ use crate::wire::{self, Valid};
 ///
 /// Version 1 (the Go server's protocol) has only [`Regist`] and [`Message`]. A client opts in
 /// to version 2 per connection with [`Regist::v2`]; it then also gets [`Registered`], [`Ack`],
-/// [`Packet::Pong`] and [`ErrorPacket`] from the server, and may send [`Ack`] and
-/// [`Packet::Ping`]. See `PROTOCOL.md` for the whole exchange.
+/// [`Event`], [`Packet::Pong`] and [`ErrorPacket`] from the server, and may send [`Ack`],
+/// [`Read`] and [`Packet::Ping`]. See `PROTOCOL.md` for the whole exchange.
 ///
 /// ```
 /// use improto::{Message, Packet};
@@ -49,6 +49,12 @@ pub enum Packet {
     Registered(Registered),
     /// v2, server to client: something the client sent was refused.
     Error(ErrorPacket),
+    /// v2, server to client: a social event in the user's stream (a friend request, say),
+    /// stored, sequenced and replayed like a message.
+    Event(Event),
+    /// v2, client to server: the user has read a conversation up to a position of their
+    /// stream (for every one of their devices).
+    Read(Read),
 }
 
 /// `{"type":"Regist","sender":"<user id>"}`: binds a connection to a user.
@@ -156,8 +162,10 @@ pub struct Message {
     /// unique per sender. A message sent again with the same id is stored once.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
-    /// Set by the server on delivery: the message's position in the receiver's inbox.
-    /// Per receiver, starting at 1, without gaps.
+    /// Set by the server on delivery (v2): the message's position in the stream of the user
+    /// it is delivered to. Per user, starting at 1, without gaps. A user's stream holds the
+    /// messages they received and the ones they sent (from any device), so the same message
+    /// has one `seq` for its receiver and another for its sender.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub seq: Option<u64>,
 }
@@ -192,9 +200,10 @@ impl Message {
 /// `{"type":"Ack","seq":57}` (client to server) or `{"type":"Ack","id":"c-123","seq":57}`
 /// (server to client).
 ///
-/// From a client it is cumulative: the device has processed everything in its inbox up to
-/// `seq`. From the server it confirms that the message with client id `id` is stored, at
-/// position `seq` of the receiver's inbox.
+/// From a client it is cumulative: the device has processed everything in its stream up to
+/// `seq`. From the server it confirms that the message with client id `id` is stored; `seq`
+/// is the position of its copy in the *sender's own* stream (never the receiver's: a user
+/// only ever sees positions in their own stream).
 ///
 /// ```
 /// use improto::{Ack, Packet};
@@ -208,7 +217,7 @@ pub struct Ack {
     /// The client id of the acknowledged message (server to client, when it had one).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
-    /// A position in an inbox.
+    /// A position in the stream of the user the connection is registered as.
     pub seq: u64,
 }
 
@@ -218,14 +227,15 @@ impl Ack {
         Ack { id: None, seq }
     }
 
-    /// The server's confirmation that message `id` (if it had one) is stored at `seq`.
+    /// The server's confirmation that message `id` (if it had one) is stored, its copy at
+    /// `seq` of the sender's own stream.
     pub fn stored(id: Option<String>, seq: u64) -> Self {
         Ack { id, seq }
     }
 }
 
 /// `{"type":"Registered","sender":"7","seq":41}`: the connection is live; `seq` is the
-/// highest position in the user's inbox (0 when it is empty).
+/// head of the user's stream (0 when it is empty).
 ///
 /// ```
 /// use improto::{Packet, Registered};
@@ -239,12 +249,12 @@ impl Ack {
 pub struct Registered {
     /// The user the connection is now bound to.
     pub sender: String,
-    /// The highest `seq` in that user's inbox.
+    /// The highest `seq` in that user's stream.
     pub seq: u64,
 }
 
 impl Registered {
-    /// `sender` is live, with `seq` the head of its inbox.
+    /// `sender` is live, with `seq` the head of its stream.
     pub fn new(sender: impl Into<String>, seq: u64) -> Self {
         Registered {
             sender: sender.into(),
@@ -327,6 +337,9 @@ pub enum ErrorCode {
     RateLimited,
     /// The server's or this user's connection limit is reached. Then close.
     TooManyConnections,
+    /// A `Message` to a user who is not a friend, on a server that relays only between
+    /// friends (`--relay-policy friends`). Not stored.
+    NotFriends,
     /// A code this library does not know (from a newer server).
     Other(String),
 }
@@ -344,6 +357,7 @@ impl ErrorCode {
             ErrorCode::TooLarge => "too_large",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::TooManyConnections => "too_many_connections",
+            ErrorCode::NotFriends => "not_friends",
             ErrorCode::Other(code) => code,
         }
     }
@@ -360,6 +374,7 @@ impl ErrorCode {
             ErrorCode::TooLarge,
             ErrorCode::RateLimited,
             ErrorCode::TooManyConnections,
+            ErrorCode::NotFriends,
         ]
         .into_iter()
         .find(|c| c.as_str() == code)
@@ -401,6 +416,152 @@ impl std::fmt::Display for ErrorCode {
     }
 }
 
+/// `{"type":"Event","kind":"friend_request","user":"9","name":"Neo","message":"hi"}`: a
+/// social event in the user's stream. The server stores it like a message, so it carries a
+/// `seq` on delivery and is replayed, acknowledged and never lost.
+///
+/// ```
+/// use improto::{Event, EventKind, Packet};
+///
+/// let json = br#"{"seq":12,"type":"Event","kind":"friend_accepted","user":"9","name":"Neo"}"#;
+/// let Packet::Event(e) = Packet::from_json(json)? else { panic!() };
+/// assert_eq!((e.kind, e.user.as_deref(), e.seq), (EventKind::FriendAccepted, Some("9"), Some(12)));
+///
+/// let made = Event::new(EventKind::FriendRequest, "9", "Neo").with_message("hi!");
+/// assert_eq!(
+///     Packet::from(made).to_json()?,
+///     br#"{"type":"Event","kind":"friend_request","user":"9","name":"Neo","message":"hi!"}"#
+/// );
+/// # Ok::<(), improto::ProtoError>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct Event {
+    /// What happened.
+    pub kind: EventKind,
+    /// The other user the event is about (who asked, who accepted, ...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// That user's name, so a client can show the event without a lookup.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Free text that came with it (a friend request's message).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Set by the server on delivery: the event's position in the user's stream.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
+}
+
+impl Event {
+    /// An event of `kind` about `user`, whose name is `name`.
+    pub fn new(kind: EventKind, user: impl Into<String>, name: impl Into<String>) -> Self {
+        Event {
+            kind,
+            user: Some(user.into()),
+            name: Some(name.into()),
+            message: None,
+            seq: None,
+        }
+    }
+
+    /// Adds the text that came with the event.
+    pub fn with_message(mut self, message: impl Into<String>) -> Self {
+        self.message = Some(message.into());
+        self
+    }
+}
+
+/// The `kind` of an [`Event`].
+///
+/// ```
+/// use improto::EventKind;
+///
+/// assert_eq!(EventKind::FriendRequest.as_str(), "friend_request");
+/// assert_eq!(EventKind::from_wire("friend_removed"), EventKind::FriendRemoved);
+/// // Kinds from a newer server are kept, not refused.
+/// assert_eq!(EventKind::from_wire("new_thing"), EventKind::Other("new_thing".into()));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum EventKind {
+    /// `user` asks to be your friend (with their `message`, if any).
+    FriendRequest,
+    /// You and `user` are friends now: they accepted your request or you accepted theirs.
+    FriendAccepted,
+    /// `user` ended your friendship.
+    FriendRemoved,
+    /// A kind this library does not know (from a newer server).
+    Other(String),
+}
+
+impl EventKind {
+    const KNOWN: [EventKind; 3] = [
+        EventKind::FriendRequest,
+        EventKind::FriendAccepted,
+        EventKind::FriendRemoved,
+    ];
+
+    /// The kind as written on the wire.
+    pub fn as_str(&self) -> &str {
+        match self {
+            EventKind::FriendRequest => "friend_request",
+            EventKind::FriendAccepted => "friend_accepted",
+            EventKind::FriendRemoved => "friend_removed",
+            EventKind::Other(kind) => kind,
+        }
+    }
+
+    /// The kind a wire string names.
+    pub fn from_wire(kind: &str) -> EventKind {
+        Self::KNOWN
+            .into_iter()
+            .find(|k| k.as_str() == kind)
+            .unwrap_or_else(|| EventKind::Other(kind.to_owned()))
+    }
+}
+
+impl Serialize for EventKind {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl std::fmt::Display for EventKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `{"type":"Read","peer":"9","seq":57}`: the user has read the conversation with `peer` up
+/// to position `seq` of their own stream. The server keeps one read position per
+/// conversation for all of the user's devices; it only moves forward.
+///
+/// ```
+/// use improto::{Packet, Read};
+///
+/// assert_eq!(Packet::from(Read::new("9", 57)).to_json()?, br#"{"type":"Read","peer":"9","seq":57}"#);
+/// # Ok::<(), improto::ProtoError>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct Read {
+    /// The other user of the conversation.
+    pub peer: String,
+    /// A position in the reader's own stream: everything from `peer` up to it is read.
+    pub seq: u64,
+}
+
+impl Read {
+    /// The conversation with `peer` is read up to `seq`.
+    pub fn new(peer: impl Into<String>, seq: u64) -> Self {
+        Read {
+            peer: peer.into(),
+            seq,
+        }
+    }
+}
+
 impl From<Regist> for Packet {
     fn from(r: Regist) -> Self {
         Packet::Regist(r)
@@ -428,6 +589,18 @@ impl From<Registered> for Packet {
 impl From<ErrorPacket> for Packet {
     fn from(e: ErrorPacket) -> Self {
         Packet::Error(e)
+    }
+}
+
+impl From<Event> for Packet {
+    fn from(e: Event) -> Self {
+        Packet::Event(e)
+    }
+}
+
+impl From<Read> for Packet {
+    fn from(r: Read) -> Self {
+        Packet::Read(r)
     }
 }
 
@@ -487,6 +660,23 @@ impl Packet {
                 code: ErrorCode::from_wire(&code),
                 message,
                 id: id.map(own),
+            }),
+            Valid::Event {
+                kind,
+                user,
+                name,
+                message,
+                seq,
+            } => Packet::Event(Event {
+                kind: EventKind::from_wire(&kind),
+                user: user.map(own),
+                name: name.map(own),
+                message,
+                seq,
+            }),
+            Valid::Read { peer, seq } => Packet::Read(Read {
+                peer: own(peer),
+                seq,
             }),
         })
     }

@@ -26,7 +26,7 @@ pub(crate) fn scan<'a, M: Text<'a>>(frame: &'a [u8]) -> Option<Fields<'a, M>> {
     };
     let mut f = Fields::default();
     // One bit per known field, to spot a field given twice.
-    let mut seen = 0u16;
+    let mut seen = 0u32;
     s.ws();
     s.eat(b'{')?;
     s.ws();
@@ -46,14 +46,14 @@ pub(crate) fn scan<'a, M: Text<'a>>(frame: &'a [u8]) -> Option<Fields<'a, M>> {
                 None => s.skip_value(1)?,
                 Some(slot) => {
                     // serde rejects a known field given twice, even when one of them is null.
-                    let bit = 1u16 << slot as u16;
+                    let bit = 1u32 << slot as u32;
                     if seen & bit != 0 {
                         return None;
                     }
                     seen |= bit;
                     if !s.literal(b"null") {
                         match slot {
-                            Slot::Type => f.kind = Some(s.text()?),
+                            Slot::Type => f.ty = Some(s.text()?),
                             Slot::Sender => f.sender = Some(s.text()?),
                             Slot::Receiver => f.receiver = Some(s.text()?),
                             Slot::Message => f.message = Some(s.text()?),
@@ -64,6 +64,10 @@ pub(crate) fn scan<'a, M: Text<'a>>(frame: &'a [u8]) -> Option<Fields<'a, M>> {
                             Slot::Id => f.id = Some(s.text()?),
                             Slot::Seq => f.seq = Some(s.u64()?),
                             Slot::Code => f.code = Some(s.text()?),
+                            Slot::Kind => f.kind = Some(s.text()?),
+                            Slot::User => f.user = Some(s.text()?),
+                            Slot::Name => f.name = Some(s.text()?),
+                            Slot::Peer => f.peer = Some(s.text()?),
                         }
                     }
                 }
@@ -94,6 +98,10 @@ enum Slot {
     Id,
     Seq,
     Code,
+    Kind,
+    User,
+    Name,
+    Peer,
 }
 
 impl Slot {
@@ -110,6 +118,10 @@ impl Slot {
             b"id" => Slot::Id,
             b"seq" => Slot::Seq,
             b"code" => Slot::Code,
+            b"kind" => Slot::Kind,
+            b"user" => Slot::User,
+            b"name" => Slot::Name,
+            b"peer" => Slot::Peer,
             _ => return None,
         })
     }
@@ -368,6 +380,12 @@ mod tests {
             Just(r#""token":"abc""#.to_string()),
             Just(r#""id":"c-1""#.to_string()),
             Just(r#""code":"bad_json""#.to_string()),
+            Just(r#""type":"Event""#.to_string()),
+            Just(r#""type":"Read""#.to_string()),
+            Just(r#""kind":"friend_request""#.to_string()),
+            Just(r#""user":"9""#.to_string()),
+            Just(r#""name":"Néo""#.to_string()),
+            Just(r#""peer":"9""#.to_string()),
             any::<String>()
                 .prop_map(|t| format!(r#""message":{}"#, serde_json::to_string(&t).unwrap())),
             "[ -~]{0,12}",

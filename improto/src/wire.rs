@@ -28,7 +28,7 @@ use crate::ProtoError;
 #[serde(bound(deserialize = "'de: 'a, M: Deserialize<'de>"))]
 pub(crate) struct Fields<'a, M> {
     #[serde(rename = "type", borrow, default)]
-    pub(crate) kind: Option<Str<'a>>,
+    pub(crate) ty: Option<Str<'a>>,
     #[serde(borrow, default)]
     pub(crate) sender: Option<Str<'a>>,
     #[serde(borrow, default)]
@@ -51,6 +51,18 @@ pub(crate) struct Fields<'a, M> {
     pub(crate) seq: Option<u64>,
     #[serde(borrow, default)]
     pub(crate) code: Option<Str<'a>>,
+    /// An `Event`'s kind.
+    #[serde(borrow, default)]
+    pub(crate) kind: Option<Str<'a>>,
+    /// The user an `Event` is about.
+    #[serde(borrow, default)]
+    pub(crate) user: Option<Str<'a>>,
+    /// That user's name (`Event`).
+    #[serde(borrow, default)]
+    pub(crate) name: Option<Str<'a>>,
+    /// The other user of a conversation (`Read`).
+    #[serde(borrow, default)]
+    pub(crate) peer: Option<Str<'a>>,
 }
 
 fn none<M>() -> Option<M> {
@@ -60,7 +72,7 @@ fn none<M>() -> Option<M> {
 impl<M> Default for Fields<'_, M> {
     fn default() -> Self {
         Fields {
-            kind: None,
+            ty: None,
             sender: None,
             receiver: None,
             message: None,
@@ -71,6 +83,10 @@ impl<M> Default for Fields<'_, M> {
             id: None,
             seq: None,
             code: None,
+            kind: None,
+            user: None,
+            name: None,
+            peer: None,
         }
     }
 }
@@ -130,6 +146,17 @@ pub(crate) enum Valid<'a, M> {
         message: M,
         id: Option<Cow<'a, str>>,
     },
+    Event {
+        kind: Cow<'a, str>,
+        user: Option<Cow<'a, str>>,
+        name: Option<Cow<'a, str>>,
+        message: Option<M>,
+        seq: Option<u64>,
+    },
+    Read {
+        peer: Cow<'a, str>,
+        seq: u64,
+    },
 }
 
 /// The protocol versions this library speaks; `Regist` without `version` means 1.
@@ -166,7 +193,7 @@ pub(crate) fn parse<'a, M: Text<'a>>(frame: &'a [u8]) -> Result<Valid<'a, M>, Pr
 
 impl<'a, M> Fields<'a, M> {
     fn validate(self) -> Result<Valid<'a, M>, ProtoError> {
-        let kind = required(self.kind, "type")?;
+        let kind = required(self.ty, "type")?;
         let text = |m: Option<M>| m.ok_or(ProtoError::MissingField { field: "message" });
         let seq = |s: Option<u64>| s.ok_or(ProtoError::MissingField { field: "seq" });
         match &*kind {
@@ -200,6 +227,17 @@ impl<'a, M> Fields<'a, M> {
                 code: required(self.code, "code")?,
                 message: text(self.message)?,
                 id: client_id(self.id)?,
+            }),
+            "Event" => Ok(Valid::Event {
+                kind: required(self.kind, "kind")?,
+                user: self.user.map(|s| s.0),
+                name: self.name.map(|s| s.0),
+                message: self.message,
+                seq: self.seq,
+            }),
+            "Read" => Ok(Valid::Read {
+                peer: required(self.peer, "peer")?,
+                seq: seq(self.seq)?,
             }),
             _ => Err(ProtoError::UnknownType(kind.into_owned())),
         }

@@ -9,14 +9,15 @@
 //! its hash, so no secret is ever compared byte by byte: the lookup's timing can only reveal
 //! something about the hash, which says nothing usable about the token.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use argon2::Argon2;
 use argon2::password_hash::rand_core::{OsRng, RngCore};
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use blake2::Digest;
 
-use crate::store::{Store, StoreError, TokenHash, UserId};
+use crate::id::UserId;
+use crate::store::{Store, StoreError, TokenHash};
 use crate::workers::Workers;
 
 /// Hashing failed; only a bug (bad parameters) or a panic in a hashing thread causes this.
@@ -97,16 +98,16 @@ pub fn hash_token(secret: &str) -> TokenHash {
     blake2::Blake2b::<blake2::digest::consts::U32>::digest(secret.as_bytes()).into()
 }
 
-/// Creates a token for `user`, valid for `ttl_secs`, and stores its hash.
+/// Creates a token for `user`, valid for `ttl`, and stores its hash.
 pub async fn issue_token(
     store: &dyn Store,
     user: UserId,
-    ttl_secs: u64,
+    ttl: Duration,
 ) -> Result<IssuedToken, StoreError> {
     let mut bytes = [0u8; 32];
     OsRng.fill_bytes(&mut bytes);
     let secret: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    let expires_at = now().saturating_add(i64::try_from(ttl_secs).unwrap_or(i64::MAX));
+    let expires_at = now().saturating_add(i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX));
     store
         .create_token(hash_token(&secret), user, expires_at)
         .await?;

@@ -1,56 +1,74 @@
-//! Every flag and limit of the server, each with its default and the reason for it.
-//! Each flag can also be set through the environment variable named in `--help`.
+//! Every flag and limit of the server, each with its default and the reason for it, grouped
+//! by the room that uses it. Each flag can also be set through the environment variable
+//! named in `--help`.
+//!
+//! The defaults live in one place, the `default_value` of each flag. [`Config::default`]
+//! reads them from there without looking at the environment, so a test's configuration
+//! never depends on the shell that runs it; only [`Config::parse`] (the binary) reads
+//! `IMSERVER_*` variables.
+//!
+//! Durations take a unit (`500ms`, `10s`, `5m`, `30days`); a bare number is seconds.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, ValueEnum};
 
 /// imserver: an instant-messaging server (HTTP API + TCP relay) on an embedded SQLite store.
 #[derive(Parser, Debug, Clone)]
 #[command(name = "imserver", version, about)]
 pub struct Config {
-    /// Address of the HTTP API (register, login, profile, friends). Port 0 picks a free port.
-    #[arg(long, env = "IMSERVER_HTTP_ADDR", default_value = "0.0.0.0:6666")]
-    pub http_addr: SocketAddr,
-
-    /// Address of the TCP relay (length-prefixed JSON frames). Port 0 picks a free port.
-    #[arg(long, env = "IMSERVER_TCP_ADDR", default_value = "0.0.0.0:8888")]
-    pub tcp_addr: SocketAddr,
-
-    /// Directory of the SQLite database; created on first start.
-    #[arg(long, env = "IMSERVER_DATA_DIR", default_value = "./imserver-data")]
-    pub data_dir: PathBuf,
-
-    /// Who may speak for a user. `token`: a login token on every relay connection and HTTP
-    /// request but `/regist` and `/login`. `open`: trust the id a version 1 client sends and
-    /// require nothing over HTTP, as the Go server did (only safe on a trusted network).
-    #[arg(long, env = "IMSERVER_AUTH", value_enum, default_value_t = AuthMode::Token)]
-    pub auth: AuthMode,
-
-    /// How long a login token stays valid, in seconds (default 30 days).
-    #[arg(long, env = "IMSERVER_TOKEN_TTL", default_value_t = 30 * 24 * 3600)]
-    pub token_ttl: u64,
-
-    /// Accounts one client IP address may create per minute (`POST /regist`); 0: no limit.
-    #[arg(long, env = "IMSERVER_REGIST_LIMIT", default_value_t = 10)]
-    pub regist_limit: u32,
-
-    /// Login attempts per user per minute (`POST /login`), so passwords cannot be guessed at
-    /// speed; 0: no limit.
-    #[arg(long, env = "IMSERVER_LOGIN_LIMIT", default_value_t = 10)]
-    pub login_limit: u32,
-
-    /// Passwords hashed or checked at once (each argon2id hash takes 19 MiB and tens of
-    /// milliseconds of one core); further registrations and logins wait their turn.
-    #[arg(long, env = "IMSERVER_PASSWORD_HASHERS", default_value_t = 2,
-          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
-    pub password_hashers: usize,
-
     /// Create, if missing, user "1" (Wu) and user "2" (WuYW), password "123", friends of each
     /// other: what the Go server always started with.
     #[arg(long, env = "IMSERVER_DEMO")]
     pub demo: bool,
+
+    #[command(flatten)]
+    pub http: HttpConfig,
+
+    #[command(flatten)]
+    pub relay: RelayConfig,
+
+    #[command(flatten)]
+    pub auth: AuthConfig,
+
+    #[command(flatten)]
+    pub social: SocialConfig,
+
+    #[command(flatten)]
+    pub store: StoreConfig,
+}
+
+/// The HTTP API.
+#[derive(Args, Debug, Clone)]
+pub struct HttpConfig {
+    /// Address of the HTTP API (register, login, profile, friends, history). Port 0 picks a
+    /// free port.
+    #[arg(
+        id = "http-addr",
+        long = "http-addr",
+        env = "IMSERVER_HTTP_ADDR",
+        default_value = "0.0.0.0:6666"
+    )]
+    pub addr: SocketAddr,
+
+    /// Largest HTTP request body, in bytes; larger ones get 413.
+    #[arg(long, env = "IMSERVER_MAX_BODY_BYTES", default_value_t = 64 * 1024)]
+    pub max_body_bytes: usize,
+}
+
+/// The relay: connections, their limits, and what may be relayed.
+#[derive(Args, Debug, Clone)]
+pub struct RelayConfig {
+    /// Address of the TCP relay (length-prefixed JSON frames). Port 0 picks a free port.
+    #[arg(
+        id = "tcp-addr",
+        long = "tcp-addr",
+        env = "IMSERVER_TCP_ADDR",
+        default_value = "0.0.0.0:8888"
+    )]
+    pub addr: SocketAddr,
 
     /// Largest frame payload, in bytes, the relay accepts. A length prefix over it closes the
     /// connection before any payload is read.
@@ -81,26 +99,23 @@ pub struct Config {
     pub refusal_backlog: usize,
 
     /// Relay connections one user may have open at once (phone, desktop, ...).
-    #[arg(long, env = "IMSERVER_MAX_CONNECTIONS_PER_USER", default_value_t = 16)]
+    #[arg(long, env = "IMSERVER_MAX_CONNECTIONS_PER_USER", default_value_t = 16,
+          value_parser = at_least_one)]
     pub max_connections_per_user: usize,
 
-    /// Seconds a new relay connection has to send `Regist` before it is closed.
-    #[arg(long, env = "IMSERVER_REGIST_DEADLINE", default_value_t = 10)]
-    pub regist_deadline: u64,
+    /// How long a new relay connection has to send `Regist` before it is closed.
+    #[arg(long, env = "IMSERVER_REGIST_DEADLINE", default_value = "10s", value_parser = duration)]
+    pub regist_deadline: Duration,
 
-    /// Seconds a relay connection may stay silent (no frame at all; `Ping` counts) before it
-    /// is closed; 0: never.
-    #[arg(long, env = "IMSERVER_IDLE_TIMEOUT", default_value_t = 300)]
-    pub idle_timeout: u64,
-
-    /// Largest HTTP request body, in bytes; larger ones get 413.
-    #[arg(long, env = "IMSERVER_MAX_BODY_BYTES", default_value_t = 64 * 1024)]
-    pub max_body_bytes: usize,
+    /// How long a relay connection may stay silent (no frame at all; `Ping` counts) before
+    /// it is closed; 0: never.
+    #[arg(long, env = "IMSERVER_IDLE_TIMEOUT", default_value = "300s", value_parser = duration)]
+    pub idle_timeout: Duration,
 
     /// Frames that may wait in one connection's send queue. A reader that falls this far
     /// behind is disconnected; its messages stay in the store and are sent when it
     /// reconnects. Bounds the memory a slow reader can hold.
-    #[arg(long, env = "IMSERVER_SEND_QUEUE", default_value_t = 1024)]
+    #[arg(long, env = "IMSERVER_SEND_QUEUE", default_value_t = 1024, value_parser = at_least_one)]
     pub send_queue: usize,
 
     /// Payload bytes that may wait in one connection's send queue, whatever the frame count:
@@ -110,27 +125,59 @@ pub struct Config {
     #[arg(long, env = "IMSERVER_SEND_QUEUE_BYTES", default_value_t = 8 << 20)]
     pub send_queue_bytes: usize,
 
-    /// Messages written to the store in one transaction at most (group commit). Larger
-    /// batches amortise the commit better under load; a lone message never waits for a batch.
-    #[arg(long, env = "IMSERVER_MAX_BATCH", default_value_t = 1024)]
-    pub max_batch: usize,
+    /// Stored stream entries replayed per store read when a user reconnects.
+    #[arg(long, env = "IMSERVER_REPLAY_BATCH", default_value_t = 512, value_parser = at_least_one)]
+    pub replay_batch: usize,
 
-    /// Store requests that may wait for the writer thread before senders are slowed down.
-    #[arg(long, env = "IMSERVER_STORE_QUEUE", default_value_t = 16 * 1024)]
-    pub store_queue: usize,
+    /// Who may send a message to whom. `any`: anyone to anyone, as the Go server did.
+    /// `friends`: only between friends; a message to anyone else is refused (`not_friends`
+    /// on v2, dropped and logged on v1) and not stored.
+    #[arg(long, env = "IMSERVER_RELAY_POLICY", value_enum, default_value_t = RelayPolicy::Any)]
+    pub relay_policy: RelayPolicy,
+}
 
-    /// Threads that read the database (inboxes on reconnect, accounts and tokens the cache
-    /// does not hold yet), each with a read-only SQLite connection of its own: reads that may
-    /// run at once. More wait their turn.
-    #[arg(long, env = "IMSERVER_STORE_READERS", default_value_t = 4,
-          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
-    pub store_readers: usize,
+/// Accounts, passwords and login tokens.
+#[derive(Args, Debug, Clone)]
+pub struct AuthConfig {
+    /// Who may speak for a user. `token`: a login token on every relay connection and HTTP
+    /// request but `/regist` and `/login`. `open`: trust the id a version 1 client sends and
+    /// require nothing over HTTP, as the Go server did (only safe on a trusted network).
+    #[arg(long, env = "IMSERVER_AUTH", value_enum, default_value_t = AuthMode::Token)]
+    pub auth: AuthMode,
 
-    /// Entries each in-memory cache holds at most: users, friend lists and tokens (what
-    /// every HTTP request reads), and the writer's inbox heads. Past it, a cache is emptied
-    /// and fills again with what is used.
-    #[arg(long, env = "IMSERVER_CACHE_ENTRIES", default_value_t = 65_536)]
-    pub cache_entries: usize,
+    /// How long a login token stays valid.
+    #[arg(long, env = "IMSERVER_TOKEN_TTL", default_value = "30days", value_parser = duration)]
+    pub token_ttl: Duration,
+
+    /// Accounts one client IP address may create per minute (`POST /regist`); 0: no limit.
+    #[arg(long, env = "IMSERVER_REGIST_LIMIT", default_value_t = 10)]
+    pub regist_limit: u32,
+
+    /// Login attempts per user per minute (`POST /login`), so passwords cannot be guessed at
+    /// speed; 0: no limit.
+    #[arg(long, env = "IMSERVER_LOGIN_LIMIT", default_value_t = 10)]
+    pub login_limit: u32,
+
+    /// Passwords hashed or checked at once (each argon2id hash takes 19 MiB and tens of
+    /// milliseconds of one core); further registrations and logins wait their turn.
+    #[arg(long, env = "IMSERVER_PASSWORD_HASHERS", default_value_t = 2, value_parser = at_least_one)]
+    pub password_hashers: usize,
+}
+
+/// Friends, requests and blocks.
+#[derive(Args, Debug, Clone)]
+pub struct SocialConfig {
+    /// Friend requests one user may send per hour (`POST /friends/requests`); 0: no limit.
+    #[arg(long, env = "IMSERVER_FRIEND_REQUEST_LIMIT", default_value_t = 30)]
+    pub friend_request_limit: u32,
+}
+
+/// The database.
+#[derive(Args, Debug, Clone)]
+pub struct StoreConfig {
+    /// Directory of the SQLite database; created on first start.
+    #[arg(long, env = "IMSERVER_DATA_DIR", default_value = "./imserver-data")]
+    pub data_dir: PathBuf,
 
     /// What an acknowledged write survives. `process`: a crash or `kill -9` of the server
     /// (the OS still holds the data). `power`: also power loss or a kernel crash (an fsync
@@ -138,9 +185,26 @@ pub struct Config {
     #[arg(long, env = "IMSERVER_DURABILITY", value_enum, default_value_t = Durability::Process)]
     pub durability: Durability,
 
-    /// Stored messages replayed per store read when a user reconnects.
-    #[arg(long, env = "IMSERVER_REPLAY_BATCH", default_value_t = 512)]
-    pub replay_batch: usize,
+    /// Writes in one store transaction at most (group commit). Larger batches amortise the
+    /// commit better under load; a lone write never waits for a batch.
+    #[arg(long, env = "IMSERVER_MAX_BATCH", default_value_t = 1024, value_parser = at_least_one)]
+    pub max_batch: usize,
+
+    /// Store requests that may wait for the writer thread before senders are slowed down.
+    #[arg(long, env = "IMSERVER_STORE_QUEUE", default_value_t = 16 * 1024, value_parser = at_least_one)]
+    pub store_queue: usize,
+
+    /// Threads that read the database (streams on reconnect, history, accounts and tokens
+    /// the cache does not hold yet), each with a read-only SQLite connection of its own:
+    /// reads that may run at once. More wait their turn.
+    #[arg(long, env = "IMSERVER_STORE_READERS", default_value_t = 4, value_parser = at_least_one)]
+    pub store_readers: usize,
+
+    /// Entries each in-memory cache holds at most: users, friend lists and tokens (what
+    /// every HTTP request reads), and the writer's stream heads. Past it, a cache is emptied
+    /// and fills again with what is used.
+    #[arg(long, env = "IMSERVER_CACHE_ENTRIES", default_value_t = 65_536, value_parser = at_least_one)]
+    pub cache_entries: usize,
 }
 
 /// How relay connections are authenticated.
@@ -153,6 +217,15 @@ pub enum AuthMode {
     Token,
 }
 
+/// Who may message whom; see `--relay-policy`.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelayPolicy {
+    /// Anyone may message anyone.
+    Any,
+    /// Only friends may message each other.
+    Friends,
+}
+
 /// What an acknowledged write survives; see `--durability`.
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Durability {
@@ -162,14 +235,76 @@ pub enum Durability {
     Power,
 }
 
+impl Default for Config {
+    /// Every flag at its default, whatever the environment says.
+    fn default() -> Self {
+        let command = Config::command().mut_args(|arg| arg.env(None));
+        let matches = command
+            .try_get_matches_from(["imserver"])
+            .expect("the defaults parse");
+        Config::from_arg_matches(&matches).expect("the defaults parse")
+    }
+}
+
 impl Config {
     /// A configuration for tests and embedding: both ports 0 on 127.0.0.1, everything else
-    /// at its default, data in `data_dir`.
+    /// at its default (never from the environment), data in `data_dir`.
     pub fn local(data_dir: impl Into<PathBuf>) -> Self {
-        let mut config = Config::parse_from(["imserver"]);
-        config.http_addr = "127.0.0.1:0".parse().expect("valid address");
-        config.tcp_addr = "127.0.0.1:0".parse().expect("valid address");
-        config.data_dir = data_dir.into();
+        let mut config = Config::default();
+        let local: SocketAddr = "127.0.0.1:0".parse().expect("valid address");
+        config.http.addr = local;
+        config.relay.addr = local;
+        config.store.data_dir = data_dir.into();
         config
+    }
+}
+
+/// A duration with a unit (`500ms`, `10s`, `5m`, `2h`, `30days`), or a bare number of
+/// seconds, as these flags took before they had units.
+fn duration(s: &str) -> Result<Duration, String> {
+    if let Ok(secs) = s.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 500ms, 10s, 5m, 30days)"))
+}
+
+/// A count that must be at least 1.
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_take_units_or_bare_seconds() {
+        assert_eq!(duration("300"), Ok(Duration::from_secs(300)));
+        assert_eq!(duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(duration("30days"), Ok(Duration::from_secs(30 * 86_400)));
+        assert!(duration("soon").is_err());
+        assert!(duration("-1").is_err());
+    }
+
+    #[test]
+    fn counts_that_must_be_positive_refuse_zero() {
+        let zero = Config::try_parse_from(["imserver", "--store-readers", "0"]);
+        assert!(zero.unwrap_err().to_string().contains("at least 1"));
+    }
+
+    #[test]
+    fn the_defaults_are_the_flags_defaults() {
+        let c = Config::default();
+        assert_eq!(c.relay.idle_timeout, Duration::from_secs(300));
+        assert_eq!(c.auth.token_ttl, Duration::from_secs(30 * 86_400));
+        assert_eq!(c.relay.rate_limit, 100);
+        assert_eq!(c.auth.auth, AuthMode::Token);
+        assert_eq!(c.relay.relay_policy, RelayPolicy::Any);
+        assert_eq!(c.store.data_dir, PathBuf::from("./imserver-data"));
     }
 }

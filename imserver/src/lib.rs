@@ -1,8 +1,12 @@
 //! # imserver
 //!
-//! An instant-messaging server: a warp HTTP API (accounts, profiles, friends) and a tokio
-//! TCP relay speaking [`improto`] frames, on an embedded SQLite store. It replaces an older Go
-//! server, keeping its wire protocol and HTTP API.
+//! An instant-messaging server: a warp HTTP API (accounts, profiles, friends, requests,
+//! blocks, history) and a tokio TCP relay speaking [`improto`] frames, on an embedded SQLite
+//! store. It replaces an older Go server, keeping its wire protocol and HTTP API.
+//!
+//! Every user has one stream: the messages they received, copies of the messages they sent
+//! (from any of their devices) and social events, each at the next `seq` of that stream. A
+//! device keeps one cursor (`lastSeq`) and syncs everything with it.
 //!
 //! [`Server::start`] runs everything in the current tokio runtime and returns a handle with
 //! the bound addresses; `main.rs` is a thin wrapper around it, and the integration tests use
@@ -10,12 +14,14 @@
 //!
 //! ## Layout
 //!
-//! - `config`: every flag and limit ([`Config`]).
-//! - `http/`: the HTTP API (routes in `mod`, `users`, `friends`, `guard` for bearer tokens
-//!   and rate limits, `body`, `reply`).
-//! - `relay/`: the TCP relay (`listener` with the connection limit, `session` for one
-//!   connection of either protocol version, `router`).
-//! - `store/`: the [`Store`] trait and its SQLite implementation.
+//! - `config`: every flag and limit ([`Config`]), one group per room.
+//! - `id`: [`UserId`], parsed once at each edge, with one canonical form.
+//! - `http/`: the HTTP API (routes in `mod`, `users`, `friends`, `history`, `guard` for
+//!   bearer tokens and rate limits, `body`, `reply`).
+//! - `relay/`: the relay (`listener`, `transport/`, `session/` for one connection of either
+//!   protocol version, `outbox`, `router`).
+//! - `delivery`: the seam between the store and live connections ([`delivery::Delivery`]).
+//! - `store/`: the storage traits by concern, the social rules, and the SQLite backend.
 //! - `auth`: password hashing and login tokens.
 //! - `workers`: fixed sets of threads for blocking work (SQLite reads, password hashing).
 //!
@@ -23,15 +29,19 @@
 //!
 //! A session reads a frame, peeks at its envelope and checks the sender, then queues an
 //! append to the store. The store's writer thread commits a batch of appends in one
-//! transaction, assigning each receiver's next `seq`, and then runs each append's commit hook
-//! in commit order; the hook hands the frame to the router, which queues it on every live
-//! connection of the receiver, and queues the sender's `Ack` (v2) on the sender's connection.
-//! Each connection writes a message with its `seq` spliced in. Offline receivers get it from
-//! the store when they `Regist`, from their `lastSeq` or acknowledged position.
+//! transaction, giving each message the next `seq` of its receiver's stream and its copy the
+//! next `seq` of its sender's. After the commit, in commit order, it calls each append's
+//! hook (which queues the sender's `Ack`, v2) and hands both entries to the `Delivery`: the
+//! router queues each on every live connection of its user (the sending connection excepted;
+//! its `Ack` says it all). Each connection writes an entry with its `seq` spliced in.
+//! Offline devices get it from the store when they `Regist`, from their `lastSeq` or the
+//! acknowledged position.
 
 pub mod auth;
 pub mod config;
+pub mod delivery;
 pub mod http;
+pub mod id;
 pub mod relay;
 pub mod store;
 pub mod workers;
@@ -46,7 +56,8 @@ use tokio_util::task::TaskTracker;
 
 use auth::PasswordHashers;
 pub use config::Config;
-use store::{Account, SqliteStore, Store, StoreError, StoreLimits};
+pub use id::UserId;
+use store::{Account, SqliteStore, Store, StoreError};
 
 /// How long shutdown waits for connections to finish before giving up on them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -80,21 +91,22 @@ pub struct Server {
 impl Server {
     /// Opens the store, binds both listeners and starts serving.
     pub async fn start(config: Config) -> Result<Server, StartError> {
-        let http_listener = bind("HTTP", config.http_addr).await?;
-        let tcp_listener = bind("TCP", config.tcp_addr).await?;
-        let http_addr = local_addr("HTTP", &http_listener, config.http_addr)?;
-        let tcp_addr = local_addr("TCP", &tcp_listener, config.tcp_addr)?;
+        let http_listener = bind("HTTP", config.http.addr).await?;
+        let tcp_listener = bind("TCP", config.relay.addr).await?;
+        let http_addr = local_addr("HTTP", &http_listener, config.http.addr)?;
+        let tcp_addr = local_addr("TCP", &tcp_listener, config.relay.addr)?;
 
+        let router = Arc::new(relay::LocalRouter::new(config.relay.send_queue_bytes));
         let store = {
-            let c = config.clone();
-            tokio::task::spawn_blocking(move || {
-                SqliteStore::open(&c.data_dir, c.durability, StoreLimits::new(&c))
-            })
-            .await
-            .map_err(|e| StoreError::Io(std::io::Error::other(e)))??
+            let c = config.store.clone();
+            let delivery = router.clone();
+            tokio::task::spawn_blocking(move || SqliteStore::open(&c, delivery))
+                .await
+                .map_err(|e| StoreError::Io(std::io::Error::other(e)))??
         };
         let store: Arc<dyn Store> = Arc::new(store);
-        let hashers = PasswordHashers::new(config.password_hashers).map_err(StartError::Hashers)?;
+        let hashers =
+            PasswordHashers::new(config.auth.password_hashers).map_err(StartError::Hashers)?;
         if config.demo {
             create_demo_users(store.as_ref(), &hashers).await?;
         }
@@ -111,12 +123,12 @@ impl Server {
                 .run(),
         );
 
-        let relay = Arc::new(relay::Relay {
-            store: store.clone(),
-            router: Arc::new(relay::Router::new(config.send_queue_bytes)),
-            auth: config.auth,
-            limits: relay::Limits::new(&config),
-        });
+        let relay = Arc::new(relay::Relay::new(
+            store.clone(),
+            router,
+            config.auth.auth,
+            &config.relay,
+        ));
         tasks.spawn(relay::serve(
             tcp_listener,
             relay,
@@ -124,7 +136,8 @@ impl Server {
             tasks.clone(),
         ));
 
-        tracing::info!(%http_addr, %tcp_addr, data_dir = %config.data_dir.display(), "imserver listening");
+        let data_dir = config.store.data_dir.display();
+        tracing::info!(%http_addr, %tcp_addr, %data_dir, "imserver listening");
         Ok(Server {
             http_addr,
             tcp_addr,
@@ -176,7 +189,8 @@ fn local_addr(
 
 /// User "1" (Wu) and user "2" (WuYW), password "123", friends: the Go server's fixtures.
 async fn create_demo_users(store: &dyn Store, hashers: &PasswordHashers) -> Result<(), StartError> {
-    for (id, name) in [(1, "Wu"), (2, "WuYW")] {
+    let (wu, wuyw) = (UserId::new(1).expect("1"), UserId::new(2).expect("2"));
+    for (id, name) in [(wu, "Wu"), (wuyw, "WuYW")] {
         if store.user(id).await?.is_some() {
             continue;
         }
@@ -193,6 +207,6 @@ async fn create_demo_users(store: &dyn Store, hashers: &PasswordHashers) -> Resu
         };
         store.create_user(Some(id), account).await?;
     }
-    store.befriend(1, 2).await?;
+    store.befriend(wu, wuyw).await?;
     Ok(())
 }

@@ -141,8 +141,8 @@ async fn logout_revokes_only_its_own_token_on_http_and_the_relay() {
 async fn expired_tokens_are_refused() {
     // A lifetime of 0 s: expired as soon as issued.
     let srv = TestServer::start_with(|c| {
-        c.auth = imserver::config::AuthMode::Token;
-        c.token_ttl = 0;
+        c.auth.auth = imserver::config::AuthMode::Token;
+        c.auth.token_ttl = std::time::Duration::ZERO;
     })
     .await;
     let token = srv.login("1", "123").await;
@@ -206,7 +206,7 @@ async fn tokens_are_stored_hashed_and_survive_a_restart() {
 
 #[tokio::test]
 async fn registrations_are_limited_per_ip_address() {
-    let srv = TestServer::start_with(|c| c.regist_limit = 3).await;
+    let srv = TestServer::start_with(|c| c.auth.regist_limit = 3).await;
     let body = json!({"password":"p","name":"n","sex":"s","email":"e","signature":"g"});
     for _ in 0..3 {
         assert_eq!(srv.post_json("/regist", body.clone()).await.0, 200);
@@ -234,7 +234,7 @@ async fn registrations_are_limited_per_ip_address() {
 
 #[tokio::test]
 async fn login_attempts_are_limited_per_user() {
-    let srv = TestServer::start_with(|c| c.login_limit = 3).await;
+    let srv = TestServer::start_with(|c| c.auth.login_limit = 3).await;
     for _ in 0..3 {
         let (status, _) = srv
             .post_json("/login", json!({"user": "1", "password": "guess"}))

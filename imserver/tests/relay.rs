@@ -27,7 +27,8 @@ async fn online_message_is_relayed_unchanged_but_for_its_seq() {
     sent.create_time = 1_700_000_000.25;
     a.send(sent.clone()).await.unwrap();
     let mut got = recv_message(&mut b).await;
-    assert_eq!(got.seq, Some(1), "the first message of 2's inbox");
+    // 2's stream: the copy of the message `client` had 2 send, then this one.
+    assert_eq!(got.seq, Some(2), "its position in 2's stream");
     got.seq = None;
     assert_eq!(got, sent);
 }
@@ -206,7 +207,7 @@ async fn a_message_with_another_users_sender_is_dropped() {
 
 #[tokio::test]
 async fn an_oversized_length_prefix_closes_the_connection() {
-    let srv = TestServer::start_with(|c| c.max_frame_bytes = 1000).await;
+    let srv = TestServer::start_with(|c| c.relay.max_frame_bytes = 1000).await;
     let mut b = srv.client("2").await;
     let mut s = raw(&srv).await;
     s.write_all(&frame(br#"{"type":"Regist","sender":"1"}"#))
@@ -252,7 +253,7 @@ async fn a_truncated_frame_at_close_is_discarded() {
 
 #[tokio::test]
 async fn a_reader_that_never_reads_is_disconnected_and_loses_nothing() {
-    never_reading_reader_is_disconnected_and_loses_nothing(|c| c.send_queue = 8).await;
+    never_reading_reader_is_disconnected_and_loses_nothing(|c| c.relay.send_queue = 8).await;
 }
 
 #[tokio::test]
@@ -260,15 +261,15 @@ async fn a_reader_whose_queue_holds_too_many_bytes_is_disconnected_and_loses_not
     // 8 messages of 32 KiB fill the byte limit long before the 1024 frames of the default
     // queue; the flood below is 400 such messages.
     never_reading_reader_is_disconnected_and_loses_nothing(|c| {
-        c.send_queue = 1024;
-        c.send_queue_bytes = 256 * 1024;
+        c.relay.send_queue = 1024;
+        c.relay.send_queue_bytes = 256 * 1024;
     })
     .await;
 }
 
 #[tokio::test]
 async fn a_message_over_the_queue_byte_limit_still_reaches_a_reader_that_keeps_up() {
-    let srv = TestServer::start_with(|c| c.send_queue_bytes = 16).await;
+    let srv = TestServer::start_with(|c| c.relay.send_queue_bytes = 16).await;
     let mut b = srv.client("2").await;
     let mut a = srv.client("1").await;
     for i in 0..3 {

@@ -11,7 +11,7 @@ use tokio::time::timeout;
 
 /// A server in token mode, and tokens for users 1 and 2.
 async fn secure() -> (TestServer, String, String) {
-    with_tokens(|c| c.auth = imserver::config::AuthMode::Token).await
+    with_tokens(|c| c.auth.auth = imserver::config::AuthMode::Token).await
 }
 
 /// A server configured by `adjust` (see `TestServer::start_with`), and tokens for users 1
@@ -23,18 +23,23 @@ async fn with_tokens(adjust: impl FnOnce(&mut imserver::Config)) -> (TestServer,
     (srv, t1, t2)
 }
 
-/// A raw socket that has sent a v2 `Regist` as user 1; for frames `Client` would not send.
+/// A raw socket that has sent a v2 `Regist` as user 1, resuming past anything stored; for
+/// frames `Client` would not send.
 async fn raw_v2(srv: &TestServer, t1: &str) -> TcpStream {
     let mut s = TcpStream::connect(srv.tcp()).await.unwrap();
-    let regist = format!(r#"{{"type":"Regist","sender":"1","token":"{t1}","version":2}}"#);
+    let regist = format!(
+        r#"{{"type":"Regist","sender":"1","token":"{t1}","version":2,"lastSeq":{}}}"#,
+        u64::MAX
+    );
     s.write_all(&frame(regist.as_bytes())).await.unwrap();
     s
 }
 
-/// Sends `texts` from 1 to 2 (v2, with ids `<text>`), and waits for every `Ack`; returns
-/// their seqs.
+/// Sends `texts` from 1 to 2 (v2, with ids `<text>`) on a new device of 1 (resuming at its
+/// head, so nothing is replayed to it), and waits for every `Ack`; returns their seqs, the
+/// positions of the copies in 1's own stream.
 async fn send_acked(srv: &TestServer, t1: &str, texts: &[&str]) -> Vec<u64> {
-    let (mut a, _) = srv.v2("1", t1, None).await;
+    let (mut a, _) = srv.v2("1", t1, Some(u64::MAX)).await;
     for t in texts {
         a.send(Message::new("1", "2", *t).with_id(*t))
             .await
@@ -84,7 +89,7 @@ async fn messages_are_acknowledged_and_delivered_with_gapless_seqs() {
         );
     }
     // Without a client id the Ack still comes, with the seq and no id.
-    let (mut a, _) = srv.v2("1", &t1, None).await;
+    let (mut a, _) = srv.v2("1", &t1, Some(2)).await;
     a.send(Message::new("1", "2", "no id")).await.unwrap();
     assert_eq!(recv_packet(&mut a).await, Ack::stored(None, 3).into());
     assert_eq!(recv_message(&mut b).await.seq, Some(3));
@@ -175,8 +180,12 @@ async fn v1_and_v2_connections_of_one_user_interleave() {
     let (mut new, _) = srv.v2("2", &t2, None).await;
     send_acked(&srv, &t1, &["both"]).await;
     // The v1 connection gets the message (with the extra seq/id fields) and nothing else.
+    // Its seq is 2 in 2's stream: 1 is the copy of the message `client` had 2 send.
     let m = recv_message(&mut old).await;
-    assert_eq!((m.message.as_str(), m.seq), ("both", Some(1)));
+    assert_eq!((m.message.as_str(), m.seq), ("both", Some(2)));
+    // The v2 device also has the copy of what the v1 device sent, before.
+    let copy = recv_message(&mut new).await;
+    assert_eq!((copy.sender.as_str(), copy.message.as_str()), ("2", "sync"));
     assert_eq!(recv_message(&mut new).await.message, "both");
     // A v1 connection's Ping, bad packets and errors get no reply.
     old.send(Packet::Ping).await.unwrap();
@@ -284,9 +293,9 @@ async fn before_regist_a_message_is_not_registered_and_regist_may_follow() {
 
 #[tokio::test]
 async fn the_frame_limit_is_judged_on_the_prefix_exactly() {
-    let srv = TestServer::start_with(|c| c.max_frame_bytes = 200).await;
+    let srv = TestServer::start_with(|c| c.relay.max_frame_bytes = 200).await;
     let t1 = srv.login("1", "123").await;
-    let (mut c, _) = srv.v2("1", &t1, None).await;
+    let (mut c, _) = srv.v2("1", &t1, Some(0)).await;
     // A frame of exactly the limit is accepted (here: a Message padded to 200 bytes).
     let mut m = Message::new("1", "9", "");
     m.create_time = 1.0;
@@ -308,8 +317,8 @@ async fn the_frame_limit_is_judged_on_the_prefix_exactly() {
 #[tokio::test]
 async fn a_flood_past_the_rate_limit_is_refused_and_nothing_is_lost() {
     let (srv, t1, t2) = with_tokens(|c| {
-        c.rate_limit = 1;
-        c.rate_burst = 5;
+        c.relay.rate_limit = 1;
+        c.relay.rate_burst = 5;
     })
     .await;
     let (mut a, _) = srv.v2("1", &t1, None).await;
@@ -338,7 +347,7 @@ async fn a_flood_past_the_rate_limit_is_refused_and_nothing_is_lost() {
 
 #[tokio::test]
 async fn connections_per_user_and_in_all_are_limited() {
-    let srv = TestServer::start_with(|c| c.max_connections_per_user = 2).await;
+    let srv = TestServer::start_with(|c| c.relay.max_connections_per_user = 2).await;
     let t1 = srv.login("1", "123").await;
     let _one = srv.v2("1", &t1, None).await;
     let _two = srv.v2("1", &t1, None).await;
@@ -347,7 +356,7 @@ async fn connections_per_user_and_in_all_are_limited() {
     expect_error(&mut three, ErrorCode::TooManyConnections).await;
     expect_eof(&mut three).await;
 
-    let srv = TestServer::start_with(|c| c.max_connections = 2).await;
+    let srv = TestServer::start_with(|c| c.relay.max_connections = 2).await;
     let t1 = srv.login("1", "123").await;
     let _one = srv.v2("1", &t1, None).await;
     let _two = srv.v2("1", &t1, None).await;
@@ -364,8 +373,8 @@ async fn connections_per_user_and_in_all_are_limited() {
 #[tokio::test]
 async fn past_the_refusal_backlog_a_connection_is_closed_without_an_answer() {
     let srv = TestServer::start_with(|c| {
-        c.max_connections = 1;
-        c.refusal_backlog = 1;
+        c.relay.max_connections = 1;
+        c.relay.refusal_backlog = 1;
     })
     .await;
     let t1 = srv.login("1", "123").await;
@@ -383,7 +392,9 @@ async fn past_the_refusal_backlog_a_connection_is_closed_without_an_answer() {
 
 #[tokio::test]
 async fn a_connection_that_never_sends_regist_is_closed() {
-    let srv = TestServer::start_with(|c| c.regist_deadline = 1).await;
+    let srv =
+        TestServer::start_with(|c| c.relay.regist_deadline = std::time::Duration::from_millis(500))
+            .await;
     let mut silent = TcpStream::connect(srv.tcp()).await.unwrap();
     common::expect_closed(&mut silent).await;
 }
@@ -392,8 +403,8 @@ async fn a_connection_that_never_sends_regist_is_closed() {
 async fn an_idle_connection_is_closed_and_ping_keeps_one_alive() {
     // A `Regist` deadline far beyond the wait: the idle timeout must apply from `Regist` on.
     let (srv, t1, _) = with_tokens(|c| {
-        c.idle_timeout = 3;
-        c.regist_deadline = 3600;
+        c.relay.idle_timeout = std::time::Duration::from_secs(3);
+        c.relay.regist_deadline = std::time::Duration::from_secs(3600);
     })
     .await;
     let (mut idle, _) = srv.v2("1", &t1, None).await;
@@ -413,7 +424,7 @@ async fn an_idle_connection_is_closed_and_ping_keeps_one_alive() {
 
 #[tokio::test]
 async fn a_slow_v2_reader_is_disconnected_and_resumes_from_its_last_seq() {
-    let (srv, t1, t2) = with_tokens(|c| c.send_queue = 8).await;
+    let (srv, t1, t2) = with_tokens(|c| c.relay.send_queue = 8).await;
     // The reader registers, then never reads: its socket and queue fill up.
     let (mut slow, _) = srv.v2("2", &t2, None).await;
     let text = "z".repeat(4000);
@@ -450,21 +461,32 @@ async fn a_slow_v2_reader_is_disconnected_and_resumes_from_its_last_seq() {
 
 #[tokio::test]
 async fn a_v1_sender_over_the_rate_limit_is_slowed_down_not_dropped() {
+    // Two messages a second once the burst of one is spent (the probe in `client` spends
+    // it): six messages take about three seconds to be read, where without the limit they
+    // are all read at once.
     let srv = TestServer::start_with(|c| {
-        c.rate_limit = 4;
-        c.rate_burst = 2;
+        c.relay.rate_limit = 2;
+        c.relay.rate_burst = 1;
     })
     .await;
-    let mut b = srv.client("2").await;
+    let t2 = srv.login("2", "123").await;
+    let (mut b, before) = srv.v2("2", &t2, Some(u64::MAX)).await;
     let (mut a, _rx) = srv.client("1").await.split();
-    // The probe in `client` used one message of the burst; these ten go past it.
-    for i in 0..10 {
+    for i in 0..6 {
         a.feed(Message::new("1", "2", format!("v1-{i}")))
             .await
             .unwrap();
     }
     a.flush().await.unwrap();
-    for i in 0..10 {
+    assert_eq!(recv_message(&mut b).await.message, "v1-0");
+    // Slowed down: when the first has arrived, the others are not all stored yet.
+    let (_, head) = srv.v2("2", &t2, Some(u64::MAX)).await;
+    assert!(
+        head - before < 6,
+        "all six stored at once: the sender was not slowed down"
+    );
+    // Not dropped: every one arrives, in order.
+    for i in 1..6 {
         assert_eq!(recv_message(&mut b).await.message, format!("v1-{i}"));
     }
 }

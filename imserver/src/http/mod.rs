@@ -2,46 +2,49 @@
 //!
 //! - `routes` here: the filter tree and the answers for unknown routes.
 //! - `users`: `/regist`, `/login`, `/logout`, `/profile/{id}`, `/username/{id}`.
-//! - `friends`: `/list/{id}`.
-//! - `guard`: bearer tokens, and the rate limits of `/regist` and `/login`.
+//! - `friends`: `/list/{id}`, friend requests, `/friends/{id}`, blocks.
+//! - `history`: `/history/{peer}` and `/conversations`.
+//! - `guard`: the bearer token as filters, and per-key rate limits.
 //! - `body`: request bodies (JSON or form), capped.
 //! - `reply`: JSON replies and the error type.
 
 mod body;
 mod friends;
 mod guard;
+mod history;
 mod reply;
 mod users;
 
 use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
+use guard::{Limit, caller, user};
 use warp::Filter;
 use warp::http::StatusCode;
 use warp::reply::Response;
 
-use std::net::{IpAddr, SocketAddr};
-
-use guard::PerMinute;
-
 use crate::Config;
 use crate::auth::PasswordHashers;
 use crate::config::AuthMode;
-use crate::store::{Store, UserId};
+use crate::id::UserId;
+use crate::store::Store;
 
 /// What the handlers share.
 pub struct AppState {
     pub store: Arc<dyn Store>,
     /// `--auth`: whether requests must carry a bearer token.
     pub auth: AuthMode,
-    /// `--token-ttl`, in seconds.
-    pub token_ttl: u64,
+    /// `--token-ttl`.
+    pub token_ttl: std::time::Duration,
     /// `--max-body-bytes`.
     pub max_body_bytes: usize,
     /// `--regist-limit`, per client IP address.
-    regist_limit: PerMinute<IpAddr>,
+    regist_limit: Limit<IpAddr>,
     /// `--login-limit`, per user.
-    login_limit: PerMinute<UserId>,
+    login_limit: Limit<UserId>,
+    /// `--friend-request-limit`, per user.
+    friend_request_limit: Limit<UserId>,
     /// `--password-hashers` threads, for `/regist` and `/login`.
     pub hashers: PasswordHashers,
 }
@@ -51,22 +54,20 @@ impl AppState {
         AppState {
             hashers,
             store,
-            auth: config.auth,
-            token_ttl: config.token_ttl,
-            max_body_bytes: config.max_body_bytes,
-            regist_limit: PerMinute::new(config.regist_limit),
-            login_limit: PerMinute::new(config.login_limit),
+            auth: config.auth.auth,
+            token_ttl: config.auth.token_ttl,
+            max_body_bytes: config.http.max_body_bytes,
+            regist_limit: Limit::per_minute(config.auth.regist_limit),
+            login_limit: Limit::per_minute(config.auth.login_limit),
+            friend_request_limit: Limit::per_hour(config.social.friend_request_limit),
         }
     }
 }
 
-/// A user id from a path or body: a positive decimal number that fits an `i64`.
-/// `0`, `-1`, `abc` and 20-digit numbers are not ids.
-pub fn parse_id(s: &str) -> Option<UserId> {
-    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    s.parse::<UserId>().ok().filter(|&id| id > 0)
+/// A user id in a path or a body: `400 Out of range` unless it is one, canonically written
+/// (`007` is not an id).
+pub fn parse_id(s: &str) -> Result<UserId, reply::ApiError> {
+    UserId::parse(s).map_err(|_| reply::ApiError::out_of_range())
 }
 
 /// The whole API.
@@ -74,46 +75,47 @@ pub fn routes(
     state: Arc<AppState>,
 ) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
     let limit = state.max_body_bytes;
-    let state = warp::any().map(move || state.clone());
+    let with = |s: &Arc<AppState>| {
+        let s = s.clone();
+        warp::any().map(move || s.clone())
+    };
+    let s = &state;
 
-    // The bearer token, checked by each handler (see `guard::caller`).
-    let token = || warp::header::optional::<String>("authorization");
-
+    // The Go server's routes: the caller is optional in `--auth open` mode.
     let profile = warp::path!("profile" / String)
         .and(warp::get())
-        .and(token())
-        .and(state.clone())
-        .then(|id, t, s| async move { reply::finish(users::profile(id, t, s).await) });
+        .and(caller(s.clone()))
+        .and(with(s))
+        .then(|id, c, s| async move { reply::finish(users::profile(id, c, s).await) });
     let username = warp::path!("username" / String)
         .and(warp::get())
-        .and(token())
-        .and(state.clone())
-        .then(|id, t, s| async move { reply::finish(users::username(id, t, s).await) });
+        .and(caller(s.clone()))
+        .and(with(s))
+        .then(|id, _, s| async move { reply::finish(users::username(id, s).await) });
     let list = warp::path!("list" / String)
         .and(warp::get())
-        .and(token())
-        .and(state.clone())
-        .then(|id, t, s| async move { reply::finish(friends::list(id, t, s).await) });
+        .and(caller(s.clone()))
+        .and(with(s))
+        .then(|id, c, s| async move { reply::finish(friends::list(id, c, s).await) });
     let login = warp::path!("login")
         .and(warp::post())
         .and(body::parsed(limit))
-        .and(state.clone())
+        .and(with(s))
         .then(|b, s| async move { reply::finish(users::login(b, s).await) });
     let logout = warp::path!("logout")
         .and(warp::post())
-        .and(token())
-        .and(state.clone())
+        .and(warp::header::optional::<String>("authorization"))
+        .and(with(s))
         .then(|t, s| async move { reply::finish(users::logout(t, s).await) });
     let regist = warp::path!("regist")
         .and(warp::post())
         .and(body::parsed(limit))
         .and(warp::addr::remote())
-        .and(state)
+        .and(with(s))
         .then(|b, addr: Option<SocketAddr>, s| async move {
             reply::finish(users::regist(b, addr.map(|a| a.ip()), s).await)
         });
-
-    profile
+    let seed = profile
         .or(username)
         .unify()
         .or(list)
@@ -123,6 +125,78 @@ pub fn routes(
         .or(logout)
         .unify()
         .or(regist)
+        .unify();
+
+    // The messenger's routes: always for a known user.
+    let ask = warp::path!("friends" / "requests")
+        .and(warp::post())
+        .and(user(s.clone()))
+        .and(body::parsed(limit))
+        .and(with(s))
+        .then(|me, b, s| async move { reply::finish(friends::request(me, b, s).await) });
+    let requests = warp::path!("friends" / "requests")
+        .and(warp::get())
+        .and(user(s.clone()))
+        .and(with(s))
+        .then(|me, s| async move { reply::finish(friends::requests(me, s).await) });
+    let answer = warp::path!("friends" / "requests" / String / String)
+        .and(warp::post())
+        .and(user(s.clone()))
+        .and(with(s))
+        .then(|from, verb, me, s| async move {
+            reply::finish(friends::answer(me, from, verb, s).await)
+        });
+    let unfriend = warp::path!("friends" / String)
+        .and(warp::delete())
+        .and(user(s.clone()))
+        .and(with(s))
+        .then(|them, me, s| async move { reply::finish(friends::unfriend(me, them, s).await) });
+    let block = warp::path!("blocks" / String)
+        .and(warp::post())
+        .and(user(s.clone()))
+        .and(with(s))
+        .then(|them, me, s| async move { reply::finish(friends::block(me, them, s).await) });
+    let unblock = warp::path!("blocks" / String)
+        .and(warp::delete())
+        .and(user(s.clone()))
+        .and(with(s))
+        .then(|them, me, s| async move { reply::finish(friends::unblock(me, them, s).await) });
+    let blocks = warp::path!("blocks")
+        .and(warp::get())
+        .and(user(s.clone()))
+        .and(with(s))
+        .then(|me, s| async move { reply::finish(friends::blocks(me, s).await) });
+    let history = warp::path!("history" / String)
+        .and(warp::get())
+        .and(user(s.clone()))
+        .and(warp::query::raw().or(warp::any().map(String::new)).unify())
+        .and(with(s))
+        .then(|peer, me, q, s| async move { reply::finish(history::page(me, peer, q, s).await) });
+    let conversations = warp::path!("conversations")
+        .and(warp::get())
+        .and(user(s.clone()))
+        .and(warp::query::raw().or(warp::any().map(String::new)).unify())
+        .and(with(s))
+        .then(|me, q, s| async move { reply::finish(history::conversations(me, q, s).await) });
+    let messenger = ask
+        .or(requests)
+        .unify()
+        .or(answer)
+        .unify()
+        .or(unfriend)
+        .unify()
+        .or(block)
+        .unify()
+        .or(unblock)
+        .unify()
+        .or(blocks)
+        .unify()
+        .or(history)
+        .unify()
+        .or(conversations)
+        .unify();
+
+    seed.or(messenger)
         .unify()
         .recover(|r| async move { Ok::<_, Infallible>(rejected(r)) })
         .unify()
@@ -130,6 +204,9 @@ pub fn routes(
 
 /// Answers for requests no route took: still JSON, never a 500.
 fn rejected(r: warp::Rejection) -> Response {
+    if let Some(e) = r.find::<reply::ApiError>() {
+        return e.response();
+    }
     let (status, msg) = if r.is_not_found() {
         (StatusCode::NOT_FOUND, "Not found")
     } else if r.find::<warp::reject::MethodNotAllowed>().is_some() {
@@ -138,29 +215,4 @@ fn rejected(r: warp::Rejection) -> Response {
         (StatusCode::BAD_REQUEST, "Bad request")
     };
     reply::json(status, &serde_json::json!({ "msg": msg }))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_id;
-
-    #[test]
-    fn ids_are_positive_decimal_numbers_that_fit_an_i64() {
-        assert_eq!(parse_id("1"), Some(1));
-        assert_eq!(parse_id("007"), Some(7));
-        assert_eq!(parse_id("9223372036854775807"), Some(i64::MAX));
-        for bad in [
-            "",
-            "0",
-            "-1",
-            "+1",
-            "abc",
-            "1a",
-            " 1",
-            "99999999999999999999",
-            "9223372036854775808",
-        ] {
-            assert_eq!(parse_id(bad), None, "{bad:?}");
-        }
-    }
 }

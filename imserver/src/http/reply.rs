@@ -7,8 +7,9 @@ use warp::reply::Response;
 
 use crate::store::StoreError;
 
-/// An error answered as `{"msg": …}` with a status code.
-#[derive(Debug)]
+/// An error answered as `{"msg": …}` with a status code. It is also a warp rejection, so
+/// that a filter (the bearer check, say) can answer with it.
+#[derive(Debug, Clone)]
 pub struct ApiError {
     pub status: StatusCode,
     pub msg: String,
@@ -51,6 +52,22 @@ impl ApiError {
     pub fn out_of_range() -> Self {
         Self::bad_request("Out of range")
     }
+
+    pub fn not_found(msg: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, msg)
+    }
+}
+
+impl warp::reject::Reject for ApiError {}
+
+impl From<crate::store::SocialError> for ApiError {
+    fn from(e: crate::store::SocialError) -> Self {
+        use crate::store::SocialError::*;
+        match e {
+            NoSuchRequest | NotFriends | NotBlocked => Self::not_found(e.to_string()),
+            Yourself | YouBlockThem => Self::bad_request(e.to_string()),
+        }
+    }
 }
 
 impl From<StoreError> for ApiError {
@@ -80,15 +97,20 @@ pub fn json<T: Serialize>(status: StatusCode, body: &T) -> Response {
 
 /// Turns a handler's result into the response.
 pub fn finish(result: ApiResult) -> Response {
-    result.unwrap_or_else(|e| {
-        let mut reply = json(e.status, &serde_json::json!({ "msg": e.msg }));
-        if let Some(secs) = e.retry_after {
+    result.unwrap_or_else(|e| e.response())
+}
+
+impl ApiError {
+    /// The error as the response it is answered with.
+    pub fn response(&self) -> Response {
+        let mut reply = json(self.status, &serde_json::json!({ "msg": self.msg }));
+        if let Some(secs) = self.retry_after {
             reply
                 .headers_mut()
                 .insert(RETRY_AFTER, HeaderValue::from(secs));
         }
         reply
-    })
+    }
 }
 
 use warp::Reply as _;

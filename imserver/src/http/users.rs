@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::reply::{ApiError, ApiResult, ok};
 use super::{AppState, body, guard, parse_id};
 use crate::auth;
+use crate::id::UserId;
 use crate::store::{Account, User};
 
 /// A profile as the API shows it: never the password or its hash.
@@ -37,8 +38,8 @@ impl<'a> From<&'a User> for Profile<'a> {
 }
 
 /// The user `id` names, or `400 Out of range` for a malformed or unknown id.
-async fn existing_user(state: &AppState, id: &str) -> Result<User, ApiError> {
-    let id = parse_id(id).ok_or_else(ApiError::out_of_range)?;
+pub(super) async fn existing_user(state: &AppState, id: &str) -> Result<User, ApiError> {
+    let id = parse_id(id)?;
     state
         .store
         .user(id)
@@ -48,8 +49,7 @@ async fn existing_user(state: &AppState, id: &str) -> Result<User, ApiError> {
 
 /// A profile; another user's email only for their friends (or for anybody in `--auth open`
 /// mode when the request carries no token, as the Go server did).
-pub async fn profile(id: String, token: Option<String>, state: Arc<AppState>) -> ApiResult {
-    let caller = guard::caller(&state, token.as_deref()).await?;
+pub async fn profile(id: String, caller: Option<UserId>, state: Arc<AppState>) -> ApiResult {
     let user = existing_user(&state, &id).await?;
     let mut profile = Profile::from(&user);
     if let Some(caller) = caller
@@ -63,8 +63,7 @@ pub async fn profile(id: String, token: Option<String>, state: Arc<AppState>) ->
     ok(&profile)
 }
 
-pub async fn username(id: String, token: Option<String>, state: Arc<AppState>) -> ApiResult {
-    guard::caller(&state, token.as_deref()).await?;
+pub async fn username(id: String, state: Arc<AppState>) -> ApiResult {
     let user = existing_user(&state, &id).await?;
     ok(&serde_json::json!({ "name": user.account.name }))
 }
@@ -90,7 +89,7 @@ struct LoggedIn<'a> {
 /// and issues a token.
 pub async fn login(body: Result<Login, ApiError>, state: Arc<AppState>) -> ApiResult {
     let login = body?;
-    if let Some(id) = parse_id(&login.user) {
+    if let Ok(id) = parse_id(&login.user) {
         state.login_limit.check(&id, "login attempts")?;
     }
     let user = existing_user(&state, &login.user).await?;
@@ -99,11 +98,11 @@ pub async fn login(body: Result<Login, ApiError>, state: Arc<AppState>) -> ApiRe
         .verify(login.password, user.account.password_hash.clone())
         .await
     {
-        tracing::info!(user = user.id, "login failed: wrong password");
+        tracing::info!(user = user.id.get(), "login failed: wrong password");
         return Err(ApiError::bad_request("Wrong userID or password"));
     }
     let token = auth::issue_token(state.store.as_ref(), user.id, state.token_ttl).await?;
-    tracing::info!(user = user.id, "login");
+    tracing::info!(user = user.id.get(), "login");
     ok(&LoggedIn {
         profile: Profile::from(&user),
         token: token.secret,
@@ -161,6 +160,6 @@ pub async fn regist(
         .create_user(None, account.clone())
         .await?
         .expect("a user without a chosen id is always created");
-    tracing::info!(user = id, "registered a new account");
+    tracing::info!(user = id.get(), "registered a new account");
     ok(&Profile::from(&User { id, account }))
 }

@@ -1,4 +1,4 @@
-//! The accept loop, and the server-wide connection limit.
+//! The TCP accept loop, and the server-wide connection limit.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -9,6 +9,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::transport::TcpTransport;
 use super::{Relay, session};
 
 /// Accepts connections until `shutdown`, serving each in its own task on `tasks`.
@@ -43,10 +44,10 @@ pub async fn serve(
                         }
                     },
                 };
-                // Chat frames are small and latency matters more than packet count.
-                let _ = stream.set_nodelay(true);
                 let id = ids.fetch_add(1, Ordering::Relaxed);
-                let fut = session::run(relay.clone(), stream, peer, id, permit, shutdown.clone());
+                let transport = TcpTransport::new(stream, relay.limits.max_frame_bytes);
+                let fut =
+                    session::run(relay.clone(), transport, peer, id, permit, shutdown.clone());
                 tasks.spawn(fut);
             }
             Err(e) => {

@@ -1,15 +1,20 @@
-//! The TCP relay: accepts connections, binds them to users, stores every message and
-//! delivers it live or on reconnect, for version 1 (Go-server) and version 2 clients alike.
+//! The relay: accepts connections, binds them to users, stores every message and delivers
+//! every stream entry live or on reconnect, for version 1 (Go-server) and version 2 clients
+//! alike, over any transport.
 //!
-//! - `listener`: the accept loop and the server-wide connection limit.
-//! - `session`: one connection, from its first frame to its close.
-//! - `reader`: frames in from a connection, with a read buffer sized by its traffic.
-//! - `router`: user id → live connections, and delivery into their send queues.
+//! - `listener`: the TCP accept loop and the server-wide connection limit.
+//! - `transport/`: frame I/O behind a trait (`tcp.rs` today).
+//! - `session/`: one connection, from its first frame to its close (`dialect.rs`: what the
+//!   protocol version decides).
+//! - `outbox`: a connection's bounded send queue.
+//! - `router`: user id → live connections; the [`Delivery`](crate::delivery::Delivery) of
+//!   committed stream entries on this node.
 
 mod listener;
-mod reader;
+mod outbox;
 mod router;
 mod session;
+mod transport;
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -17,21 +22,39 @@ use std::time::Duration;
 
 use governor::Quota;
 pub use listener::serve;
-pub use router::Router;
+pub use router::LocalRouter;
 
-use crate::Config;
-use crate::config::AuthMode;
+use crate::config::{AuthMode, RelayConfig, RelayPolicy};
 use crate::store::Store;
 
 /// What every session shares.
 pub struct Relay {
     pub store: Arc<dyn Store>,
-    pub router: Arc<Router>,
+    pub router: Arc<LocalRouter>,
     pub auth: AuthMode,
+    /// `--relay-policy friends`.
+    pub friends_only: bool,
     pub limits: Limits,
 }
 
-/// The relay's limits (see `Config` for what each is for).
+impl Relay {
+    pub fn new(
+        store: Arc<dyn Store>,
+        router: Arc<LocalRouter>,
+        auth: AuthMode,
+        c: &RelayConfig,
+    ) -> Self {
+        Relay {
+            store,
+            router,
+            auth,
+            friends_only: c.relay_policy == RelayPolicy::Friends,
+            limits: Limits::new(c),
+        }
+    }
+}
+
+/// The relay's limits (see `RelayConfig` for what each is for).
 #[derive(Debug, Clone)]
 pub struct Limits {
     pub max_frame_bytes: usize,
@@ -48,21 +71,21 @@ pub struct Limits {
 }
 
 impl Limits {
-    pub fn new(c: &Config) -> Self {
+    pub fn new(c: &RelayConfig) -> Self {
         let rate = NonZeroU32::new(c.rate_limit).map(|per_second| {
             let burst = NonZeroU32::new(c.rate_burst).unwrap_or(per_second);
             Quota::per_second(per_second).allow_burst(burst)
         });
         Limits {
             max_frame_bytes: c.max_frame_bytes,
-            send_queue: c.send_queue.max(1),
-            replay_batch: c.replay_batch.max(1),
+            send_queue: c.send_queue,
+            replay_batch: c.replay_batch,
             rate,
             max_connections: c.max_connections,
             refusal_backlog: c.refusal_backlog,
-            max_connections_per_user: c.max_connections_per_user.max(1),
-            regist_deadline: Duration::from_secs(c.regist_deadline),
-            idle_timeout: (c.idle_timeout > 0).then(|| Duration::from_secs(c.idle_timeout)),
+            max_connections_per_user: c.max_connections_per_user,
+            regist_deadline: c.regist_deadline,
+            idle_timeout: (!c.idle_timeout.is_zero()).then_some(c.idle_timeout),
         }
     }
 }

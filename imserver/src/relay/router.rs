@@ -1,66 +1,40 @@
-//! Who is online: user id → that user's live connections.
+//! Who is online on this node: user id → that user's live connections, and the
+//! [`Delivery`] that queues committed stream entries on them.
 //!
 //! Sharded by user id, so a delivery locks one shard for a moment and never a global table.
-//! A delivery never waits: it `try_send`s into each connection's bounded queue, and a
-//! connection whose queue is full (`--send-queue` frames, or `--send-queue-bytes` of
-//! payloads) is told to close (its messages are in the store already, so it loses nothing
-//! and catches up when it reconnects).
+//! A delivery never waits: it offers the entry to each connection's bounded queue (see
+//! `outbox`), and a connection whose queue is full is told to close.
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Mutex, MutexGuard};
 
-use bytes::Bytes;
-use flume::TrySendError;
-use tokio_util::sync::CancellationToken;
+use super::outbox::Outbox;
+use crate::delivery::{ConnId, Delivery, Entry, EntryKind};
+use crate::id::UserId;
 
 const SHARDS: usize = 64;
 
-/// Something for a connection to write.
-#[derive(Debug)]
-pub enum Outbound {
-    /// A stored message: its `seq` in the receiver's inbox and its payload as sent.
-    Deliver { seq: u64, payload: Bytes },
-    /// v2: a message this connection sent is stored (`id` is its client id, if it had one).
-    Ack { id: Option<String>, seq: u64 },
-    /// v2: the answer to a `Ping`, once the frames before it have taken effect.
-    Pong,
-}
-
-/// A live connection, as the router sees it.
-#[derive(Clone)]
-pub struct ConnHandle {
-    /// Unique per connection, so closing one connection removes only that one.
-    pub id: u64,
-    pub queue: flume::Sender<Outbound>,
-    /// Payload bytes of the `Deliver`s in `queue`: added here, subtracted by the session as
-    /// it takes them out.
-    pub queued_bytes: Arc<AtomicUsize>,
-    /// Cancelled to make the connection close itself (its queue overflowed).
-    pub evict: CancellationToken,
-}
-
 /// One slice of the table: the users whose id hashes here.
-type Shard = Mutex<HashMap<String, Vec<ConnHandle>>>;
+type Shard = Mutex<HashMap<UserId, Vec<Outbox>>>;
 
-pub struct Router {
+pub struct LocalRouter {
     hasher: std::collections::hash_map::RandomState,
     shards: Box<[Shard]>,
     /// `--send-queue-bytes`.
     max_queued_bytes: usize,
 }
 
-impl Router {
+impl LocalRouter {
     pub fn new(max_queued_bytes: usize) -> Self {
-        Router {
+        LocalRouter {
             hasher: Default::default(),
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
             max_queued_bytes,
         }
     }
 
-    fn shard(&self, user: &str) -> std::sync::MutexGuard<'_, HashMap<String, Vec<ConnHandle>>> {
+    fn shard(&self, user: UserId) -> MutexGuard<'_, HashMap<UserId, Vec<Outbox>>> {
         let i = self.hasher.hash_one(user) as usize % SHARDS;
         // A panic while holding a shard lock cannot leave the map inconsistent (every
         // operation is a single insert or retain), so a poisoned lock is still usable.
@@ -68,9 +42,9 @@ impl Router {
     }
 
     /// Adds a connection of `user`, unless the user already has `max` of them; false then.
-    pub fn subscribe(&self, user: &str, conn: ConnHandle, max: usize) -> bool {
+    pub fn subscribe(&self, user: UserId, conn: Outbox, max: usize) -> bool {
         let mut shard = self.shard(user);
-        let conns = shard.entry(user.to_owned()).or_default();
+        let conns = shard.entry(user).or_default();
         if conns.len() >= max {
             return false;
         }
@@ -80,55 +54,33 @@ impl Router {
 
     /// Removes connection `id` of `user` (and nothing else: the user's other connections,
     /// say a newer one that reconnected, stay).
-    pub fn unsubscribe(&self, user: &str, id: u64) {
+    pub fn unsubscribe(&self, user: UserId, id: ConnId) {
         let mut shard = self.shard(user);
-        if let Some(conns) = shard.get_mut(user) {
+        if let Some(conns) = shard.get_mut(&user) {
             conns.retain(|c| c.id != id);
             if conns.is_empty() {
-                shard.remove(user);
+                shard.remove(&user);
             }
         }
     }
+}
 
-    /// Queues a stored message on every connection of `user`; returns how many took it.
-    pub fn deliver(&self, user: &str, seq: u64, payload: &Bytes) -> usize {
-        let mut shard = self.shard(user);
-        let Some(conns) = shard.get_mut(user) else {
-            return 0;
+impl Delivery for LocalRouter {
+    /// Every connection of `to` but the one a [`EntryKind::Sent`] copy came from, which has
+    /// its `Ack` instead.
+    fn deliver(&self, to: UserId, entry: &Entry) {
+        let mut shard = self.shard(to);
+        let Some(conns) = shard.get_mut(&to) else {
+            return;
         };
-        let mut delivered = 0;
-        let len = payload.len();
         conns.retain(|c| {
-            let queued = c.queued_bytes.fetch_add(len, Ordering::Relaxed);
-            let item = Outbound::Deliver {
-                seq,
-                payload: payload.clone(),
-            };
-            let sent = if queued > 0 && queued + len > self.max_queued_bytes {
-                Err(TrySendError::Full(item))
-            } else {
-                c.queue.try_send(item)
-            };
-            match sent {
-                Ok(()) => {
-                    delivered += 1;
-                    true
-                }
-                Err(TrySendError::Full(_)) => {
-                    tracing::warn!(
-                        user,
-                        conn = c.id,
-                        "send queue full; disconnecting slow reader"
-                    );
-                    c.evict.cancel();
-                    false
-                }
-                Err(TrySendError::Disconnected(_)) => false,
+            if entry.kind == EntryKind::Sent && entry.origin == Some(c.id) {
+                return true;
             }
+            c.deliver(entry.seq, &entry.payload, entry.kind, self.max_queued_bytes)
         });
         if conns.is_empty() {
-            shard.remove(user);
+            shard.remove(&to);
         }
-        delivered
     }
 }

@@ -1,10 +1,10 @@
 //! What the HTTP API reads on every request (the caller's token, a user, a friend list),
-//! kept in memory in front of SQLite.
+//! kept in memory in front of the database.
 //!
 //! Without it each request made two or three trips to a reader thread, which capped the
 //! API near 20,000 requests per second on two cores; a hit costs a map lookup.
 //!
-//! Only the writer thread changes the database, and it tells the cache what it changed
+//! Only the store's writer changes the database, and it tells the cache what it changed
 //! (after the commit, before it answers the request), so entries are never stale. A read
 //! that missed fills the cache only if nothing was forgotten while it was reading the
 //! database, as its answer may predate that write. Misses are not cached: the keys come
@@ -14,9 +14,10 @@ use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::Mutex;
 
-use super::{TokenHash, TokenRecord, User, UserId};
+use super::{TokenHash, TokenRecord, User};
+use crate::id::UserId;
 
-pub(super) struct ReadCache {
+pub(crate) struct ReadCache {
     pub users: Table<UserId, User>,
     pub friends: Table<UserId, Vec<(UserId, String)>>,
     pub tokens: Table<TokenHash, TokenRecord>,
@@ -33,7 +34,7 @@ impl ReadCache {
     }
 }
 
-pub(super) struct Table<K, V> {
+pub(crate) struct Table<K, V> {
     inner: Mutex<Inner<K, V>>,
     /// Past this many entries, the table is emptied and fills again with what is used.
     max: usize,

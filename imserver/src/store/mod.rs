@@ -1,31 +1,51 @@
-//! Durable storage behind a trait, so that another database (PostgreSQL, say) can be added
-//! without touching the HTTP or relay code.
+//! Durable storage behind traits split by concern, so that another database (PostgreSQL,
+//! say) is an addition rather than an edit of the HTTP or relay code:
 //!
-//! The relay's contract with the store is in [`Store::append`]: a message is relayed only
-//! after its transaction commits, and commit hooks run in commit order, which is what keeps
-//! each receiver's `seq` order on the live path.
+//! - [`Accounts`]: users and their profiles;
+//! - [`Tokens`]: login tokens, stored as hashes;
+//! - [`Social`]: friendships, friend requests and blocks;
+//! - [`Streams`]: every user's stream (messages received, messages sent from any device, and
+//!   social events), with its positions, read marks, history and conversations.
+//!
+//! [`Store`] is all four plus `close`. Errors are [`StoreError`], which names no backend's
+//! types.
+//!
+//! The contract that keeps every stream gapless and in order on the live path: a stream
+//! entry exists once its transaction has committed, and only then is it handed to the
+//! store's [`Delivery`](crate::delivery::Delivery), in commit order, from one thread. A
+//! change that appends events (a friend request accepted, say) commits them in the same
+//! transaction as the change itself: both or neither.
+//!
+//! - `social`: the rules of the social graph, one function per operation, the same for every
+//!   backend;
+//! - `cache`: what every HTTP request reads, in memory;
+//! - `sqlite/`: the embedded SQLite backend.
 
 mod cache;
+pub mod social;
 mod sqlite;
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
 
-pub use sqlite::{SqliteStore, StoreLimits};
-
-/// A user's numeric id. On the wire it is a decimal string.
-pub type UserId = i64;
+use crate::delivery::ConnId;
+use crate::id::UserId;
+pub use social::{RequestOutcome, SocialError};
+pub use sqlite::SqliteStore;
 
 /// Storage failures. None of them is the client's fault; HTTP answers them with 500.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// The database refused or failed a statement, or could not be opened or migrated.
     #[error("database error: {0}")]
-    Db(#[from] rusqlite::Error),
-    #[error("database migration failed: {0}")]
-    Migration(#[from] rusqlite_migration::Error),
+    Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("storage i/o error: {0}")]
     Io(#[from] std::io::Error),
-    /// Every request of a group-committed transaction gets this when the transaction fails.
+    /// Stored data the server cannot read back (it never writes such data).
+    #[error("corrupt stored data: {0}")]
+    Corrupt(String),
+    /// Every request of a group-committed transaction gets this when the transaction as a
+    /// whole fails (a request that fails on its own fails alone).
     #[error("transaction failed: {0}")]
     Transaction(String),
     #[error("the store has shut down")]
@@ -50,45 +70,6 @@ pub struct Account {
     pub password_hash: String,
 }
 
-/// A message to append to `receiver`'s inbox.
-#[derive(Debug, Clone)]
-pub struct NewMessage {
-    /// The inbox owner: a user id as it appears on the wire (in `--auth open` mode a relay
-    /// user need not have an account).
-    pub receiver: String,
-    pub sender: String,
-    /// The client's message id, for de-duplication of retries (protocol v2).
-    pub client_id: Option<String>,
-    /// The frame payload exactly as the sender sent it.
-    pub payload: Bytes,
-}
-
-/// The outcome of an append.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Appended {
-    /// The message's position in the receiver's inbox.
-    pub seq: u64,
-    /// True when `(sender, client_id)` was stored before: nothing new was written and `seq`
-    /// is the earlier copy's.
-    pub duplicate: bool,
-}
-
-/// A stored message, for replay.
-#[derive(Debug, Clone)]
-pub struct StoredMessage {
-    pub seq: u64,
-    pub payload: Bytes,
-}
-
-/// Where an inbox stands.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Inbox {
-    /// The highest `seq` assigned (0 for an empty inbox).
-    pub head: u64,
-    /// Everything up to here has been delivered and processed.
-    pub acked: u64,
-}
-
 /// The hash of a login token: what the store keeps instead of the token.
 pub type TokenHash = [u8; 32];
 
@@ -100,62 +81,109 @@ pub struct TokenRecord {
     pub expires_at: i64,
 }
 
+/// A message to append: to its receiver's stream, and a copy to its sender's own.
+#[derive(Debug, Clone)]
+pub struct Append {
+    pub sender: UserId,
+    pub receiver: UserId,
+    /// The client's message id, for de-duplication of retries (protocol v2).
+    pub client_id: Option<String>,
+    /// The frame payload exactly as the sender sent it.
+    pub payload: Bytes,
+    /// The connection it came from, which is told by its `Ack` rather than by the copy.
+    pub origin: Option<ConnId>,
+    /// `--relay-policy friends`: refuse it unless sender and receiver are friends.
+    pub friends_only: bool,
+}
+
+/// The outcome of an append.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Appended {
+    /// Stored (or stored before): `seq` is the copy's position in the *sender's* stream.
+    Stored {
+        seq: u64,
+        /// True when `(sender, client_id)` was stored before: nothing new was written and
+        /// `seq` is the earlier copy's.
+        duplicate: bool,
+    },
+    /// Refused under `--relay-policy friends`; nothing was stored.
+    NotFriends,
+}
+
+/// A stored stream entry: a message or an event, as its payload without `seq`.
+#[derive(Debug, Clone)]
+pub struct StoredEntry {
+    pub seq: u64,
+    pub payload: Bytes,
+}
+
+/// Where a stream stands.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Position {
+    /// The highest `seq` assigned (0 for an empty stream).
+    pub head: u64,
+    /// Everything up to here has been delivered and processed (on some device).
+    pub acked: u64,
+}
+
+/// One page of a conversation, oldest first.
+#[derive(Debug, Clone, Default)]
+pub struct HistoryPage {
+    pub messages: Vec<StoredEntry>,
+    /// Older messages of the conversation exist than the page holds.
+    pub more: bool,
+}
+
+/// A conversation as the list of conversations shows it.
+#[derive(Debug, Clone)]
+pub struct Conversation {
+    pub peer: UserId,
+    /// The newest message of the conversation.
+    pub last: StoredEntry,
+    /// Messages from `peer` after the owner's read position in the conversation.
+    pub unread: u64,
+}
+
+/// A pending friend request, from the side of one of its two users.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FriendRequest {
+    /// The other user.
+    pub user: UserId,
+    pub name: String,
+    pub message: String,
+    /// When it was made, in Unix seconds.
+    pub at: i64,
+}
+
+/// A user's pending friend requests, both ways, newest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FriendRequests {
+    pub incoming: Vec<FriendRequest>,
+    pub outgoing: Vec<FriendRequest>,
+}
+
 /// What every store operation returns.
 pub type StoreFuture<'a, T> = BoxFuture<'a, Result<T, StoreError>>;
 
-/// Called once an append has committed (or failed); see [`Store::append`].
+/// Called once an append has committed (or failed); see [`Streams::append`].
 pub type CommitHook = Box<dyn FnOnce(Result<Appended, StoreError>) + Send>;
 
-/// Called once every write queued before it has committed (or failed); see [`Store::barrier`].
+/// Called once every write queued before it has committed (or failed); see
+/// [`Streams::barrier`].
 pub type BarrierHook = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 
-/// The server's storage.
-pub trait Store: Send + Sync + 'static {
+/// Users and their profiles.
+pub trait Accounts {
     /// Creates a user and returns its id: `id` when given (the demo users), else the next
     /// after the highest. `Ok(None)` when the given `id` is taken.
     fn create_user(&self, id: Option<UserId>, account: Account) -> StoreFuture<'_, Option<UserId>>;
 
     /// A user by id.
     fn user(&self, id: UserId) -> StoreFuture<'_, Option<User>>;
+}
 
-    /// A user's friends as `(id, name)`, in id order; `None` when the user does not exist.
-    fn friends(&self, id: UserId) -> StoreFuture<'_, Option<Vec<(UserId, String)>>>;
-
-    /// Makes `a` and `b` friends of each other (idempotent).
-    fn befriend(&self, a: UserId, b: UserId) -> StoreFuture<'_, ()>;
-
-    /// Appends a message to its receiver's inbox, assigning the next `seq` in the same
-    /// transaction.
-    ///
-    /// Returns once the request is queued (waiting only for queue space, which is how
-    /// senders are slowed under overload). `done` is called after the transaction has
-    /// committed, or with the error if it failed. Hooks are called in the order the appends
-    /// were queued, so each receiver sees its `seq`s in increasing order. Hooks run on the
-    /// store's thread: they must be quick and must not block.
-    fn append(&self, msg: NewMessage, done: CommitHook) -> StoreFuture<'_, ()>;
-
-    /// Where `owner`'s inbox stands.
-    fn inbox(&self, owner: &str) -> StoreFuture<'_, Inbox>;
-
-    /// Up to `limit` messages of `owner`'s inbox with `seq > after`, in order.
-    fn read_inbox(
-        &self,
-        owner: &str,
-        after: u64,
-        limit: usize,
-    ) -> StoreFuture<'_, Vec<StoredMessage>>;
-
-    /// Records that `owner` has processed everything up to `seq` (never moves backwards, never
-    /// past the inbox's head). Returns once queued, like [`append`](Store::append): writes are
-    /// applied in the order they were queued, so a later read through the same store sees it
-    /// once a later write has committed.
-    fn ack(&self, owner: &str, seq: u64) -> StoreFuture<'_, ()>;
-
-    /// Calls `done` once every write queued before this call has committed, from the same
-    /// thread and in the same order as commit hooks. Returns once queued. The relay answers
-    /// `Ping` through it: a `Pong` proves the connection's earlier frames have taken effect.
-    fn barrier(&self, done: BarrierHook) -> StoreFuture<'_, ()>;
-
+/// Login tokens, by hash.
+pub trait Tokens {
     /// Stores a login token's hash for `user`, and forgets expired tokens.
     fn create_token(&self, hash: TokenHash, user: UserId, expires_at: i64) -> StoreFuture<'_, ()>;
 
@@ -164,7 +192,104 @@ pub trait Store: Send + Sync + 'static {
 
     /// Deletes the token with this hash; false when there was none.
     fn revoke_token(&self, hash: TokenHash) -> StoreFuture<'_, bool>;
+}
 
+/// Friendships, friend requests and blocks. The rules are in [`social`]; every change that
+/// tells a user something appends the event to their stream in the same transaction.
+pub trait Social {
+    /// A user's friends as `(id, name)`, in id order; `None` when the user does not exist.
+    fn friends(&self, id: UserId) -> StoreFuture<'_, Option<Vec<(UserId, String)>>>;
+
+    /// Makes `a` and `b` friends of each other without any event (the demo users).
+    fn befriend(&self, a: UserId, b: UserId) -> StoreFuture<'_, ()>;
+
+    /// `from` asks `to` to be friends, with an optional `message`; see
+    /// [`social::request`].
+    fn request_friend(
+        &self,
+        from: UserId,
+        to: UserId,
+        message: String,
+    ) -> StoreFuture<'_, Result<RequestOutcome, SocialError>>;
+
+    /// `me` accepts (or declines) the pending request from `from`.
+    fn answer_request(
+        &self,
+        me: UserId,
+        from: UserId,
+        accept: bool,
+    ) -> StoreFuture<'_, Result<(), SocialError>>;
+
+    /// Ends the friendship of `me` and `them`, on both sides.
+    fn unfriend(&self, me: UserId, them: UserId) -> StoreFuture<'_, Result<(), SocialError>>;
+
+    /// `me` blocks `them`: ends their friendship and any pending requests between them.
+    fn block(&self, me: UserId, them: UserId) -> StoreFuture<'_, Result<(), SocialError>>;
+
+    /// `me` no longer blocks `them`.
+    fn unblock(&self, me: UserId, them: UserId) -> StoreFuture<'_, Result<(), SocialError>>;
+
+    /// The pending requests to and from `me`.
+    fn friend_requests(&self, me: UserId) -> StoreFuture<'_, FriendRequests>;
+
+    /// The users `me` blocks, as `(id, name)`, in id order.
+    fn blocks(&self, me: UserId) -> StoreFuture<'_, Vec<(UserId, String)>>;
+}
+
+/// Every user's stream.
+pub trait Streams {
+    /// Appends a message to its receiver's stream and a copy to its sender's, each with the
+    /// next `seq` of that stream, in one transaction. A receiver who blocks the sender gets
+    /// nothing; the sender's copy is stored all the same.
+    ///
+    /// Returns once the request is queued (waiting only for queue space, which is how
+    /// senders are slowed under overload). After the commit, `done` is called first (the
+    /// sender's `Ack`), then the entries go to the store's `Delivery`; with the error if the
+    /// append failed. Requests are answered in the order they were queued. Hooks run on the
+    /// store's thread: they must be quick and must not block.
+    fn append(&self, append: Append, done: CommitHook) -> StoreFuture<'_, ()>;
+
+    /// Where `owner`'s stream stands.
+    fn position(&self, owner: UserId) -> StoreFuture<'_, Position>;
+
+    /// Up to `limit` entries of `owner`'s stream with `seq > after`, in order.
+    fn read_stream(
+        &self,
+        owner: UserId,
+        after: u64,
+        limit: usize,
+    ) -> StoreFuture<'_, Vec<StoredEntry>>;
+
+    /// Records that `owner` has processed everything up to `seq` (never moves backwards, never
+    /// past the head). Returns once queued, like [`append`](Streams::append): writes are
+    /// applied in the order they were queued.
+    fn ack(&self, owner: UserId, seq: u64) -> StoreFuture<'_, ()>;
+
+    /// Records that `owner` has read the conversation with `peer` up to `seq` of their own
+    /// stream (never backwards, never past the head). Returns once queued.
+    fn mark_read(&self, owner: UserId, peer: UserId, seq: u64) -> StoreFuture<'_, ()>;
+
+    /// Calls `done` once every write queued before this call has committed, from the same
+    /// thread and in the same order as commit hooks. Returns once queued. The relay answers
+    /// `Ping` through it: a `Pong` proves the connection's earlier frames have taken effect.
+    fn barrier(&self, done: BarrierHook) -> StoreFuture<'_, ()>;
+
+    /// The newest `limit` messages between `owner` and `peer` with `seq < before` (all when
+    /// `None`), from `owner`'s stream, oldest first.
+    fn history(
+        &self,
+        owner: UserId,
+        peer: UserId,
+        before: Option<u64>,
+        limit: usize,
+    ) -> StoreFuture<'_, HistoryPage>;
+
+    /// `owner`'s `limit` most recent conversations, most recent first.
+    fn conversations(&self, owner: UserId, limit: usize) -> StoreFuture<'_, Vec<Conversation>>;
+}
+
+/// The server's storage.
+pub trait Store: Accounts + Tokens + Social + Streams + Send + Sync + 'static {
     /// Finishes queued writes and stops; later calls fail with [`StoreError::Closed`].
     fn close(&self) -> BoxFuture<'_, ()>;
 }

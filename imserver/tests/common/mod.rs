@@ -31,7 +31,7 @@ impl TestServer {
 
     /// `--auth token` (the default) with the demo users.
     pub async fn start_secure() -> Self {
-        Self::start_with(|c| c.auth = AuthMode::Token).await
+        Self::start_with(|c| c.auth.auth = AuthMode::Token).await
     }
 
     /// The demo users, `--auth open`, the per-IP, per-user and per-connection rate limits
@@ -40,10 +40,10 @@ impl TestServer {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut config = Config::local(dir.path());
         config.demo = true;
-        config.auth = AuthMode::Open;
-        config.regist_limit = 0;
-        config.login_limit = 0;
-        config.rate_limit = 0;
+        config.auth.auth = AuthMode::Open;
+        config.auth.regist_limit = 0;
+        config.auth.login_limit = 0;
+        config.relay.rate_limit = 0;
         adjust(&mut config);
         let server = Server::start(config.clone()).await.expect("server starts");
         TestServer {
@@ -118,8 +118,9 @@ impl TestServer {
     /// probe user, which the server accepts only after the `Regist` before it, and the probe
     /// receives it (live or from the store).
     pub async fn client(&self, user: &str) -> Client {
-        static PROBES: AtomicU64 = AtomicU64::new(0);
-        let probe = format!("probe-{}", PROBES.fetch_add(1, Ordering::Relaxed));
+        // Ids without accounts, far from the demo users' and the tests' own.
+        static PROBES: AtomicU64 = AtomicU64::new(900_000);
+        let probe = PROBES.fetch_add(1, Ordering::Relaxed).to_string();
         let mut c = self.connect(user).await;
         say(&mut c, user, &probe, "sync").await;
         let mut p = self.connect(&probe).await;

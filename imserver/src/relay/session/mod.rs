@@ -1,50 +1,54 @@
-//! One relay connection: `Regist`, `Message`, `Ack`, `Ping`, replay of stored messages, the
-//! connection's limits, and writing. One code path serves protocol versions 1 and 2; they
-//! differ only in what the session writes back (see [`Session::reject`] and `flush`).
+//! One relay connection: `Regist`, `Message`, `Ack`, `Read`, `Ping`, replay of the stored
+//! stream, the connection's limits, and writing. One code path serves every protocol version
+//! (what differs is in [`Dialect`]) and every transport (frames in, payloads out; see
+//! [`Transport`]).
 //!
-//! A single task per connection selects between the socket (frames in), the connection's
-//! bounded send queue (frames out) and its timer (the `Regist` deadline, then the idle
+//! A single task per connection selects between the transport (frames in), the connection's
+//! bounded send queue (entries out) and its timer (the `Regist` deadline, then the idle
 //! timeout), so a connection's frames take effect in the order it sent them. That select,
-//! every socket write and every wait on a limit (the rate limit, the in-flight window) also
-//! watch the connection's `evict` token, a child of the server's shutdown token: a peer that
-//! stops reading cannot pin its task.
+//! every write and every wait on a limit (the rate limit, the in-flight window) also watch
+//! the connection's `evict` token, a child of the server's shutdown token: a peer that stops
+//! reading cannot pin its task.
 //!
 //! Delivery without gaps or duplicates rests on one number, `last_sent`, the highest `seq`
-//! written to this connection. `Regist` subscribes to the router *first* and then replays the
-//! store from the client's `lastSeq` (or the user's acknowledged position); any live frame
-//! whose `seq` was already replayed is skipped. A message is either queued live after the
-//! subscription or committed before the replay reads, so none falls between the two.
+//! of the user's stream this connection has been given (written, skipped as not for its
+//! dialect, or acknowledged as its own message). `Regist` subscribes to the router *first*
+//! and then replays the store from the client's `lastSeq` (or the user's acknowledged
+//! position); any live entry whose `seq` was already replayed is skipped. An entry is either
+//! queued live after the subscription or committed before the replay reads, so none falls
+//! between the two.
 //!
 //! Replies that must follow earlier effects go through the store's writer thread: a
-//! message's `Ack` is queued by its commit hook, and a `Pong` by a barrier hook, which runs
-//! only after every write queued before it (this connection's appends and acks) committed.
+//! message's `Ack` is queued by its commit hook, before the store hands any later entry of
+//! the sender's stream to the router, and a `Pong` by a barrier hook, which runs only after
+//! every write queued before it (this connection's appends and acks) committed.
+
+mod dialect;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use governor::DefaultDirectRateLimiter;
 use governor::clock::Clock;
 use improto::{
-    Ack, Envelope, ErrorCode, ErrorPacket, FrameCodec, Packet, PacketKind, ProtoError, Regist,
-    Registered,
+    Ack, Envelope, ErrorCode, ErrorPacket, Packet, PacketKind, ProtoError, Regist, Registered,
 };
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+pub(super) use dialect::Dialect;
+
 use super::Relay;
-use super::reader::FrameReader;
-use super::router::{ConnHandle, Outbound};
+use super::outbox::{self, Inbox, Outbound, Outbox};
+use super::transport::{Transport, spliceable};
 use crate::auth;
-use crate::config::AuthMode;
-use crate::store::{Appended, NewMessage, StoreError};
+use crate::delivery::{ConnId, EntryKind};
+use crate::id::UserId;
+use crate::store::{Append, Appended, StoreError};
 
 /// Stop gathering queued frames into one write past this many bytes.
 const COALESCE_BYTES: usize = 64 * 1024;
@@ -93,7 +97,7 @@ impl Stop {
         }
     }
 
-    /// The `Error` a v2 client is told before the close, if any.
+    /// The `Error` a client is told before the close, if any.
     fn farewell(&self) -> Option<ErrorPacket> {
         match self {
             Stop::Protocol(e) => {
@@ -116,29 +120,23 @@ enum Event {
     Timer,
 }
 
-struct Session {
+struct Session<T> {
     relay: Arc<Relay>,
-    id: u64,
+    id: ConnId,
     /// The user this connection speaks for, once it has sent `Regist`.
-    user: Option<String>,
-    /// The protocol version, known from `Regist` on. Until then the connection is answered
-    /// as a version 2 one (a version 1 client sends `Regist` first, so never sees it).
-    version: Option<u8>,
-    /// The highest `seq` written to this connection (see the module docs).
+    user: Option<UserId>,
+    dialect: Dialect,
+    /// The highest `seq` of the user's stream given to this connection (see the module docs).
     last_sent: u64,
-    /// Our end of the send queue, handed to the router on `Regist`.
-    queue: flume::Sender<Outbound>,
-    /// Payload bytes waiting in the queue (see `ConnHandle`).
-    queued_bytes: Arc<AtomicUsize>,
+    /// Our send queue's sending end, handed to the router on `Regist` and to commit hooks.
+    outbox: Outbox,
     /// Cancelled by the router when the send queue overflows, by a commit hook when the
     /// store failed, or with its parent, the server's shutdown token: one token to wait on
     /// (a wait on a shared token would take that token's lock on every frame).
     evict: CancellationToken,
     /// The server's shutdown token, to tell a shutdown from an eviction.
     shutdown: CancellationToken,
-    writer: OwnedWriteHalf,
-    /// Frames gathered for the next write.
-    out: BytesMut,
+    transport: T,
     /// Over `--max-connections`: refused at `Regist`.
     over_capacity: bool,
     /// `--rate-limit`, for this connection; `None` when off.
@@ -152,19 +150,17 @@ struct Session {
 }
 
 /// Serves one accepted connection until it closes.
-pub(super) async fn run(
+pub(super) async fn run<T: Transport>(
     relay: Arc<Relay>,
-    stream: TcpStream,
+    transport: T,
     peer: SocketAddr,
-    id: u64,
+    id: ConnId,
     slot: Slot,
     shutdown: CancellationToken,
 ) {
-    let (read, writer) = stream.into_split();
-    let codec = FrameCodec::with_max_frame_length(relay.limits.max_frame_bytes);
-    let mut frames = FrameReader::new(read, codec);
     let s_queue = relay.limits.send_queue;
-    let (queue, rx) = flume::bounded(s_queue);
+    let evict = shutdown.child_token();
+    let (outbox, inbox) = outbox::channel(id, s_queue, evict.clone());
     let now = Instant::now();
     let mut s = Session {
         limiter: relay.limits.rate.map(DefaultDirectRateLimiter::direct),
@@ -172,14 +168,12 @@ pub(super) async fn run(
         relay,
         id,
         user: None,
-        version: None,
+        dialect: Dialect::Unknown,
         last_sent: 0,
-        queue,
-        queued_bytes: Arc::default(),
-        evict: shutdown.child_token(),
+        outbox,
+        evict,
         shutdown,
-        writer,
-        out: BytesMut::new(),
+        transport,
         last_frame: now,
         in_flight: Arc::new(Semaphore::new((s_queue / 2).max(1))),
     };
@@ -197,15 +191,15 @@ pub(super) async fn run(
         let event = tokio::select! {
             biased;
             () = &mut evicted => Event::Stop(closed(&s.shutdown)),
-            Ok(item) = rx.recv_async() => Event::Queued(item),
-            frame = frames.next() => Event::Frame(frame),
+            Ok(item) = inbox.queue.recv_async() => Event::Queued(item),
+            frame = s.transport.recv() => Event::Frame(frame),
             () = &mut timer => Event::Timer,
         };
         let step = match event {
             Event::Stop(stop) => Err(stop),
-            Event::Queued(item) => s.send_queued(item, &rx).await,
+            Event::Queued(item) => s.send_queued(item, &inbox).await,
             Event::Frame(None) => Err(Stop::PeerClosed),
-            // The frame codec fails only on stream errors: oversized or truncated.
+            // The frame reader fails only on stream errors: oversized or truncated.
             Event::Frame(Some(Err(e))) => Err(Stop::Protocol(e)),
             Event::Frame(Some(Ok(payload))) => {
                 s.last_frame = Instant::now();
@@ -229,25 +223,24 @@ pub(super) async fn run(
         }
     };
 
-    if let Some(user) = &s.user {
+    if let Some(user) = s.user {
         s.relay.router.unsubscribe(user, id);
     }
-    if s.version != Some(1)
+    if s.dialect.answers()
         && let Some(error) = stop.farewell()
     {
-        s.out.clear();
-        push_packet(&mut s.out, &error.into());
-        let _ = tokio::time::timeout(FAREWELL_WRITE, s.writer.write_all(&s.out)).await;
+        s.transport.discard();
+        s.transport.push_packet(&error.into());
+        let _ = tokio::time::timeout(FAREWELL_WRITE, s.transport.flush()).await;
     }
+    let user = s.user.map(|u| u.get());
     match &stop {
-        Stop::PeerClosed | Stop::Shutdown => {
-            info!(conn = id, user = s.user, "disconnected: {stop}")
-        }
-        _ => warn!(conn = id, user = s.user, "disconnected: {stop}"),
+        Stop::PeerClosed | Stop::Shutdown => info!(conn = id, user, "disconnected: {stop}"),
+        _ => warn!(conn = id, user, "disconnected: {stop}"),
     }
 }
 
-impl Session {
+impl<T: Transport> Session<T> {
     /// When the timer should fire next, or why the connection must close now. Before
     /// `Regist` the timer is the `Regist` deadline; after it, the idle timeout.
     fn next_deadline(&self) -> Result<Instant, Stop> {
@@ -280,18 +273,17 @@ impl Session {
         };
         match env.kind() {
             PacketKind::Message => {
-                let sender = env.sender().unwrap_or_default().to_owned();
-                let receiver = env.receiver().unwrap_or_default().to_owned();
                 let id = env.client_id().map(str::to_owned);
+                let ids = (
+                    parse_id("sender", env.sender()),
+                    parse_id("receiver", env.receiver()),
+                );
                 // A relayed frame gets its `seq` spliced in after the opening brace, which
-                // needs the brace first and no `seq` of the sender's (see `canonical`).
-                let spliceable = payload.first() == Some(&b'{') && env.seq().is_none();
-                let payload = if spliceable {
-                    payload
-                } else {
-                    canonical(&payload)
-                };
-                self.message(sender, receiver, id, payload).await
+                // needs the brace first and no `seq` of the sender's (see `spliceable`).
+                let ready = payload.first() == Some(&b'{') && env.seq().is_none();
+                drop(env);
+                let payload = if ready { payload } else { spliceable(&payload) };
+                self.message(ids, id, payload).await
             }
             PacketKind::Regist => match Packet::from_json(&payload) {
                 Ok(Packet::Regist(r)) => self.regist(r).await,
@@ -303,6 +295,10 @@ impl Session {
                 }
             },
             PacketKind::Ack => self.ack(env.seq().unwrap_or_default()).await,
+            PacketKind::Read => {
+                let peer = parse_id("peer", env.peer());
+                self.read(peer, env.seq().unwrap_or_default()).await
+            }
             PacketKind::Ping => self.ping().await,
             other => {
                 let reason = format!("{other:?} is sent by the server, not to it");
@@ -319,39 +315,55 @@ impl Session {
         message: String,
         id: Option<String>,
     ) -> Result<(), Stop> {
-        info!(conn = self.id, user = self.user, %code, "packet refused");
-        if self.version == Some(1) {
+        let user = self.user.map(|u| u.get());
+        info!(conn = self.id, user, %code, "packet refused");
+        if !self.dialect.answers() {
             return Ok(());
         }
-        push_packet(
-            &mut self.out,
-            &ErrorPacket::new(code, message).with_id(id).into(),
-        );
+        let error = ErrorPacket::new(code, message).with_id(id);
+        self.transport.push_packet(&error.into());
         self.flush(self.last_sent).await
     }
 
+    /// The registered user, or the refusal of a packet that needs one.
+    async fn registered(&mut self) -> Result<Option<UserId>, Stop> {
+        if self.user.is_none() {
+            let reason = "send Regist first".to_owned();
+            self.reject(ErrorCode::NotRegistered, reason, None).await?;
+        }
+        Ok(self.user)
+    }
+
     async fn regist(&mut self, r: Regist) -> Result<(), Stop> {
-        if let Some(current) = &self.user {
-            if *current == r.sender {
+        let user = UserId::parse(&r.sender);
+        if let Some(current) = self.user {
+            if user == Ok(current) {
                 return Ok(()); // a repeated Regist changes nothing
             }
             let reason = format!("this connection is already registered as {current}");
             return self.reject(ErrorCode::BadPacket, reason, None).await;
         }
         // From here on the version decides what the connection is told, refusals included.
-        self.version = Some(r.version);
+        self.dialect = Dialect::of(r.version);
+        let user = match user {
+            Ok(user) => user,
+            Err(e) => {
+                let reason = format!("field `sender`: {e}");
+                return self.reject(ErrorCode::BadPacket, reason, None).await;
+            }
+        };
         if self.over_capacity {
             return Err(Stop::refused(
                 ErrorCode::TooManyConnections,
                 "the server is at its connection limit",
             ));
         }
-        if self.relay.auth == AuthMode::Token || r.version >= 2 {
+        if self.dialect.needs_token(self.relay.auth) {
             let owner = match &r.token {
                 Some(token) => auth::check_token(self.relay.store.as_ref(), token).await?,
                 None => None,
             };
-            if owner.is_none_or(|owner| owner.to_string() != r.sender) {
+            if owner != Some(user) {
                 return Err(Stop::refused(
                     ErrorCode::Unauthorized,
                     "Regist needs a valid login token of its sender",
@@ -359,14 +371,8 @@ impl Session {
             }
         }
         // Subscribe before reading the store: see the module docs.
-        let handle = ConnHandle {
-            id: self.id,
-            queue: self.queue.clone(),
-            queued_bytes: self.queued_bytes.clone(),
-            evict: self.evict.clone(),
-        };
         let max = self.relay.limits.max_connections_per_user;
-        if !self.relay.router.subscribe(&r.sender, handle, max) {
+        if !self.relay.router.subscribe(user, self.outbox.clone(), max) {
             return Err(Stop::refused(
                 ErrorCode::TooManyConnections,
                 format!("this user already has {max} connections"),
@@ -374,35 +380,43 @@ impl Session {
         }
         info!(
             conn = self.id,
-            user = r.sender,
+            user = user.get(),
             version = r.version,
             "registered"
         );
-        let inbox = self.relay.store.inbox(&r.sender).await?;
-        if r.version >= 2 {
-            push_packet(
-                &mut self.out,
-                &Registered::new(&r.sender, inbox.head).into(),
-            );
+        let position = self.relay.store.position(user).await?;
+        if self.dialect.answers() {
+            let registered = Registered::new(user.to_string(), position.head);
+            self.transport.push_packet(&registered.into());
         }
         // The device's own position wins; beyond the head, there is nothing to replay.
-        self.last_sent = r.last_seq.map_or(inbox.acked, |seq| seq.min(inbox.head));
-        self.user = Some(r.sender);
-        self.replay().await
+        self.last_sent = r
+            .last_seq
+            .map_or(position.acked, |seq| seq.min(position.head));
+        self.user = Some(user);
+        self.replay(user).await
     }
 
-    /// Writes every stored message after `last_sent`, in order.
-    async fn replay(&mut self) -> Result<(), Stop> {
-        let user = self.user.clone().expect("registered");
+    /// Writes every stored entry of `user`'s stream after `last_sent`, in order (those for
+    /// this dialect; the others are passed over).
+    async fn replay(&mut self, user: UserId) -> Result<(), Stop> {
         let store = self.relay.store.clone();
         let limit = self.relay.limits.replay_batch;
         loop {
-            let batch = store.read_inbox(&user, self.last_sent, limit).await?;
+            let batch = store.read_stream(user, self.last_sent, limit).await?;
             let done = batch.len() < limit;
             let mut last = self.last_sent;
-            for m in batch {
-                push_message(&mut self.out, &m.payload, m.seq);
-                last = m.seq;
+            for entry in batch {
+                let kind = if self.dialect == Dialect::V1 {
+                    EntryKind::of(&entry.payload, user)
+                } else {
+                    // Everything is for v2; no need to look.
+                    EntryKind::Received
+                };
+                if self.dialect.receives(kind) {
+                    self.transport.push_entry(&entry.payload, entry.seq);
+                }
+                last = entry.seq;
             }
             self.flush(last).await?;
             if done {
@@ -413,31 +427,39 @@ impl Session {
 
     async fn message(
         &mut self,
-        sender: String,
-        receiver: String,
+        (sender, receiver): (Result<UserId, String>, Result<UserId, String>),
         id: Option<String>,
         payload: Bytes,
     ) -> Result<(), Stop> {
-        let Some(user) = &self.user else {
+        let Some(user) = self.user else {
             let reason = "send Regist first".to_owned();
             return self.reject(ErrorCode::NotRegistered, reason, id).await;
         };
-        if sender != *user {
+        let sender = match sender {
+            Ok(sender) => sender,
+            Err(reason) => return self.reject(ErrorCode::BadPacket, reason, id).await,
+        };
+        if sender != user {
+            let claimed = sender.get();
             warn!(
                 conn = self.id,
-                user,
-                claimed = sender,
+                user = user.get(),
+                claimed,
                 "a Message with another user's id as sender"
             );
             let reason = format!("this connection is registered as {user}");
             return self.reject(ErrorCode::SenderMismatch, reason, id).await;
         }
+        let receiver = match receiver {
+            Ok(receiver) => receiver,
+            Err(reason) => return self.reject(ErrorCode::BadPacket, reason, id).await,
+        };
         if !self.within_rate().await? {
             let reason = "over the message rate limit; send it again later".to_owned();
             return self.reject(ErrorCode::RateLimited, reason, id).await;
         }
-        // Only a v2 sender is told that its message is stored.
-        let acks = if self.version == Some(2) {
+        // Only a v2 sender is told that its message is stored, or why not.
+        let acks = if self.dialect.acks_sender() {
             let permit = match self.in_flight.clone().try_acquire_owned() {
                 Ok(permit) => permit,
                 Err(_) => {
@@ -447,43 +469,48 @@ impl Session {
                         .expect("the semaphore is never closed")
                 }
             };
-            Some((self.queue.clone(), permit, id.clone()))
+            Some((permit, id.clone()))
         } else {
             None
         };
-        let router = self.relay.router.clone();
-        let evict = self.evict.clone();
-        let to = receiver.clone();
-        let frame = payload.clone();
+        let outbox = self.outbox.clone();
+        let conn = self.id;
         let hook = Box::new(move |stored: Result<Appended, StoreError>| match stored {
-            Ok(Appended { seq, duplicate }) => {
-                // A retry of a stored message is acknowledged again, but not relayed again.
-                if !duplicate {
-                    router.deliver(&to, seq, &frame);
-                }
-                if let Some((acks, permit, id)) = acks {
-                    drop(permit);
-                    if acks.try_send(Outbound::Ack { id, seq }).is_err() {
-                        // Its queue is full of deliveries: like any slow reader, the sender
-                        // reconnects later and, sending the message again, gets this Ack.
-                        evict.cancel();
+            Ok(outcome) => {
+                let Some((permit, id)) = acks else {
+                    if outcome == Appended::NotFriends {
+                        info!(conn, "a message to a non-friend dropped (v1)");
                     }
-                }
+                    return;
+                };
+                drop(permit);
+                let reply = match outcome {
+                    Appended::Stored { seq, .. } => Outbound::Ack { id, seq },
+                    Appended::NotFriends => Outbound::Refused {
+                        code: ErrorCode::NotFriends,
+                        id,
+                    },
+                };
+                // A full queue closes the connection: like any slow reader, the sender
+                // reconnects later and, sending the message again, gets this answer.
+                outbox.push(reply);
             }
             Err(e) => {
                 // Unstored, so unacknowledged: closing the connection tells the sender (a v1
                 // one cannot be told otherwise), and keeps unstored messages from piling up.
                 tracing::error!(error = %e, "a message could not be stored; closing its sender");
-                evict.cancel();
+                outbox.evict();
             }
         });
-        let msg = NewMessage {
-            receiver,
+        let append = Append {
             sender,
+            receiver,
             client_id: id,
             payload,
+            origin: Some(self.id),
+            friends_only: self.relay.friends_only,
         };
-        Ok(self.relay.store.append(msg, hook).await?)
+        Ok(self.relay.store.append(append, hook).await?)
     }
 
     /// Whether a message may go now under `--rate-limit`. A v2 client is told to retry; a v1
@@ -496,7 +523,7 @@ impl Session {
         loop {
             match limiter.check() {
                 Ok(()) => return Ok(true),
-                Err(_) if self.version != Some(1) => return Ok(false),
+                Err(_) if !self.dialect.waits_when_rate_limited() => return Ok(false),
                 Err(not_until) => {
                     let wait = not_until.wait_time_from(limiter.clock().now());
                     let sleep = tokio::time::sleep(wait);
@@ -508,54 +535,67 @@ impl Session {
 
     /// `Ack` from the client: everything up to `seq` is processed (on any of its devices).
     async fn ack(&mut self, seq: u64) -> Result<(), Stop> {
-        let Some(user) = &self.user else {
-            let reason = "send Regist first".to_owned();
-            return self.reject(ErrorCode::NotRegistered, reason, None).await;
+        let Some(user) = self.registered().await? else {
+            return Ok(());
         };
         Ok(self.relay.store.ack(user, seq).await?)
+    }
+
+    /// `Read` from the client: the conversation with `peer` is read up to `seq`.
+    async fn read(&mut self, peer: Result<UserId, String>, seq: u64) -> Result<(), Stop> {
+        let Some(user) = self.registered().await? else {
+            return Ok(());
+        };
+        match peer {
+            Ok(peer) => Ok(self.relay.store.mark_read(user, peer, seq).await?),
+            Err(reason) => self.reject(ErrorCode::BadPacket, reason, None).await,
+        }
     }
 
     /// `Pong` once every earlier frame has taken effect. A v1 client gets nothing (the frame
     /// still keeps its connection alive).
     async fn ping(&mut self) -> Result<(), Stop> {
-        if self.version == Some(1) {
+        if !self.dialect.answers() {
             return Ok(());
         }
-        let queue = self.queue.clone();
-        let evict = self.evict.clone();
+        let outbox = self.outbox.clone();
         let hook = Box::new(move |done: Result<(), StoreError>| {
-            if done.is_err() || queue.try_send(Outbound::Pong).is_err() {
-                evict.cancel();
+            if done.is_err() || !outbox.push(Outbound::Pong) {
+                outbox.evict();
             }
         });
         Ok(self.relay.store.barrier(hook).await?)
     }
 
     /// Writes `first` and whatever else is queued (up to [`COALESCE_BYTES`]) in one go.
-    async fn send_queued(
-        &mut self,
-        first: Outbound,
-        rx: &flume::Receiver<Outbound>,
-    ) -> Result<(), Stop> {
+    async fn send_queued(&mut self, first: Outbound, inbox: &Inbox) -> Result<(), Stop> {
         let mut last = self.last_sent;
         let mut item = Some(first);
         while let Some(next) = item {
             match next {
-                Outbound::Deliver { seq, payload } => {
-                    self.queued_bytes
-                        .fetch_sub(payload.len(), Ordering::Relaxed);
+                Outbound::Deliver { seq, payload, kind } => {
+                    inbox.taken(&payload);
                     if seq > last {
-                        push_message(&mut self.out, &payload, seq);
+                        if self.dialect.receives(kind) {
+                            self.transport.push_entry(&payload, seq);
+                        }
                         last = seq;
                     }
                 }
                 Outbound::Ack { id, seq } => {
-                    push_packet(&mut self.out, &Ack::stored(id, seq).into());
+                    self.transport.push_packet(&Ack::stored(id, seq).into());
+                    // The sending device has this entry of its stream: it sent it.
+                    last = last.max(seq);
                 }
-                Outbound::Pong => push_packet(&mut self.out, &Packet::Pong),
+                Outbound::Refused { code, id } => {
+                    let message = "this server relays messages between friends only";
+                    let error = ErrorPacket::new(code, message).with_id(id);
+                    self.transport.push_packet(&error.into());
+                }
+                Outbound::Pong => self.transport.push_packet(&Packet::Pong),
             }
-            item = if self.out.len() < COALESCE_BYTES {
-                rx.try_recv().ok()
+            item = if self.transport.buffered() < COALESCE_BYTES {
+                inbox.queue.try_recv().ok()
             } else {
                 None
             };
@@ -563,38 +603,28 @@ impl Session {
         self.flush(last).await
     }
 
-    /// Writes out the gathered frames; `last` is the highest `seq` among them. A v1 client
-    /// has no acknowledgements, so for it a written message counts as acknowledged.
+    /// Writes out the gathered frames; `last` is the highest `seq` among them. For a v1
+    /// client a written entry counts as acknowledged.
     async fn flush(&mut self, last: u64) -> Result<(), Stop> {
-        if !self.out.is_empty() {
-            // Most writes fit in the socket's buffer at once, with nothing to wait for.
-            let written = match self.writer.try_write(&self.out) {
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
-                Err(e) => return Err(e.into()),
-            };
-            if written < self.out.len() {
-                let write = self.writer.write_all(&self.out[written..]);
-                unless_closing(&self.evict, &self.shutdown, write).await??;
-            }
-            self.out.clear();
-            // Do not let one burst pin a large buffer to an idle connection.
-            if self.out.capacity() > COALESCE_BYTES * 2 {
-                self.out = BytesMut::new();
-            }
+        if self.transport.buffered() > 0 {
+            let write = self.transport.flush();
+            unless_closing(&self.evict, &self.shutdown, write).await??;
         }
         if last > self.last_sent {
             self.last_sent = last;
-            if self.version == Some(1) {
-                let user = self
-                    .user
-                    .as_deref()
-                    .expect("only registered sessions receive");
+            if self.dialect.write_counts_as_ack()
+                && let Some(user) = self.user
+            {
                 self.relay.store.ack(user, last).await?;
             }
         }
         Ok(())
     }
+}
+
+/// A user id from a packet's field, or the reason it is not one (for a `bad_packet`).
+fn parse_id(field: &str, value: Option<&str>) -> Result<UserId, String> {
+    UserId::parse(value.unwrap_or_default()).map_err(|e| format!("field `{field}`: {e}"))
 }
 
 /// Runs `f` unless the connection is told to close first.
@@ -616,38 +646,6 @@ fn closed(shutdown: &CancellationToken) -> Stop {
         Stop::Shutdown
     } else {
         Stop::Evicted
-    }
-}
-
-/// A stored message as a frame with its `seq`.
-fn push_message(out: &mut BytesMut, payload: &[u8], seq: u64) {
-    if !improto::write_stamped(out, payload, seq) {
-        // Only frames stored before payloads were made spliceable get here.
-        improto::write_stamped(out, &canonical(payload), seq);
-    }
-}
-
-/// A server-made packet as a frame.
-fn push_packet(out: &mut BytesMut, packet: &Packet) {
-    // Only a non-finite `createTime` fails to encode, and server packets carry no time.
-    let json = packet.to_json().expect("server packets always encode");
-    // Server packets are small; a u32 prefix always fits.
-    out.put_u32(json.len() as u32);
-    out.put_slice(&json);
-}
-
-/// A valid `Message` frame re-encoded so that a `seq` can be spliced in: the opening brace
-/// first and no `seq` of its own. Only unusual frames (leading whitespace, a client-sent
-/// `seq`) take this path.
-fn canonical(payload: &[u8]) -> Bytes {
-    match Packet::from_json(payload) {
-        Ok(Packet::Message(mut m)) => {
-            m.seq = None;
-            Packet::Message(m)
-                .to_json()
-                .map_or_else(|_| Bytes::copy_from_slice(payload), Bytes::from)
-        }
-        _ => Bytes::copy_from_slice(payload),
     }
 }
 

@@ -1,0 +1,87 @@
+//! The seam between the store and live connections: after a transaction commits, the store
+//! hands every stream entry it appended to a [`Delivery`], in commit order.
+//!
+//! Today that is the relay's `LocalRouter`, which queues each entry on the user's
+//! connections on this node. A message bus (NATS) is another implementation of the same
+//! trait: the store does not know who is online, or where.
+
+use bytes::Bytes;
+use improto::{Envelope, PacketKind};
+
+use crate::id::UserId;
+
+/// A relay connection's id, unique in this process.
+pub type ConnId = u64;
+
+/// What an entry of a user's stream is, from that user's side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryKind {
+    /// A message to this user (from someone else, or from themselves).
+    Received,
+    /// A copy of a message this user sent to someone else (from any of their devices).
+    Sent,
+    /// A social event (a friend request, say).
+    Event,
+}
+
+impl EntryKind {
+    /// The kind of a stored entry of `owner`'s stream, read off its payload. Only an
+    /// unparseable payload (which the store never writes) is taken for an event.
+    pub fn of(payload: &[u8], owner: UserId) -> EntryKind {
+        match Envelope::peek(payload) {
+            Ok(env) if env.kind() == PacketKind::Message => {
+                let to_owner = env
+                    .receiver()
+                    .is_some_and(|r| UserId::parse(r) == Ok(owner));
+                if to_owner {
+                    EntryKind::Received
+                } else {
+                    EntryKind::Sent
+                }
+            }
+            _ => EntryKind::Event,
+        }
+    }
+}
+
+/// One committed entry of a user's stream, on its way to that user's live connections.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// Its position in the user's stream.
+    pub seq: u64,
+    /// The frame payload without `seq` (a relay splices it in when writing).
+    pub payload: Bytes,
+    pub kind: EntryKind,
+    /// The connection the message came from, for a [`EntryKind::Sent`] copy: that connection
+    /// is told by its `Ack` (or, on v1, never), not by the copy.
+    pub origin: Option<ConnId>,
+}
+
+/// Where committed stream entries go.
+pub trait Delivery: Send + Sync + 'static {
+    /// Queues `entry` for the live connections of `to`. Called on the store's thread, after
+    /// the commit, in commit order, so each user's entries arrive in `seq` order: it must
+    /// not block.
+    fn deliver(&self, to: UserId, entry: &Entry);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_entry_is_classified_from_its_owners_side() {
+        let seven = UserId::new(7).unwrap();
+        let to_seven =
+            br#"{"type":"Message","sender":"9","receiver":"7","message":"m","createTime":1}"#;
+        let from_seven =
+            br#"{"type":"Message","sender":"7","receiver":"9","message":"m","createTime":1}"#;
+        let to_self =
+            br#"{"type":"Message","sender":"7","receiver":"7","message":"m","createTime":1}"#;
+        let event = br#"{"type":"Event","kind":"friend_request","user":"9"}"#;
+        assert_eq!(EntryKind::of(to_seven, seven), EntryKind::Received);
+        assert_eq!(EntryKind::of(from_seven, seven), EntryKind::Sent);
+        assert_eq!(EntryKind::of(to_self, seven), EntryKind::Received);
+        assert_eq!(EntryKind::of(event, seven), EntryKind::Event);
+    }
+}

@@ -1,0 +1,51 @@
+//! How a session's frames cross the wire. The session works on payloads only ("frames in,
+//! payloads out"); a [`Transport`] reads them from its connection and frames what the
+//! session writes, so one session serves every kind of connection.
+//!
+//! - `tcp`: 4-byte big-endian length prefixes over a TCP stream (the protocol of PROTOCOL.md).
+
+mod tcp;
+
+use std::future::Future;
+
+use bytes::Bytes;
+use improto::{Packet, ProtoError};
+pub use tcp::TcpTransport;
+
+/// One connection's frame I/O.
+pub trait Transport: Send + 'static {
+    /// The next frame's payload; `None` when the peer closed cleanly between frames.
+    /// Cancel-safe: the session selects on it with its send queue and timer.
+    fn recv(&mut self) -> impl Future<Output = Option<Result<Bytes, ProtoError>>> + Send;
+
+    /// Gathers a stream entry for the next [`flush`](Self::flush), with `seq` added as its
+    /// first field.
+    fn push_entry(&mut self, payload: &[u8], seq: u64);
+
+    /// Gathers a packet the server made (`Registered`, `Ack`, `Error`, `Pong`).
+    fn push_packet(&mut self, packet: &Packet);
+
+    /// Bytes gathered and not yet written.
+    fn buffered(&self) -> usize;
+
+    /// Writes out everything gathered.
+    fn flush(&mut self) -> impl Future<Output = std::io::Result<()>> + Send;
+
+    /// Drops whatever is gathered: the connection is closing.
+    fn discard(&mut self);
+}
+
+/// A stored payload as one that a `seq` can be spliced into: the opening brace first and no
+/// `seq` of its own (see [`improto::write_stamped`]). Only frames stored before the relay
+/// normalised what it accepts (leading whitespace, a client-sent `seq`) need this.
+pub(crate) fn spliceable(payload: &[u8]) -> Bytes {
+    match Packet::from_json(payload) {
+        Ok(Packet::Message(mut m)) => {
+            m.seq = None;
+            Packet::Message(m)
+                .to_json()
+                .map_or_else(|_| Bytes::copy_from_slice(payload), Bytes::from)
+        }
+        _ => Bytes::copy_from_slice(payload),
+    }
+}

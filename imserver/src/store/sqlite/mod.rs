@@ -1,0 +1,315 @@
+//! The SQLite store: WAL mode, versioned migrations, one writer thread with group commit,
+//! and a few reader threads, each with a read-only connection.
+//!
+//! No SQLite call ever runs on a tokio worker thread. Writes go over a bounded channel to the
+//! writer thread (`writer.rs`); reads run on `--store-readers` threads ([`Workers`]), each
+//! with a read-only connection of its own (`reads.rs`). Reads that every HTTP request makes
+//! go through a cache (`../cache.rs`), which the writer keeps exact.
+//!
+//! - `schema`: the migrations;
+//! - `chunk`: how a stream's entries are stored (a row per stream per transaction);
+//! - `writer`: the writer thread;
+//! - `reads`: the queries.
+
+mod chunk;
+mod reads;
+mod schema;
+mod writer;
+
+use std::hash::Hash;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use rusqlite::{Connection, OpenFlags};
+use tokio::sync::{mpsc, oneshot};
+use writer::{Reply, Request, SocialOp, Writer};
+
+use super::cache::{ReadCache, Table};
+use super::{
+    Account, Accounts, Append, BarrierHook, CommitHook, Conversation, FriendRequests, HistoryPage,
+    Position, RequestOutcome, Social, SocialError, Store, StoreError, StoreFuture, StoredEntry,
+    Streams, TokenHash, TokenRecord, Tokens, User,
+};
+use crate::config::{Durability, StoreConfig};
+use crate::delivery::Delivery;
+use crate::id::UserId;
+use crate::workers::Workers;
+
+const DB_FILE: &str = "imserver.sqlite3";
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Backend(Box::new(e))
+    }
+}
+
+impl From<rusqlite_migration::Error> for StoreError {
+    fn from(e: rusqlite_migration::Error) -> Self {
+        StoreError::Backend(Box::new(e))
+    }
+}
+
+/// The SQLite implementation of [`Store`].
+pub struct SqliteStore {
+    writes: mpsc::Sender<Request>,
+    /// `--store-readers` threads, each with a read-only connection.
+    readers: Workers<Connection>,
+    cache: Arc<ReadCache>,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database in `config.data_dir`, migrates it, and starts
+    /// the writer thread, which hands every committed stream entry to `delivery`. Blocking:
+    /// call it before serving, or from `spawn_blocking`.
+    pub fn open(config: &StoreConfig, delivery: Arc<dyn Delivery>) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(&config.data_dir)?;
+        let path = config.data_dir.join(DB_FILE);
+        let mut conn = Connection::open(&path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "foreign_keys", true)?;
+        // In WAL mode, NORMAL syncs only at checkpoints: a commit survives a process crash
+        // (it is in the OS's hands) but not power loss. FULL syncs the WAL on every commit.
+        let sync = match config.durability {
+            Durability::Process => "NORMAL",
+            Durability::Power => "FULL",
+        };
+        conn.pragma_update(None, "synchronous", sync)?;
+        schema::migrations().to_latest(&mut conn)?;
+        let read_connections = (0..config.store_readers)
+            .map(|_| {
+                let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+                Connection::open_with_flags(&path, flags)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+
+        let (writes, rx) = mpsc::channel(config.store_queue);
+        let cache = Arc::new(ReadCache::new(config.cache_entries));
+        let writer = Writer::new(conn, config.cache_entries, cache.clone(), delivery)?;
+        let max_batch = config.max_batch;
+        std::thread::Builder::new()
+            .name("sqlite-writer".into())
+            .spawn(move || writer.run(rx, max_batch))?;
+        Ok(SqliteStore {
+            writes,
+            cache,
+            readers: Workers::new("sqlite-reader", read_connections)?,
+        })
+    }
+
+    /// Runs `f` on a read connection, off the async threads, once one is free.
+    fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> StoreFuture<'static, T> {
+        let readers = self.readers.clone();
+        async move {
+            let read = readers.run(move |conn| f(conn)).await;
+            Ok(read.map_err(|_| StoreError::Closed)??)
+        }
+        .boxed()
+    }
+
+    /// Queues a write; waits only for queue space.
+    fn enqueue(&self, request: Request) -> StoreFuture<'_, ()> {
+        async move {
+            self.writes
+                .send(request)
+                .await
+                .map_err(|_| StoreError::Closed)
+        }
+        .boxed()
+    }
+
+    /// Sends `make(reply)` to the writer and waits for its answer.
+    fn write<T: Send + 'static>(
+        &self,
+        make: impl FnOnce(Reply<T>) -> Request + Send + 'static,
+    ) -> StoreFuture<'_, T> {
+        async move {
+            let (tx, rx) = oneshot::channel();
+            self.enqueue(make(tx)).await?;
+            rx.await.unwrap_or(Err(StoreError::Closed))
+        }
+        .boxed()
+    }
+
+    fn social(
+        &self,
+        op: SocialOp,
+        a: UserId,
+        b: UserId,
+    ) -> StoreFuture<'_, Result<(), SocialError>> {
+        self.write(move |tx| Request::Social(op, a, b, tx))
+    }
+}
+
+impl Accounts for SqliteStore {
+    fn create_user(&self, id: Option<UserId>, account: Account) -> StoreFuture<'_, Option<UserId>> {
+        self.write(move |tx| Request::CreateUser(id, account, tx))
+    }
+
+    fn user(&self, id: UserId) -> StoreFuture<'_, Option<User>> {
+        cached(&self.cache.users, id, |id| {
+            self.read(move |c| reads::user(c, id))
+        })
+    }
+}
+
+impl Tokens for SqliteStore {
+    fn create_token(&self, hash: TokenHash, user: UserId, expires_at: i64) -> StoreFuture<'_, ()> {
+        self.write(move |tx| Request::CreateToken(hash, user, expires_at, tx))
+    }
+
+    fn token(&self, hash: TokenHash) -> StoreFuture<'_, Option<TokenRecord>> {
+        cached(&self.cache.tokens, hash, |hash| {
+            self.read(move |c| reads::token(c, hash))
+        })
+    }
+
+    fn revoke_token(&self, hash: TokenHash) -> StoreFuture<'_, bool> {
+        self.write(move |tx| Request::RevokeToken(hash, tx))
+    }
+}
+
+impl Social for SqliteStore {
+    fn friends(&self, id: UserId) -> StoreFuture<'_, Option<Vec<(UserId, String)>>> {
+        cached(&self.cache.friends, id, |id| {
+            self.read(move |c| reads::friends(c, id))
+        })
+    }
+
+    fn befriend(&self, a: UserId, b: UserId) -> StoreFuture<'_, ()> {
+        self.write(move |tx| Request::Befriend(a, b, tx))
+    }
+
+    fn request_friend(
+        &self,
+        from: UserId,
+        to: UserId,
+        message: String,
+    ) -> StoreFuture<'_, Result<RequestOutcome, SocialError>> {
+        let at = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        self.write(move |tx| Request::Ask(from, to, message, at, tx))
+    }
+
+    fn answer_request(
+        &self,
+        me: UserId,
+        from: UserId,
+        accept: bool,
+    ) -> StoreFuture<'_, Result<(), SocialError>> {
+        let op = if accept {
+            SocialOp::Accept
+        } else {
+            SocialOp::Decline
+        };
+        self.social(op, me, from)
+    }
+
+    fn unfriend(&self, me: UserId, them: UserId) -> StoreFuture<'_, Result<(), SocialError>> {
+        self.social(SocialOp::Unfriend, me, them)
+    }
+
+    fn block(&self, me: UserId, them: UserId) -> StoreFuture<'_, Result<(), SocialError>> {
+        self.social(SocialOp::Block, me, them)
+    }
+
+    fn unblock(&self, me: UserId, them: UserId) -> StoreFuture<'_, Result<(), SocialError>> {
+        self.social(SocialOp::Unblock, me, them)
+    }
+
+    fn friend_requests(&self, me: UserId) -> StoreFuture<'_, FriendRequests> {
+        self.read(move |c| reads::friend_requests(c, me))
+    }
+
+    fn blocks(&self, me: UserId) -> StoreFuture<'_, Vec<(UserId, String)>> {
+        self.read(move |c| reads::blocks(c, me))
+    }
+}
+
+impl Streams for SqliteStore {
+    fn append(&self, append: Append, done: CommitHook) -> StoreFuture<'_, ()> {
+        self.enqueue(Request::Append(append, done))
+    }
+
+    fn position(&self, owner: UserId) -> StoreFuture<'_, Position> {
+        self.read(move |c| reads::position(c, owner))
+    }
+
+    fn read_stream(
+        &self,
+        owner: UserId,
+        after: u64,
+        limit: usize,
+    ) -> StoreFuture<'_, Vec<StoredEntry>> {
+        self.read(move |c| reads::read_stream(c, owner, after, limit))
+    }
+
+    fn ack(&self, owner: UserId, seq: u64) -> StoreFuture<'_, ()> {
+        self.enqueue(Request::Ack(owner, seq))
+    }
+
+    fn mark_read(&self, owner: UserId, peer: UserId, seq: u64) -> StoreFuture<'_, ()> {
+        self.enqueue(Request::Read(owner, peer, seq))
+    }
+
+    fn barrier(&self, done: BarrierHook) -> StoreFuture<'_, ()> {
+        self.enqueue(Request::Barrier(done))
+    }
+
+    fn history(
+        &self,
+        owner: UserId,
+        peer: UserId,
+        before: Option<u64>,
+        limit: usize,
+    ) -> StoreFuture<'_, HistoryPage> {
+        self.read(move |c| reads::history(c, owner, peer, before, limit))
+    }
+
+    fn conversations(&self, owner: UserId, limit: usize) -> StoreFuture<'_, Vec<Conversation>> {
+        self.read(move |c| reads::conversations(c, owner, limit))
+    }
+}
+
+impl Store for SqliteStore {
+    fn close(&self) -> BoxFuture<'_, ()> {
+        async move {
+            let (tx, rx) = oneshot::channel();
+            if self.writes.send(Request::Close(tx)).await.is_ok() {
+                let _ = rx.await;
+            }
+        }
+        .boxed()
+    }
+}
+
+/// Answers from `table` when it has `key`; otherwise reads the database with `read(key)` and
+/// caches what it found.
+fn cached<'a, K, V>(
+    table: &'a Table<K, V>,
+    key: K,
+    read: impl FnOnce(K) -> StoreFuture<'a, Option<V>>,
+) -> StoreFuture<'a, Option<V>>
+where
+    K: Hash + Eq + Clone + Send + 'a,
+    V: Clone + Send + 'a,
+{
+    if let Some(hit) = table.get(&key) {
+        return futures::future::ready(Ok(Some(hit))).boxed();
+    }
+    let generation = table.generation();
+    let found = read(key.clone());
+    async move {
+        let found = found.await?;
+        if let Some(value) = &found {
+            table.put(generation, key, value.clone());
+        }
+        Ok(found)
+    }
+    .boxed()
+}

@@ -1,0 +1,288 @@
+//! Queries on a read-only connection (each runs on one of the `--store-readers` threads).
+
+use bytes::Bytes;
+use rusqlite::types::Type;
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::chunk::{Frames, conversation_of};
+use super::writer::id;
+use crate::id::UserId;
+use crate::store::{
+    Account, Conversation, FriendRequest, FriendRequests, HistoryPage, Position, StoredEntry,
+    TokenHash, TokenRecord, User,
+};
+
+pub(super) fn user(c: &Connection, user: UserId) -> rusqlite::Result<Option<User>> {
+    c.prepare_cached(
+        "SELECT id, name, sex, email, signature, password_hash FROM users WHERE id = ?1",
+    )?
+    .query_row([user.get()], |r| {
+        Ok(User {
+            id: id(r.get(0)?)?,
+            account: Account {
+                name: r.get(1)?,
+                sex: r.get(2)?,
+                email: r.get(3)?,
+                signature: r.get(4)?,
+                password_hash: r.get(5)?,
+            },
+        })
+    })
+    .optional()
+}
+
+pub(super) fn friends(
+    c: &Connection,
+    user: UserId,
+) -> rusqlite::Result<Option<Vec<(UserId, String)>>> {
+    let exists = c
+        .prepare_cached("SELECT 1 FROM users WHERE id = ?1")?
+        .exists([user.get()])?;
+    if !exists {
+        return Ok(None);
+    }
+    users(
+        c,
+        "SELECT u.id, u.name FROM friendships f JOIN users u ON u.id = f.friend_id
+         WHERE f.user_id = ?1 ORDER BY u.id",
+        user,
+    )
+    .map(Some)
+}
+
+pub(super) fn blocks(c: &Connection, user: UserId) -> rusqlite::Result<Vec<(UserId, String)>> {
+    users(
+        c,
+        "SELECT u.id, u.name FROM blocks b JOIN users u ON u.id = b.blocked
+         WHERE b.blocker = ?1 ORDER BY u.id",
+        user,
+    )
+}
+
+/// `(id, name)` rows of `sql`, which takes `user` as `?1`.
+fn users(c: &Connection, sql: &str, user: UserId) -> rusqlite::Result<Vec<(UserId, String)>> {
+    let mut stmt = c.prepare_cached(sql)?;
+    let rows = stmt.query_map([user.get()], |r| Ok((id(r.get(0)?)?, r.get(1)?)))?;
+    rows.collect()
+}
+
+pub(super) fn friend_requests(c: &Connection, me: UserId) -> rusqlite::Result<FriendRequests> {
+    let requests = |sql: &str| -> rusqlite::Result<Vec<FriendRequest>> {
+        let mut stmt = c.prepare_cached(sql)?;
+        let rows = stmt.query_map([me.get()], |r| {
+            Ok(FriendRequest {
+                user: id(r.get(0)?)?,
+                name: r.get(1)?,
+                message: r.get(2)?,
+                at: r.get(3)?,
+            })
+        })?;
+        rows.collect()
+    };
+    Ok(FriendRequests {
+        incoming: requests(
+            "SELECT r.from_id, u.name, r.message, r.at FROM friend_requests r
+             JOIN users u ON u.id = r.from_id WHERE r.to_id = ?1 ORDER BY r.at DESC, r.from_id",
+        )?,
+        outgoing: requests(
+            "SELECT r.to_id, u.name, r.message, r.at FROM friend_requests r
+             JOIN users u ON u.id = r.to_id WHERE r.from_id = ?1 ORDER BY r.at DESC, r.to_id",
+        )?,
+    })
+}
+
+pub(super) fn token(c: &Connection, hash: TokenHash) -> rusqlite::Result<Option<TokenRecord>> {
+    c.prepare_cached("SELECT user_id, expires_at FROM tokens WHERE hash = ?1")?
+        .query_row([&hash[..]], |r| {
+            Ok(TokenRecord {
+                user: id(r.get(0)?)?,
+                expires_at: r.get(1)?,
+            })
+        })
+        .optional()
+}
+
+pub(super) fn position(c: &Connection, owner: UserId) -> rusqlite::Result<Position> {
+    let head: Option<u64> = c
+        .prepare_cached("SELECT max(last_seq) FROM stream_chunks WHERE owner = ?1")?
+        .query_row([owner.get()], |r| r.get(0))?;
+    let acked: Option<u64> = c
+        .prepare_cached("SELECT acked FROM stream_acks WHERE owner = ?1")?
+        .query_row([owner.get()], |r| r.get(0))
+        .optional()?;
+    Ok(Position {
+        head: head.unwrap_or(0),
+        acked: acked.unwrap_or(0),
+    })
+}
+
+pub(super) fn read_stream(
+    c: &Connection,
+    owner: UserId,
+    after: u64,
+    limit: usize,
+) -> rusqlite::Result<Vec<StoredEntry>> {
+    let mut stmt = c.prepare_cached(
+        "SELECT first_seq, frames FROM stream_chunks WHERE owner = ?1 AND last_seq > ?2
+         ORDER BY last_seq",
+    )?;
+    let mut rows = stmt.query(params![owner.get(), after])?;
+    let mut out = Vec::new();
+    while out.len() < limit
+        && let Some(row) = rows.next()?
+    {
+        for entry in frames(row.get(0)?, row.get(1)?) {
+            let entry = entry?;
+            if entry.seq > after {
+                out.push(entry);
+                if out.len() == limit {
+                    break;
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The entries of a chunk as read from its row.
+fn frames(first_seq: u64, frames: Vec<u8>) -> impl Iterator<Item = rusqlite::Result<StoredEntry>> {
+    Frames::new(first_seq, Bytes::from(frames))
+        .map(|e| e.map_err(|e| rusqlite::Error::FromSqlConversionFailure(1, Type::Blob, e.into())))
+}
+
+/// The entries of chunk `chunk` (a `stream_chunks.id`).
+fn chunk(
+    c: &Connection,
+    chunk: i64,
+) -> rusqlite::Result<impl Iterator<Item = rusqlite::Result<StoredEntry>>> {
+    let (first, blob) = c
+        .prepare_cached("SELECT first_seq, frames FROM stream_chunks WHERE id = ?1")?
+        .query_row([chunk], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(frames(first, blob))
+}
+
+/// A `seq` bound for SQLite, whose integers are `i64`.
+fn bound(seq: u64) -> i64 {
+    i64::try_from(seq).unwrap_or(i64::MAX)
+}
+
+pub(super) fn history(
+    c: &Connection,
+    owner: UserId,
+    peer: UserId,
+    before: Option<u64>,
+    limit: usize,
+) -> rusqlite::Result<HistoryPage> {
+    let before = before.unwrap_or(u64::MAX);
+    let mut stmt = c.prepare_cached(
+        "SELECT chunk FROM conversation_chunks WHERE owner = ?1 AND peer = ?2 AND first_seq < ?3
+         ORDER BY first_seq DESC",
+    )?;
+    let mut rows = stmt.query(params![owner.get(), peer.get(), bound(before)])?;
+    // Newest first until one more than the page, which tells whether there are more.
+    let mut newest_first = Vec::with_capacity(limit + 1);
+    'rows: while let Some(row) = rows.next()? {
+        let mut in_chunk = Vec::new();
+        for entry in chunk(c, row.get(0)?)? {
+            let entry = entry?;
+            let ours = conversation_of(&entry.payload, owner).is_some_and(|(p, _)| p == peer);
+            if ours && entry.seq < before {
+                in_chunk.push(entry);
+            }
+        }
+        for entry in in_chunk.into_iter().rev() {
+            newest_first.push(entry);
+            if newest_first.len() > limit {
+                break 'rows;
+            }
+        }
+    }
+    let more = newest_first.len() > limit;
+    newest_first.truncate(limit);
+    newest_first.reverse();
+    Ok(HistoryPage {
+        messages: newest_first,
+        more,
+    })
+}
+
+pub(super) fn conversations(
+    c: &Connection,
+    owner: UserId,
+    limit: usize,
+) -> rusqlite::Result<Vec<Conversation>> {
+    // Each peer once, by skipping from one to the next in the primary key (SQLite has no
+    // loose index scan of its own).
+    let mut stmt = c.prepare_cached(
+        "WITH RECURSIVE peers(peer) AS (
+             SELECT min(peer) FROM conversation_chunks WHERE owner = ?1
+             UNION ALL
+             SELECT (SELECT min(peer) FROM conversation_chunks WHERE owner = ?1 AND peer > p.peer)
+             FROM peers p WHERE p.peer IS NOT NULL
+         )
+         SELECT peer FROM peers WHERE peer IS NOT NULL",
+    )?;
+    let peers = stmt
+        .query_map([owner.get()], |r| id(r.get(0)?))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let mut newest = c.prepare_cached(
+        "SELECT last_seq, chunk FROM conversation_chunks WHERE owner = ?1 AND peer = ?2
+         ORDER BY first_seq DESC LIMIT 1",
+    )?;
+    let mut latest: Vec<(UserId, u64, i64)> = Vec::with_capacity(peers.len());
+    for peer in peers {
+        let (last, chunk) = newest.query_row(params![owner.get(), peer.get()], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?;
+        latest.push((peer, last, chunk));
+    }
+    latest.sort_unstable_by_key(|&(_, last, _)| std::cmp::Reverse(last));
+    latest.truncate(limit);
+    let mut out = Vec::with_capacity(latest.len());
+    for (peer, last_seq, chunk_id) in latest {
+        let last = chunk(c, chunk_id)?
+            .find(|e| e.as_ref().map_or(true, |e| e.seq == last_seq))
+            .transpose()?
+            .ok_or(rusqlite::Error::QueryReturnedNoRows)?;
+        let unread = unread(c, owner, peer)?;
+        out.push(Conversation { peer, last, unread });
+    }
+    Ok(out)
+}
+
+/// Messages from `peer` in `owner`'s stream after `owner`'s read position with `peer`.
+fn unread(c: &Connection, owner: UserId, peer: UserId) -> rusqlite::Result<u64> {
+    let read: u64 = c
+        .prepare_cached("SELECT seq FROM read_positions WHERE owner = ?1 AND peer = ?2")?
+        .query_row(params![owner.get(), peer.get()], |r| r.get(0))
+        .optional()?
+        .unwrap_or(0);
+    let (o, p, r) = (owner.get(), peer.get(), bound(read));
+    // Whole chunks after the position, counted from their rows...
+    let mut unread: u64 = c
+        .prepare_cached(
+            "SELECT coalesce(sum(received), 0) FROM conversation_chunks
+             WHERE owner = ?1 AND peer = ?2 AND first_seq > ?3",
+        )?
+        .query_row(params![o, p, r], |row| row.get(0))?;
+    // ...and the one the position falls inside, entry by entry.
+    let straddling: Option<(u64, i64)> = c
+        .prepare_cached(
+            "SELECT last_seq, chunk FROM conversation_chunks
+             WHERE owner = ?1 AND peer = ?2 AND first_seq <= ?3
+             ORDER BY first_seq DESC LIMIT 1",
+        )?
+        .query_row(params![o, p, r], |row| Ok((row.get(0)?, row.get(1)?)))
+        .optional()?;
+    if let Some((last, chunk_id)) = straddling
+        && last > read
+    {
+        for entry in chunk(c, chunk_id)? {
+            let entry = entry?;
+            if entry.seq > read && conversation_of(&entry.payload, owner) == Some((peer, true)) {
+                unread += 1;
+            }
+        }
+    }
+    Ok(unread)
+}
