@@ -404,3 +404,125 @@ async fn password_hashing_gives_its_memory_back() {
         grown >> 10
     );
 }
+
+/// The kinds of the events in `user`'s stream, from the start.
+async fn events(tcp: SocketAddr, user: &str, token: &str) -> Vec<String> {
+    let mut c = timeout(WAIT, Client::connect(tcp)).await.unwrap().unwrap();
+    let regist = Regist::v2(user, token).resume_after(0);
+    timeout(WAIT, c.handshake(regist)).await.unwrap().unwrap();
+    c.send(Packet::Ping).await.unwrap();
+    let mut kinds = Vec::new();
+    loop {
+        match timeout(WAIT, c.recv()).await.unwrap().unwrap() {
+            Some(Packet::Event(e)) => kinds.push(e.kind.to_string()),
+            Some(Packet::Pong) => return kinds,
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_friend_acceptance_killed_mid_way_is_on_both_sides_or_neither() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = ["--regist-limit", "0", "--login-limit", "0"];
+    let mut p = spawn(dir.path(), None, &limits);
+    let http = reqwest::Client::builder().timeout(WAIT).build().unwrap();
+    let mut users = Vec::new();
+    for i in 0..40 {
+        let account = serde_json::json!({"password": "pw", "name": format!("u{i}"), "sex": "-",
+            "email": "-", "signature": "-"});
+        let created = post(&http, format!("http://{}/regist", p.http), account).await;
+        let id = created["user"].as_str().unwrap().to_owned();
+        let token = login(&http, p.http, &id, "pw").await;
+        users.push((id, token));
+    }
+    let pairs: Vec<_> = users
+        .chunks(2)
+        .map(|p| (p[0].clone(), p[1].clone()))
+        .collect();
+    for (a, b) in &pairs {
+        let r = http
+            .post(format!("http://{}/friends/requests", p.http))
+            .bearer_auth(&a.1)
+            .json(&serde_json::json!({"user": b.0}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    // The answers go one after another; the server dies in the middle of them.
+    let accepted = Arc::new(Mutex::new(0));
+    let (answers, count) = (pairs.clone(), accepted.clone());
+    let (client, addr) = (http.clone(), p.http);
+    let acceptor = tokio::spawn(async move {
+        for (a, b) in answers {
+            let url = format!("http://{addr}/friends/requests/{}/accept", a.0);
+            match client.post(url).bearer_auth(&b.1).send().await {
+                Ok(r) if r.status() == 200 => *count.lock().unwrap() += 1,
+                _ => return,
+            }
+        }
+    });
+    timeout(WAIT, async {
+        while *accepted.lock().unwrap() < pairs.len() / 2 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await
+    .expect("answers are accepted");
+    p.child.kill().unwrap();
+    p.child.wait().unwrap();
+    let _ = timeout(WAIT, acceptor).await;
+    let confirmed = *accepted.lock().unwrap();
+
+    let p2 = spawn(dir.path(), None, &limits);
+    let http = reqwest::Client::builder().timeout(WAIT).build().unwrap();
+    let list = |who: &(String, String)| {
+        let req = http
+            .get(format!("http://{}/list/{}", p2.http, who.0))
+            .bearer_auth(&who.1);
+        async move {
+            req.send()
+                .await
+                .unwrap()
+                .json::<serde_json::Value>()
+                .await
+                .unwrap()
+        }
+    };
+    let mut friends = 0;
+    for (a, b) in &pairs {
+        let (a_list, b_list) = (list(a).await, list(b).await);
+        let a_has_b = a_list
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["user"] == b.0.as_str());
+        let b_has_a = b_list
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["user"] == a.0.as_str());
+        assert_eq!(
+            a_has_b, b_has_a,
+            "a friendship on one side only: {a_list} {b_list}"
+        );
+        // The events went with the change, in the same transaction.
+        let (a_events, b_events) = (
+            events(p2.tcp, &a.0, &a.1).await,
+            events(p2.tcp, &b.0, &b.1).await,
+        );
+        if a_has_b {
+            friends += 1;
+            assert_eq!(a_events, ["friend_accepted"]);
+            assert_eq!(b_events, ["friend_request", "friend_accepted"]);
+        } else {
+            assert!(a_events.is_empty(), "{a_events:?}");
+            assert_eq!(b_events, ["friend_request"]);
+        }
+    }
+    assert!(
+        friends >= confirmed,
+        "every confirmed acceptance survived the kill"
+    );
+}

@@ -138,6 +138,57 @@ impl TestServer {
         body["token"].as_str().expect("a token").to_owned()
     }
 
+    /// A request with `Authorization: Bearer <token>`; returns the status and the JSON body.
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: &str,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let mut req = self.http.request(method, self.url(path)).bearer_auth(token);
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let r = timeout(WAIT, req.send())
+            .await
+            .expect("in time")
+            .expect("HTTP works");
+        split(r).await
+    }
+
+    /// GET `path` as the owner of `token`.
+    pub async fn get_as(&self, path: &str, token: &str) -> (u16, serde_json::Value) {
+        self.call(reqwest::Method::GET, path, token, None).await
+    }
+
+    /// POST `body` to `path` as the owner of `token`.
+    pub async fn post_as(
+        &self,
+        path: &str,
+        token: &str,
+        body: serde_json::Value,
+    ) -> (u16, serde_json::Value) {
+        self.call(reqwest::Method::POST, path, token, Some(body))
+            .await
+    }
+
+    /// DELETE `path` as the owner of `token`.
+    pub async fn delete_as(&self, path: &str, token: &str) -> (u16, serde_json::Value) {
+        self.call(reqwest::Method::DELETE, path, token, None).await
+    }
+
+    /// A new account named `name` (password `pw`), logged in: its id and token.
+    pub async fn user(&self, name: &str) -> (String, String) {
+        let account = serde_json::json!({"password": "pw", "name": name, "sex": "-",
+            "email": format!("{name}@example.com"), "signature": "-"});
+        let (status, body) = self.post_json("/regist", account).await;
+        assert_eq!(status, 200, "{body}");
+        let id = body["user"].as_str().expect("an id").to_owned();
+        let token = self.login(&id, "pw").await;
+        (id, token)
+    }
+
     /// A raw connection, not registered.
     pub async fn raw(&self) -> Client {
         timeout(WAIT, Client::connect(self.tcp()))

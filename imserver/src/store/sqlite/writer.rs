@@ -257,12 +257,13 @@ impl Writer {
         let result = (|| {
             let mut st = Statements::new(&tx)?;
             for request in batch.by_ref() {
-                if let Err(e) = state.apply(&tx, &mut st, request, then) {
-                    if tx.is_autocommit() {
-                        // SQLite rolled the whole transaction back (a full disk, say).
-                        return Err(e);
-                    }
-                    // Only that request failed; its `Then` says so.
+                // An error that SQLite answered by rolling the whole transaction back (a
+                // full disk, say) ends the batch; otherwise only that request failed, and its
+                // `Then` says so.
+                if let Err(e) = state.apply(&tx, &mut st, request, then)
+                    && tx.is_autocommit()
+                {
+                    return Err(e);
                 }
             }
             drop(st);
