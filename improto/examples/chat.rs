@@ -1,21 +1,30 @@
-//! A terminal chat client.
+//! A terminal chat client, on `improto::Reconnecting`.
 //!
 //! ```text
 //! cargo run -p improto --example chat -- --user 1 --password 123 --to 2
 //! cargo run -p improto --example chat -- --user 2 --password 123 --to 1   # another terminal
 //! ```
 //!
-//! With `--password` it logs in over the server's HTTP API and speaks protocol version 2 (the
-//! server confirms each message once it is stored). Without it, it
-//! speaks version 1 as the Go server's clients did, which needs a server run with
-//! `--auth open`.
+//! It logs in over the server's HTTP API and speaks protocol version 2. What it has shown is
+//! remembered in `imchat-<user>.json` (the last `seq` and the messages not yet stored), so a
+//! restart shows only what is new, and a message typed while the server is away is sent
+//! when it is back. Messages you send from another device show up here too.
 //!
-//! Every line you type is sent to `--to`; `/to ID` changes the recipient, Ctrl-D quits.
-//! Incoming messages are printed as they arrive.
+//! Every line you type is sent to `--to`. Commands:
+//!
+//! - `/to ID`: talk to ID from now on;
+//! - `/friend ID [message]`: ask ID to be your friend;
+//! - `/accept ID`, `/decline ID`: answer ID's friend request;
+//! - `/history [N]`: the last N (default 20) messages with the one you talk to.
+//!
+//! Ctrl-D quits.
+
+use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use improto::{Client, ClientReceiver, Message, Packet, Regist};
+use improto::{EventKind, FileState, Item, ReconnectOptions, Reconnecting};
+use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 #[derive(Parser)]
@@ -23,97 +32,189 @@ struct Args {
     /// The server's TCP relay address.
     #[arg(long, default_value = "127.0.0.1:8888")]
     addr: String,
-    /// The server's HTTP address, for logging in.
+    /// The server's HTTP address, for logging in, friends and history.
     #[arg(long, default_value = "127.0.0.1:6666")]
     http: String,
     /// Your user id.
     #[arg(long)]
     user: String,
-    /// Your password: log in and speak protocol version 2.
+    /// Your password.
     #[arg(long)]
-    password: Option<String>,
+    password: String,
     /// Who your lines go to (change it later with `/to ID`).
     #[arg(long)]
     to: String,
+    /// Where to remember what was shown (default: `imchat-<user>.json`).
+    #[arg(long)]
+    state: Option<PathBuf>,
 }
 
-/// `POST /login`; the token it returns.
-async fn login(http: &str, user: &str, password: &str) -> anyhow::Result<String> {
-    let reply: serde_json::Value = reqwest::Client::new()
-        .post(format!("http://{http}/login"))
-        .json(&serde_json::json!({ "user": user, "password": password }))
-        .send()
-        .await
-        .with_context(|| format!("logging in at {http}"))?
-        .json()
-        .await?;
-    match reply["token"].as_str() {
-        Some(token) => Ok(token.to_owned()),
-        None => bail!("login refused: {}", reply["msg"]),
+/// The HTTP API, as the logged-in user.
+struct Api {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl Api {
+    /// `POST /login`.
+    async fn login(addr: &str, user: &str, password: &str) -> anyhow::Result<Api> {
+        let http = reqwest::Client::new();
+        let base = format!("http://{addr}");
+        let reply: Value = http
+            .post(format!("{base}/login"))
+            .json(&json!({ "user": user, "password": password }))
+            .send()
+            .await
+            .with_context(|| format!("logging in at {addr}"))?
+            .json()
+            .await?;
+        match reply["token"].as_str() {
+            Some(token) => Ok(Api {
+                token: token.to_owned(),
+                http,
+                base,
+            }),
+            None => bail!("login refused: {}", reply["msg"]),
+        }
+    }
+
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.token);
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        match req.send().await {
+            Ok(r) => r.json().await.unwrap_or(Value::Null),
+            Err(e) => json!({ "msg": e.to_string() }),
+        }
     }
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let mut client = Client::connect(&args.addr)
+    let api = Api::login(&args.http, &args.user, &args.password).await?;
+    let state = args
+        .state
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("imchat-{}.json", args.user)));
+    let options = ReconnectOptions::new(&args.addr, &args.user, &api.token);
+    let mut client = Reconnecting::start(options, FileState::new(&state))
         .await
-        .with_context(|| format!("connecting to {}", args.addr))?;
-    let v2 = match &args.password {
-        Some(password) => {
-            let token = login(&args.http, &args.user, password).await?;
-            let live = client.handshake(Regist::v2(&args.user, token)).await?;
-            eprintln!("{} messages in your inbox so far", live.seq);
-            true
-        }
-        None => {
-            client.send(Regist::new(&args.user)).await?;
-            false
-        }
-    };
-    let (mut tx, rx) = client.split();
+        .with_context(|| format!("reading {}", state.display()))?;
+    let sender = client.sender();
     eprintln!(
-        "connected to {} as {}; talking to {}",
-        args.addr, args.user, args.to
+        "logged in as {}; talking to {} (state in {})",
+        args.user,
+        args.to,
+        state.display()
     );
-    let printer = tokio::spawn(print_incoming(rx));
 
     let mut to = args.to;
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
-    let mut sent = 0u64;
-    while let Some(line) = lines.next_line().await? {
-        if let Some(id) = line.strip_prefix("/to ") {
-            to = id.trim().to_string();
-            eprintln!("now talking to {to}");
-        } else if !line.is_empty() {
-            let mut m = Message::new(args.user.clone(), to.clone(), line);
-            if v2 {
-                sent += 1;
-                let id = format!("{}-{sent}", m.create_time);
-                m = m.with_id(id);
+    loop {
+        tokio::select! {
+            line = lines.next_line() => {
+                let Some(line) = line? else { break };
+                let line = line.trim();
+                let (command, rest) = line.split_once(' ').unwrap_or((line, ""));
+                match command {
+                    "" => {}
+                    "/to" => {
+                        to = rest.trim().to_owned();
+                        eprintln!("now talking to {to}");
+                    }
+                    "/friend" => {
+                        let (id, message) = rest.split_once(' ').unwrap_or((rest, ""));
+                        let body = json!({ "user": id, "message": message });
+                        let reply = api.call(reqwest::Method::POST, "/friends/requests", Some(body)).await;
+                        eprintln!("(friend request to {id}: {})", reply["status"].as_str().unwrap_or_else(|| reply["msg"].as_str().unwrap_or("?")));
+                    }
+                    "/accept" | "/decline" => {
+                        let verb = &command[1..];
+                        let path = format!("/friends/requests/{}/{verb}", rest.trim());
+                        let reply = api.call(reqwest::Method::POST, &path, None).await;
+                        eprintln!("({verb}: {})", reply["status"].as_str().unwrap_or_else(|| reply["msg"].as_str().unwrap_or("?")));
+                    }
+                    "/history" => {
+                        let n: usize = rest.trim().parse().unwrap_or(20);
+                        let path = format!("/history/{to}?limit={}", n.clamp(1, 200));
+                        let page = api.call(reqwest::Method::GET, &path, None).await;
+                        match page["messages"].as_array() {
+                            Some(messages) => {
+                                if page["more"] == json!(true) {
+                                    eprintln!("(older messages exist)");
+                                }
+                                for m in messages {
+                                    println!("  #{} [{}] {}", m["seq"], m["sender"].as_str().unwrap_or("?"), m["message"].as_str().unwrap_or(""));
+                                }
+                            }
+                            None => eprintln!("(history: {})", page["msg"]),
+                        }
+                    }
+                    _ if command.starts_with('/') => eprintln!("(unknown command {command})"),
+                    _ => sender.send(to.clone(), line).await?,
+                }
             }
-            tx.send(m).await?;
+            item = client.next() => {
+                let Some(item) = item else { break };
+                show(&args.user, item);
+            }
         }
     }
-    tx.close().await?;
-    printer.abort();
+    client.close().await;
     Ok(())
 }
 
-/// Prints messages, and on v2 the server's Acks and Errors.
-async fn print_incoming(mut rx: ClientReceiver) {
-    loop {
-        match rx.recv().await {
-            Ok(Some(Packet::Message(m))) => match m.seq {
-                Some(seq) => println!("[{}] {} (#{seq})", m.sender, m.message),
-                None => println!("[{}] {}", m.sender, m.message),
-            },
-            Ok(Some(Packet::Ack(a))) => eprintln!("(stored as #{} of the receiver's inbox)", a.seq),
-            Ok(Some(Packet::Error(e))) => eprintln!("(server: {} {})", e.code, e.message),
-            Ok(Some(other)) => eprintln!("(ignored {other:?})"),
-            Ok(None) => return eprintln!("server closed the connection"),
-            Err(e) if e.is_fatal() => return eprintln!("connection lost: {e}"),
-            Err(e) => eprintln!("(bad packet from server: {e})"),
+/// Prints one item; everything printed counts as shown (processed) once the next is asked
+/// for.
+fn show(me: &str, item: Item) {
+    match item {
+        Item::Message(m) if m.sender == me => {
+            println!(
+                "[you → {}] {} (#{}, from another device)",
+                m.receiver,
+                m.message,
+                m.seq.unwrap_or(0)
+            )
         }
+        Item::Message(m) => println!("[{}] {} (#{})", m.sender, m.message, m.seq.unwrap_or(0)),
+        Item::Sent { message, seq, .. } => {
+            eprintln!("(✓ to {}: stored as #{seq})", message.receiver)
+        }
+        Item::Event(e) => {
+            let who = format!(
+                "{} ({})",
+                e.user.as_deref().unwrap_or("?"),
+                e.name.as_deref().unwrap_or("?")
+            );
+            match e.kind {
+                EventKind::FriendRequest => {
+                    let note = e.message.map(|m| format!(": \"{m}\"")).unwrap_or_default();
+                    println!(
+                        "* {who} asks to be your friend{note} (/accept {0} or /decline {0})",
+                        e.user.as_deref().unwrap_or("?")
+                    )
+                }
+                EventKind::FriendAccepted => println!("* you and {who} are friends now"),
+                EventKind::FriendRemoved => println!("* {who} is no longer your friend"),
+                other => println!("* {other} {who}"),
+            }
+        }
+        Item::Refused {
+            message,
+            code,
+            reason,
+        } => {
+            eprintln!("(not sent to {}: {code} {reason})", message.receiver)
+        }
+        Item::Connected { head } => eprintln!("(connected; your stream is at #{head})"),
+        Item::Disconnected { reason } => eprintln!("(connection lost: {reason}; reconnecting)"),
+        Item::Unauthorized => eprintln!("(the server refused your login; log in again)"),
+        other => eprintln!("({other:?})"),
     }
 }

@@ -47,6 +47,9 @@
 //!   `Envelope::peek`; `scan` (private) is its fast path for ordinary frames, with serde
 //!   as the judge of everything else.
 //! - `client`: [`Client`] and its halves [`ClientSender`] and [`ClientReceiver`].
+//! - `reconnect`: [`Reconnecting`], a client that stays connected and keeps the user's
+//!   stream for the app (resume, resend, acknowledge, each entry once), with its state in a
+//!   [`ClientState`] such as [`FileState`].
 //! - `error`: [`ProtoError`].
 
 #![warn(missing_docs)]
@@ -56,6 +59,7 @@ mod codec;
 mod envelope;
 mod error;
 mod packet;
+mod reconnect;
 mod scan;
 mod wire;
 
@@ -65,6 +69,10 @@ pub use envelope::{Envelope, PacketKind, SEQ_STAMP_MAX, write_stamped};
 pub use error::ProtoError;
 pub use packet::{
     Ack, ErrorCode, ErrorPacket, Event, EventKind, Message, Packet, Read, Regist, Registered,
+};
+pub use reconnect::{
+    ClientState, FileState, Item, MemoryState, MessageSender, ReconnectOptions, Reconnecting,
+    Saved, Stopped,
 };
 #[cfg(fuzzing)]
 #[doc(hidden)]

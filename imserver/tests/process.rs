@@ -3,90 +3,15 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::process::{login, post, spawn};
 use common::{WAIT, recv_message, say};
 use improto::{Client, Message, Packet, Regist};
 use tokio::time::timeout;
-
-struct Proc {
-    child: Child,
-    http: SocketAddr,
-    tcp: SocketAddr,
-    /// Every line the server logged so far.
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-/// Starts the binary on `(http, tcp)` (port 0 when `None`) and reads the real addresses
-/// from its startup line.
-fn spawn(
-    data_dir: &std::path::Path,
-    addrs: Option<(SocketAddr, SocketAddr)>,
-    extra: &[&str],
-) -> Proc {
-    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    let (http, tcp) = addrs.unwrap_or((any, any));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_imserver"))
-        .args([
-            "--http-addr",
-            &http.to_string(),
-            "--tcp-addr",
-            &tcp.to_string(),
-            "--data-dir",
-        ])
-        .arg(data_dir)
-        .args(extra)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("imserver starts");
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let log = Arc::new(Mutex::new(Vec::new()));
-    let lines = log.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if line.contains("imserver listening") {
-                let _ = tx.send(line.clone());
-            }
-            lines.lock().unwrap().push(line);
-        }
-    });
-    let line = rx
-        .recv_timeout(WAIT)
-        .expect("the startup line names the bound addresses");
-    let addr = |key: &str| -> SocketAddr {
-        let start = line.find(key).unwrap_or_else(|| panic!("{key} in {line}")) + key.len();
-        line[start..]
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap()
-    };
-    let (http, tcp) = (addr("http_addr="), addr("tcp_addr="));
-    assert_ne!(http.port(), 0);
-    assert_ne!(tcp.port(), 0);
-    Proc {
-        child,
-        http,
-        tcp,
-        log,
-    }
-}
-
-/// A test that fails half-way must not leave a server running.
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Runs the binary to its exit with a fresh data dir; returns whether it succeeded and its
 /// stderr.
@@ -216,22 +141,6 @@ async fn everything_survives_kill_9_and_the_ports_can_be_reused_at_once() {
     for i in 0..10 {
         assert_eq!(recv_message(&mut b).await.message, format!("survivor {i}"));
     }
-}
-
-/// POSTs `body` as JSON to `url`; returns the reply's JSON.
-async fn post(http: &reqwest::Client, url: String, body: serde_json::Value) -> serde_json::Value {
-    let reply = http.post(url).json(&body).send().await.unwrap();
-    reply.json().await.unwrap()
-}
-
-/// `POST /login`; returns the token.
-async fn login(http: &reqwest::Client, addr: SocketAddr, user: &str, password: &str) -> String {
-    let body = serde_json::json!({"user": user, "password": password});
-    let reply = post(http, format!("http://{addr}/login"), body).await;
-    reply["token"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no token in {reply}"))
-        .to_owned()
 }
 
 #[tokio::test]

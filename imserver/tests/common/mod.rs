@@ -2,6 +2,8 @@
 //! its public interfaces only: HTTP and `improto::Client`.
 #![allow(dead_code)] // each test binary uses its own subset
 
+pub mod process;
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
