@@ -154,6 +154,12 @@ for run in $(seq "$RUNS"); do
             token=$("$BIN/imbench" token --http "$HTTP" --user 1 --password 123)
             wrk_route http-profile /profile/2 "$token"
             wrk_route http-list /list/1 "$token"
+            # A conversation of 10,000 messages between two new users (3 and 4), then its
+            # newest page and the list of conversations, as user 3.
+            "$BIN/imbench" --tcp "$TCP" --http "$HTTP" relay --pairs 1 --messages 10000 --proto 2 >>"$LOG" 2>&1
+            token=$("$BIN/imbench" token --http "$HTTP" --user 3 --password bench)
+            wrk_route http-history /history/4 "$token"
+            wrk_route http-conversations /conversations "$token"
             stop
             ;;
         *)

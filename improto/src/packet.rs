@@ -697,9 +697,18 @@ impl Packet {
         Ok(out)
     }
 
-    /// Serializes the packet into `out`; the codec uses this to write straight into its
-    /// buffer. On error `out` may hold a partial payload, which the caller discards.
-    pub(crate) fn write_json(&self, out: impl std::io::Write) -> Result<(), ProtoError> {
+    /// Serializes the packet into `out` (a frame buffer, say, without a copy of its own). On
+    /// error `out` may hold a partial payload, which the caller discards.
+    ///
+    /// ```
+    /// use improto::Packet;
+    ///
+    /// let mut out = Vec::new();
+    /// Packet::Pong.write_json(&mut out)?;
+    /// assert_eq!(out, br#"{"type":"Pong"}"#);
+    /// # Ok::<(), improto::ProtoError>(())
+    /// ```
+    pub fn write_json(&self, out: impl std::io::Write) -> Result<(), ProtoError> {
         serde_json::to_writer(out, self).map_err(|e| {
             if e.is_io() {
                 ProtoError::Io(e.into())

@@ -30,6 +30,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::StreamExt;
 use governor::DefaultDirectRateLimiter;
 use governor::clock::Clock;
 use improto::{
@@ -180,9 +181,11 @@ pub(super) async fn run<T: Transport>(
     info!(conn = id, %peer, "connected");
     let timer = tokio::time::sleep_until(now + s.relay.limits.regist_deadline);
     tokio::pin!(timer);
-    // Made once: a fresh wait per event would register and unregister itself every time.
+    // Made once: a fresh wait per event would register and unregister itself every time
+    // (the queue's too: a wait on it that the socket wins is torn down and made again).
     let evicted = s.evict.clone().cancelled_owned();
     tokio::pin!(evicted);
+    let mut queued = inbox.queue.stream();
 
     let stop = loop {
         // The select only says what happened; the work happens after it, so that the futures
@@ -191,7 +194,7 @@ pub(super) async fn run<T: Transport>(
         let event = tokio::select! {
             biased;
             () = &mut evicted => Event::Stop(closed(&s.shutdown)),
-            Ok(item) = inbox.queue.recv_async() => Event::Queued(item),
+            Some(item) = queued.next() => Event::Queued(item),
             frame = s.transport.recv() => Event::Frame(frame),
             () = &mut timer => Event::Timer,
         };

@@ -62,11 +62,16 @@ impl Transport for TcpTransport {
     }
 
     fn push_packet(&mut self, packet: &Packet) {
-        // Only a non-finite `createTime` fails to encode, and server packets carry no time.
-        let json = packet.to_json().expect("server packets always encode");
+        let start = self.out.len();
+        self.out.put_u32(0);
+        // Into the buffer, without a copy of its own. Only a non-finite `createTime` fails to
+        // encode, and server packets carry no time.
+        packet
+            .write_json((&mut self.out).writer())
+            .expect("server packets always encode");
         // Server packets are small; a u32 prefix always fits.
-        self.out.put_u32(json.len() as u32);
-        self.out.put_slice(&json);
+        let len = (self.out.len() - start - 4) as u32;
+        self.out[start..start + 4].copy_from_slice(&len.to_be_bytes());
     }
 
     fn buffered(&self) -> usize {

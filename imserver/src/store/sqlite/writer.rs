@@ -124,6 +124,9 @@ impl Then {
     }
 }
 
+/// The entries an append made (the receiver's, the sender's copy), for the `Delivery`.
+type Copies = [Option<(UserId, Entry)>; 2];
+
 /// The writer thread's state between batches.
 pub(super) struct Writer {
     pub conn: Connection,
@@ -326,9 +329,11 @@ impl State<'_> {
         let failed = |e: &rusqlite::Error| StoreError::Backend(e.to_string().into());
         match request {
             Request::Append(a, hook) => match self.append(st, &a) {
-                Ok((outcome, entries)) => {
+                Ok((outcome, copies)) => {
+                    // Its answer first (the sender's Ack), then its entries.
                     then.push(Then::Append(hook, Ok(outcome)));
-                    then.extend(entries);
+                    let copies = copies.into_iter().flatten();
+                    then.extend(copies.map(|(to, entry)| Then::Deliver(to, entry)));
                 }
                 Err(e) => {
                     then.push(Then::Append(hook, Err(failed(&e))));
@@ -430,11 +435,7 @@ impl State<'_> {
 
     /// A message to its receiver's stream and a copy to its sender's. Returns the outcome
     /// and the entries to deliver after the commit.
-    fn append(
-        &mut self,
-        st: &mut Statements,
-        a: &Append,
-    ) -> rusqlite::Result<(Appended, Vec<Then>)> {
+    fn append(&mut self, st: &mut Statements, a: &Append) -> rusqlite::Result<(Appended, Copies)> {
         let to_self = a.sender == a.receiver;
         let blocked = self.blocks.contains(&(a.receiver, a.sender));
         // Everything that can fail comes before the first row is written.
@@ -459,7 +460,7 @@ impl State<'_> {
                     seq,
                     duplicate: true,
                 };
-                return Ok((duplicate, Vec::new()));
+                return Ok((duplicate, [None, None]));
             }
         }
         if a.friends_only && a.sender != a.receiver {
@@ -467,7 +468,7 @@ impl State<'_> {
                 .are_friends
                 .exists(params![a.sender.get(), a.receiver.get()])?;
             if !friends {
-                return Ok((Appended::NotFriends, Vec::new()));
+                return Ok((Appended::NotFriends, [None, None]));
             }
         }
         if a.friends_only
@@ -476,40 +477,34 @@ impl State<'_> {
             st.insert_id.execute(params![a.sender.get(), id, next])?;
         }
         // Every row is written: from here on nothing fails, and the seqs become real.
-        let mut entries = Vec::with_capacity(2);
-        if let Some(head) = receiver_head {
+        let received = receiver_head.map(|head| {
             let seq = self.push(a.receiver, head, &a.payload, Some((a.sender, true)));
-            entries.push(Then::Deliver(
-                a.receiver,
-                Entry {
-                    seq,
-                    payload: a.payload.clone(),
-                    kind: EntryKind::Received,
-                    origin: None,
-                },
-            ));
-        }
-        let seq = self.push(a.sender, next - 1, &a.payload, Some((a.receiver, false)));
-        debug_assert_eq!(seq, next);
-        entries.push(Then::Deliver(
-            a.sender,
-            Entry {
+            let entry = Entry {
                 seq,
                 payload: a.payload.clone(),
-                // A message to oneself is received, too (a v1 client is shown it).
-                kind: if to_self {
-                    EntryKind::Received
-                } else {
-                    EntryKind::Sent
-                },
-                origin: a.origin,
+                kind: EntryKind::Received,
+                origin: None,
+            };
+            (a.receiver, entry)
+        });
+        let seq = self.push(a.sender, next - 1, &a.payload, Some((a.receiver, false)));
+        debug_assert_eq!(seq, next);
+        let copy = Entry {
+            seq,
+            payload: a.payload.clone(),
+            // A message to oneself is received, too (a v1 client is shown it).
+            kind: if to_self {
+                EntryKind::Received
+            } else {
+                EntryKind::Sent
             },
-        ));
+            origin: a.origin,
+        };
         let stored = Appended::Stored {
             seq,
             duplicate: false,
         };
-        Ok((stored, entries))
+        Ok((stored, [received, Some((a.sender, copy))]))
     }
 
     /// Runs the social operation `rules` of `a` on `b` in a savepoint: reads how they stand,
