@@ -6,6 +6,7 @@
 #
 #   benches/run.sh                 # everything, 3 runs each (about 5 minutes)
 #   RUNS=5 benches/run.sh relay    # some scenarios only: relay latency v2 conns offline http
+#   IMSERVER_EXTRA="--max-batch 4096" benches/run.sh v2   # server flags to try
 #
 # Needs Python 3 (for the medians) and wrk (for `http`; installed with apt-get when
 # missing). Not part of CI: timings belong here, not in tests.
@@ -51,10 +52,11 @@ wait_for() {
 # Starts imserver with a fresh data dir and the benchmark's limits plus "$@"; sets PID,
 # TCP and HTTP.
 start_imserver() {
+    local extra=${IMSERVER_EXTRA:-}
     local dir
     dir=$(mktemp -d "$OUT/data.XXXXXX")
     "$BIN/imserver" --http-addr 127.0.0.1:0 --tcp-addr 127.0.0.1:0 --data-dir "$dir" \
-        --regist-limit 0 --login-limit 0 --rate-limit 0 --max-connections 19500 "$@" \
+        --regist-limit 0 --login-limit 0 --rate-limit 0 --max-connections 19500 $extra "$@" \
         >"$dir/log" 2>&1 &
     PID=$!
     STARTED+=("$PID")

@@ -200,14 +200,6 @@ pub struct StoreConfig {
     #[arg(long, env = "IMSERVER_STORE_READERS", default_value_t = 4, value_parser = at_least_one)]
     pub store_readers: usize,
 
-    /// Pages (4 KiB each) the write-ahead log may grow by before they are copied into the
-    /// database (a checkpoint, run by the writer between two commits). More: a busy server
-    /// writes a page that many commits changed once instead of once per few commits (a few
-    /// percent less CPU per message at 10000), for a larger log file and longer pauses (at
-    /// 10000, p99 latency under full load went from ~30 ms to over 100 ms).
-    #[arg(long, env = "IMSERVER_CHECKPOINT_PAGES", default_value_t = 1000, value_parser = at_least_one)]
-    pub checkpoint_pages: usize,
-
     /// Entries each in-memory cache holds at most: users, friend lists and tokens (what
     /// every HTTP request reads), and the writer's stream heads. Past it, a cache is emptied
     /// and fills again with what is used.

@@ -33,8 +33,9 @@ pub enum Outbound {
     Pong,
 }
 
-/// The sending end of a connection's queue, as the router and the store's hooks hold it.
-#[derive(Clone)]
+/// The sending end of a connection's queue, as the router and the store's hooks hold it,
+/// shared behind an `Arc`: a hook per message takes one, and a clone of the eviction token
+/// inside would take that token's lock twice per message.
 pub struct Outbox {
     /// Unique per connection, so closing one connection removes only that one.
     pub id: ConnId,
@@ -53,15 +54,15 @@ pub struct Inbox {
 }
 
 /// A queue of at most `frames` items for connection `id`, which `evict` closes.
-pub fn channel(id: ConnId, frames: usize, evict: CancellationToken) -> (Outbox, Inbox) {
+pub fn channel(id: ConnId, frames: usize, evict: CancellationToken) -> (Arc<Outbox>, Inbox) {
     let (tx, rx) = flume::bounded(frames);
     let queued_bytes = Arc::new(AtomicUsize::new(0));
-    let outbox = Outbox {
+    let outbox = Arc::new(Outbox {
         id,
         queue: tx,
         queued_bytes: queued_bytes.clone(),
         evict,
-    };
+    });
     (
         outbox,
         Inbox {

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::outbox::Outbox;
 use crate::delivery::{ConnId, Delivery, Entry, EntryKind};
@@ -16,7 +16,7 @@ use crate::id::UserId;
 const SHARDS: usize = 64;
 
 /// One slice of the table: the users whose id hashes here.
-type Shard = Mutex<HashMap<UserId, Vec<Outbox>>>;
+type Shard = Mutex<HashMap<UserId, Vec<Arc<Outbox>>>>;
 
 pub struct LocalRouter {
     hasher: std::collections::hash_map::RandomState,
@@ -34,7 +34,7 @@ impl LocalRouter {
         }
     }
 
-    fn shard(&self, user: UserId) -> MutexGuard<'_, HashMap<UserId, Vec<Outbox>>> {
+    fn shard(&self, user: UserId) -> MutexGuard<'_, HashMap<UserId, Vec<Arc<Outbox>>>> {
         let i = self.hasher.hash_one(user) as usize % SHARDS;
         // A panic while holding a shard lock cannot leave the map inconsistent (every
         // operation is a single insert or retain), so a poisoned lock is still usable.
@@ -42,7 +42,7 @@ impl LocalRouter {
     }
 
     /// Adds a connection of `user`, unless the user already has `max` of them; false then.
-    pub fn subscribe(&self, user: UserId, conn: Outbox, max: usize) -> bool {
+    pub fn subscribe(&self, user: UserId, conn: Arc<Outbox>, max: usize) -> bool {
         let mut shard = self.shard(user);
         let conns = shard.entry(user).or_default();
         if conns.len() >= max {

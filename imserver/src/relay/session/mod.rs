@@ -130,7 +130,7 @@ struct Session<T> {
     /// The highest `seq` of the user's stream given to this connection (see the module docs).
     last_sent: u64,
     /// Our send queue's sending end, handed to the router on `Regist` and to commit hooks.
-    outbox: Outbox,
+    outbox: Arc<Outbox>,
     /// Cancelled by the router when the send queue overflows, by a commit hook when the
     /// store failed, or with its parent, the server's shutdown token: one token to wait on
     /// (a wait on a shared token would take that token's lock on every frame).

@@ -76,7 +76,6 @@ impl SqliteStore {
             Durability::Power => "FULL",
         };
         conn.pragma_update(None, "synchronous", sync)?;
-        conn.pragma_update(None, "wal_autocheckpoint", config.checkpoint_pages as i64)?;
         schema::migrations().to_latest(&mut conn)?;
         let read_connections = (0..config.store_readers)
             .map(|_| {
