@@ -7,6 +7,42 @@ use serde::{Serialize, Serializer};
 use crate::ProtoError;
 use crate::wire::{self, Valid};
 
+/// `as_str`, `from_wire`, `Serialize` and `Display` for an enum of names on the wire whose
+/// `Other(String)` keeps the names this library does not know (from a newer server).
+macro_rules! wire_names {
+    ($ty:ident { $($variant:ident => $name:literal,)+ }) => {
+        impl $ty {
+            /// The name as written on the wire.
+            pub fn as_str(&self) -> &str {
+                match self {
+                    $($ty::$variant => $name,)+
+                    $ty::Other(name) => name,
+                }
+            }
+
+            /// The value a name on the wire stands for.
+            pub fn from_wire(name: &str) -> $ty {
+                match name {
+                    $($name => $ty::$variant,)+
+                    other => $ty::Other(other.to_owned()),
+                }
+            }
+        }
+
+        impl Serialize for $ty {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(self.as_str())
+            }
+        }
+
+        impl std::fmt::Display for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
 /// One protocol packet.
 ///
 /// On the wire a packet is a JSON object whose `"type"` field names the variant; the
@@ -344,43 +380,20 @@ pub enum ErrorCode {
     Other(String),
 }
 
+wire_names!(ErrorCode {
+    BadJson => "bad_json",
+    BadPacket => "bad_packet",
+    UnknownType => "unknown_type",
+    NotRegistered => "not_registered",
+    Unauthorized => "unauthorized",
+    SenderMismatch => "sender_mismatch",
+    TooLarge => "too_large",
+    RateLimited => "rate_limited",
+    TooManyConnections => "too_many_connections",
+    NotFriends => "not_friends",
+});
+
 impl ErrorCode {
-    /// The code as written on the wire.
-    pub fn as_str(&self) -> &str {
-        match self {
-            ErrorCode::BadJson => "bad_json",
-            ErrorCode::BadPacket => "bad_packet",
-            ErrorCode::UnknownType => "unknown_type",
-            ErrorCode::NotRegistered => "not_registered",
-            ErrorCode::Unauthorized => "unauthorized",
-            ErrorCode::SenderMismatch => "sender_mismatch",
-            ErrorCode::TooLarge => "too_large",
-            ErrorCode::RateLimited => "rate_limited",
-            ErrorCode::TooManyConnections => "too_many_connections",
-            ErrorCode::NotFriends => "not_friends",
-            ErrorCode::Other(code) => code,
-        }
-    }
-
-    /// The code a wire string names.
-    pub fn from_wire(code: &str) -> ErrorCode {
-        [
-            ErrorCode::BadJson,
-            ErrorCode::BadPacket,
-            ErrorCode::UnknownType,
-            ErrorCode::NotRegistered,
-            ErrorCode::Unauthorized,
-            ErrorCode::SenderMismatch,
-            ErrorCode::TooLarge,
-            ErrorCode::RateLimited,
-            ErrorCode::TooManyConnections,
-            ErrorCode::NotFriends,
-        ]
-        .into_iter()
-        .find(|c| c.as_str() == code)
-        .unwrap_or_else(|| ErrorCode::Other(code.to_owned()))
-    }
-
     /// True for the codes after which the server closes the connection.
     pub fn closes(&self) -> bool {
         matches!(
@@ -401,18 +414,6 @@ impl ErrorCode {
             ProtoError::FrameTooLarge { .. } => ErrorCode::TooLarge,
             _ => return None,
         })
-    }
-}
-
-impl Serialize for ErrorCode {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.as_str())
-    }
-}
-
-impl std::fmt::Display for ErrorCode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 
@@ -495,43 +496,11 @@ pub enum EventKind {
     Other(String),
 }
 
-impl EventKind {
-    const KNOWN: [EventKind; 3] = [
-        EventKind::FriendRequest,
-        EventKind::FriendAccepted,
-        EventKind::FriendRemoved,
-    ];
-
-    /// The kind as written on the wire.
-    pub fn as_str(&self) -> &str {
-        match self {
-            EventKind::FriendRequest => "friend_request",
-            EventKind::FriendAccepted => "friend_accepted",
-            EventKind::FriendRemoved => "friend_removed",
-            EventKind::Other(kind) => kind,
-        }
-    }
-
-    /// The kind a wire string names.
-    pub fn from_wire(kind: &str) -> EventKind {
-        Self::KNOWN
-            .into_iter()
-            .find(|k| k.as_str() == kind)
-            .unwrap_or_else(|| EventKind::Other(kind.to_owned()))
-    }
-}
-
-impl Serialize for EventKind {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.as_str())
-    }
-}
-
-impl std::fmt::Display for EventKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+wire_names!(EventKind {
+    FriendRequest => "friend_request",
+    FriendAccepted => "friend_accepted",
+    FriendRemoved => "friend_removed",
+});
 
 /// `{"type":"Read","peer":"9","seq":57}`: the user has read the conversation with `peer` up
 /// to position `seq` of their own stream. The server keeps one read position per

@@ -1,32 +1,4 @@
-//! A client that does, for the app, everything `PROTOCOL.md` asks of one: it stays
-//! connected, resumes where the device left off, resends what the server has not
-//! acknowledged, acknowledges what the app has processed, and hands the app each entry of
-//! the user's stream exactly once, in order.
-//!
-//! ```no_run
-//! use improto::{FileState, Item, Reconnecting, ReconnectOptions};
-//!
-//! # async fn chat(token: String) -> std::io::Result<()> {
-//! let state = FileState::new("user-7.json");
-//! let mut client = Reconnecting::start(ReconnectOptions::new("127.0.0.1:8888", "7", token), state).await?;
-//! client.sender().send("9", "hello").await?;
-//! while let Some(item) = client.next().await {
-//!     match item {
-//!         Item::Message(m) => println!("{}: {}", m.sender, m.message),
-//!         Item::Sent { message, seq, .. } => println!("(stored as #{seq}) {}", message.message),
-//!         Item::Event(e) => println!("{} {:?}", e.kind, e.user),
-//!         other => println!("{other:?}"),
-//!     }
-//!     // Everything handed out before this call counts as processed (and is remembered).
-//! }
-//! # Ok(()) }
-//! ```
-//!
-//! What it keeps in its [`ClientState`] (a file with [`FileState`]): the highest `seq` the
-//! app has processed, the messages sent but not yet acknowledged, and this device's message
-//! id counter. Message ids are this device's random tag and a fixed-width counter, so they
-//! never repeat and sort in the order they were made (which also keeps the server's
-//! de-duplication index cheap).
+//! [`Reconnecting`]: a client that keeps the user's stream for the app.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -243,7 +215,35 @@ struct Progress {
     closing: bool,
 }
 
-/// A connection to the relay that comes back by itself; see the [module docs](self).
+/// A client that does, for the app, everything `PROTOCOL.md` asks of one: it stays
+/// connected, resumes where the device left off, resends what the server has not
+/// acknowledged, acknowledges what the app has processed, and hands the app each entry of
+/// the user's stream exactly once, in order.
+///
+/// ```no_run
+/// use improto::{FileState, Item, Reconnecting, ReconnectOptions};
+///
+/// # async fn chat(token: String) -> std::io::Result<()> {
+/// let state = FileState::new("user-7.json");
+/// let mut client = Reconnecting::start(ReconnectOptions::new("127.0.0.1:8888", "7", token), state).await?;
+/// client.sender().send("9", "hello").await?;
+/// while let Some(item) = client.next().await {
+///     match item {
+///         Item::Message(m) => println!("{}: {}", m.sender, m.message),
+///         Item::Sent { message, seq, .. } => println!("(stored as #{seq}) {}", message.message),
+///         Item::Event(e) => println!("{} {:?}", e.kind, e.user),
+///         other => println!("{other:?}"),
+///     }
+///     // Everything handed out before this call counts as processed (and is remembered).
+/// }
+/// # Ok(()) }
+/// ```
+///
+/// What it keeps in its [`ClientState`] (a file with [`FileState`]): the highest `seq` the
+/// app has processed, the messages sent but not yet acknowledged, and this device's message
+/// id counter. Message ids are this device's random tag and a fixed-width counter, so they
+/// never repeat and sort in the order they were made (which also keeps the server's
+/// de-duplication index cheap).
 ///
 /// Call [`next`](Self::next) regularly: a client whose items are not taken stops reading
 /// from the server, which then disconnects it as a slow reader (nothing is lost; it catches

@@ -3,22 +3,9 @@
 
 mod common;
 
-use common::{TestServer, expect_error, recv_packet, sync};
+use common::{TestServer, device, expect_error, recv_packet, sync, three_users};
 use improto::{Client, ErrorCode, Message, Packet};
 use serde_json::{Value, json};
-
-/// Three fresh users in token mode: a (3), b (4), c (5).
-async fn three() -> (TestServer, [(String, String); 3]) {
-    let srv = TestServer::start_secure().await;
-    let a = srv.user("Ann").await;
-    let b = srv.user("Bob").await;
-    let c = srv.user("Cid").await;
-    (srv, [a, b, c])
-}
-
-async fn device(srv: &TestServer, (user, token): &(String, String)) -> Client {
-    srv.v2(user, token, Some(u64::MAX)).await.0
-}
 
 /// Sends `text` from `c`'s user to `to` and waits for the `Ack`; returns the seq.
 async fn say(c: &mut Client, from: &str, to: &str, text: &str) -> u64 {
@@ -58,7 +45,7 @@ fn seqs(page: &Value) -> Vec<u64> {
 
 #[tokio::test]
 async fn history_pages_back_through_both_directions_without_overlap_or_gap() {
-    let (srv, [a, b, c]) = three().await;
+    let (srv, [a, b, c]) = three_users().await;
     let (mut ad, mut bd, mut cd) = (
         device(&srv, &a).await,
         device(&srv, &b).await,
@@ -117,7 +104,7 @@ async fn history_pages_back_through_both_directions_without_overlap_or_gap() {
 
 #[tokio::test]
 async fn more_is_true_exactly_when_older_messages_exist() {
-    let (srv, [a, b, _]) = three().await;
+    let (srv, [a, b, _]) = three_users().await;
     let mut ad = device(&srv, &a).await;
     for i in 0..5 {
         say(&mut ad, &a.0, &b.0, &format!("x{i}")).await;
@@ -134,7 +121,7 @@ async fn more_is_true_exactly_when_older_messages_exist() {
 
 #[tokio::test]
 async fn a_page_stays_correct_while_messages_arrive() {
-    let (srv, [a, b, _]) = three().await;
+    let (srv, [a, b, _]) = three_users().await;
     let (mut ad, mut bd) = (device(&srv, &a).await, device(&srv, &b).await);
     for i in 0..10 {
         say(&mut ad, &a.0, &b.0, &format!("old{i}")).await;
@@ -177,7 +164,7 @@ async fn history_holds_every_device_s_messages_but_no_events() {
 
 #[tokio::test]
 async fn history_refuses_bad_parameters_and_strangers() {
-    let (srv, [a, b, _]) = three().await;
+    let (srv, [a, b, _]) = three_users().await;
     for q in ["limit=0", "limit=201", "limit=ten", "before=-3", "before=x"] {
         let (status, body) = history(&srv, &a, &format!("{}?{q}", b.0)).await;
         assert_eq!(status, 400, "{q}: {body}");
@@ -197,7 +184,7 @@ async fn history_refuses_bad_parameters_and_strangers() {
 
 #[tokio::test]
 async fn conversations_list_the_latest_with_unread_counts_that_read_clears() {
-    let (srv, [a, b, c]) = three().await;
+    let (srv, [a, b, c]) = three_users().await;
     let (mut ad, mut bd, mut cd) = (
         device(&srv, &a).await,
         device(&srv, &b).await,
@@ -270,7 +257,7 @@ async fn conversations_list_the_latest_with_unread_counts_that_read_clears() {
 
 #[tokio::test]
 async fn a_read_of_a_malformed_peer_is_a_bad_packet() {
-    let (srv, [a, _, _]) = three().await;
+    let (srv, [a, _, _]) = three_users().await;
     let mut ad = device(&srv, &a).await;
     ad.read("007", 1).await.unwrap();
     let e = expect_error(&mut ad, ErrorCode::BadPacket).await;

@@ -4,25 +4,12 @@
 mod common;
 
 use common::{
-    TestServer, WAIT, assert_next_is_marker, expect_error, recv_message, recv_packet, say, sync,
+    TestServer, WAIT, assert_next_is_marker, device, expect_error, recv_message, recv_packet, say,
+    sync, three_users,
 };
 use improto::{Client, ErrorCode, EventKind, Message, Packet};
 use serde_json::json;
 use tokio::time::timeout;
-
-/// Three fresh users, a (3), b (4) and c (5), in token mode.
-async fn three() -> (TestServer, [(String, String); 3]) {
-    let srv = TestServer::start_secure().await;
-    let a = srv.user("Ann").await;
-    let b = srv.user("Bob").await;
-    let c = srv.user("Cid").await;
-    (srv, [a, b, c])
-}
-
-/// A device of `user` that has seen everything stored so far.
-async fn device(srv: &TestServer, (user, token): &(String, String)) -> Client {
-    srv.v2(user, token, Some(u64::MAX)).await.0
-}
 
 /// The next packet, which must be an event of `kind` about `user`; returns its seq.
 async fn expect_event(c: &mut Client, kind: EventKind, user: &str) -> improto::Event {
@@ -57,7 +44,7 @@ async fn friends_of(srv: &TestServer, who: &(String, String)) -> serde_json::Val
 
 #[tokio::test]
 async fn a_request_is_an_event_for_the_asked_and_acceptance_tells_both() {
-    let (srv, [a, b, _]) = three().await;
+    let (srv, [a, b, _]) = three_users().await;
     let mut a_dev = device(&srv, &a).await;
     let mut b_dev = device(&srv, &b).await;
     assert_eq!(
@@ -112,7 +99,7 @@ async fn a_request_is_an_event_for_the_asked_and_acceptance_tells_both() {
 
 #[tokio::test]
 async fn a_mutual_request_is_an_acceptance() {
-    let (srv, [a, b, _]) = three().await;
+    let (srv, [a, b, _]) = three_users().await;
     assert_eq!(
         ask(&srv, &a, &b.0, "").await.1,
         json!({"status": "pending"})
@@ -131,7 +118,7 @@ async fn a_mutual_request_is_an_acceptance() {
 
 #[tokio::test]
 async fn bad_requests_are_refused_with_clear_errors() {
-    let (srv, [a, b, _]) = three().await;
+    let (srv, [a, b, _]) = three_users().await;
     let out_of_range = json!({"msg": "Out of range"});
     assert_eq!(ask(&srv, &a, &a.0, "").await.0, 400, "yourself");
     assert_eq!(ask(&srv, &a, "999", "").await, (400, out_of_range.clone()));
@@ -198,7 +185,7 @@ async fn friend_requests_are_limited_per_user_per_hour() {
 
 #[tokio::test]
 async fn declining_is_silent_and_answers_need_a_request() {
-    let (srv, [a, b, _]) = three().await;
+    let (srv, [a, b, _]) = three_users().await;
     let no_request = json!({"msg": "No such request"});
     for verb in ["accept", "decline"] {
         let path = format!("/friends/requests/{}/{verb}", a.0);
@@ -221,7 +208,7 @@ async fn declining_is_silent_and_answers_need_a_request() {
 
 #[tokio::test]
 async fn unfriending_ends_it_on_both_sides_and_tells_the_other() {
-    let (srv, [a, b, _]) = three().await;
+    let (srv, [a, b, _]) = three_users().await;
     ask(&srv, &a, &b.0, "").await;
     ask(&srv, &b, &a.0, "").await;
     let mut a_dev = device(&srv, &a).await;
@@ -245,7 +232,7 @@ async fn unfriending_ends_it_on_both_sides_and_tells_the_other() {
 
 #[tokio::test]
 async fn events_are_stored_replayed_and_acknowledged_like_messages() {
-    let (srv, [a, b, _]) = three().await;
+    let (srv, [a, b, _]) = three_users().await;
     // b is offline when asked.
     ask(&srv, &a, &b.0, "while you were away").await;
     let (mut b_dev, head) = srv.v2(&b.0, &b.1, None).await;
@@ -272,7 +259,7 @@ async fn events_are_stored_replayed_and_acknowledged_like_messages() {
 
 #[tokio::test]
 async fn a_blocked_user_reaches_nobody_and_is_never_told() {
-    let (srv, [a, b, _]) = three().await;
+    let (srv, [a, b, _]) = three_users().await;
     // Friends, with a pending request the other way round... then b blocks a.
     ask(&srv, &a, &b.0, "").await;
     ask(&srv, &b, &a.0, "").await;
@@ -345,7 +332,7 @@ async fn a_blocked_user_reaches_nobody_and_is_never_told() {
 
 #[tokio::test]
 async fn blocking_while_messages_are_in_flight_cuts_the_stream_cleanly() {
-    let (srv, [a, b, _]) = three().await;
+    let (srv, [a, b, _]) = three_users().await;
     let (a_dev, a_head) = srv.v2(&a.0, &a.1, Some(u64::MAX)).await;
     let (mut b_dev, _) = srv.v2(&b.0, &b.1, Some(u64::MAX)).await;
     let (mut tx, mut rx) = a_dev.split();

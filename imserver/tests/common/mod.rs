@@ -229,6 +229,22 @@ impl TestServer {
     }
 }
 
+/// A server in token mode with three fresh users, a (3), b (4) and c (5): their ids and
+/// tokens.
+pub async fn three_users() -> (TestServer, [(String, String); 3]) {
+    let srv = TestServer::start_secure().await;
+    let a = srv.user("Ann").await;
+    let b = srv.user("Bob").await;
+    let c = srv.user("Cid").await;
+    (srv, [a, b, c])
+}
+
+/// A v2 device of `user` (with its token) that has seen everything stored so far: it
+/// resumes at the head.
+pub async fn device(srv: &TestServer, (user, token): &(String, String)) -> Client {
+    srv.v2(user, token, Some(u64::MAX)).await.0
+}
+
 async fn split(r: reqwest::Response) -> (u16, serde_json::Value) {
     let status = r.status().as_u16();
     let text = r.text().await.expect("body");

@@ -129,7 +129,7 @@ type Copies = [Option<(UserId, Entry)>; 2];
 
 /// The writer thread's state between batches.
 pub(super) struct Writer {
-    pub conn: Connection,
+    conn: Connection,
     /// Stream heads (highest assigned `seq`), each read from the table once.
     heads: HashMap<UserId, u64>,
     /// `--cache-entries`: past this many heads, the writer forgets them all and reads them
