@@ -2,6 +2,7 @@
 
 use crate::config::AuthMode;
 use crate::delivery::EntryKind;
+use crate::id::UserId;
 
 /// The protocol a connection speaks: known from its `Regist` on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,6 +36,12 @@ impl Dialect {
     /// addressed to its user: no copies of its own messages, no events.
     pub fn receives(self, kind: EntryKind) -> bool {
         self != Dialect::V1 || kind == EntryKind::Received
+    }
+
+    /// [`receives`](Self::receives) for a stored entry of `owner`'s stream, whose kind is
+    /// read off its payload only when it matters (v1).
+    pub fn receives_stored(self, payload: &[u8], owner: UserId) -> bool {
+        self != Dialect::V1 || self.receives(EntryKind::of(payload, owner))
     }
 
     /// Whether a message it sends is confirmed with an `Ack` once stored.

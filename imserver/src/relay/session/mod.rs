@@ -47,7 +47,7 @@ use super::Relay;
 use super::outbox::{self, Inbox, Outbound, Outbox};
 use super::transport::{Transport, spliceable};
 use crate::auth;
-use crate::delivery::{ConnId, EntryKind};
+use crate::delivery::ConnId;
 use crate::id::UserId;
 use crate::store::{Append, Appended, StoreError};
 
@@ -410,13 +410,7 @@ impl<T: Transport> Session<T> {
             let done = batch.len() < limit;
             let mut last = self.last_sent;
             for entry in batch {
-                let kind = if self.dialect == Dialect::V1 {
-                    EntryKind::of(&entry.payload, user)
-                } else {
-                    // Everything is for v2; no need to look.
-                    EntryKind::Received
-                };
-                if self.dialect.receives(kind) {
+                if self.dialect.receives_stored(&entry.payload, user) {
                     self.transport.push_entry(&entry.payload, entry.seq);
                 }
                 last = entry.seq;

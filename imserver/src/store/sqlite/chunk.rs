@@ -12,6 +12,9 @@ use improto::{Envelope, PacketKind};
 use crate::id::UserId;
 use crate::store::StoredEntry;
 
+/// The head of `?1`'s stream: the highest `last_seq` of its chunks (`NULL` when it has none).
+pub(super) const HEAD: &str = "SELECT max(last_seq) FROM stream_chunks WHERE owner = ?1";
+
 /// The other user of the conversation a stored entry of `owner`'s stream belongs to, and
 /// whether that user sent it; `None` for an event. A message to oneself is the
 /// conversation with oneself.

@@ -4,7 +4,7 @@ use bytes::Bytes;
 use rusqlite::types::Type;
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::chunk::{Frames, conversation_of};
+use super::chunk::{Frames, HEAD, conversation_of};
 use super::writer::id;
 use crate::id::UserId;
 use crate::store::{
@@ -104,7 +104,7 @@ pub(super) fn token(c: &Connection, hash: TokenHash) -> rusqlite::Result<Option<
 
 pub(super) fn position(c: &Connection, owner: UserId) -> rusqlite::Result<Position> {
     let head: Option<u64> = c
-        .prepare_cached("SELECT max(last_seq) FROM stream_chunks WHERE owner = ?1")?
+        .prepare_cached(HEAD)?
         .query_row([owner.get()], |r| r.get(0))?;
     let acked: Option<u64> = c
         .prepare_cached("SELECT acked FROM stream_acks WHERE owner = ?1")?

@@ -25,7 +25,7 @@ use improto::EventKind;
 use rusqlite::{CachedStatement, Connection, OptionalExtension, Transaction, params};
 use tokio::sync::{mpsc, oneshot};
 
-use super::chunk::Draft;
+use super::chunk::{Draft, HEAD};
 use crate::delivery::{Delivery, Entry, EntryKind};
 use crate::id::UserId;
 use crate::store::cache::ReadCache;
@@ -302,9 +302,7 @@ impl<'t> Statements<'t> {
             find_id: tx.prepare_cached(
                 "SELECT seq FROM message_ids WHERE sender = ?1 AND client_id = ?2",
             )?,
-            are_friends: tx.prepare_cached(
-                "SELECT 1 FROM friendships WHERE user_id = ?1 AND friend_id = ?2",
-            )?,
+            are_friends: tx.prepare_cached(ARE_FRIENDS)?,
         })
     }
 }
@@ -658,8 +656,8 @@ impl State<'_> {
     }
 }
 
-/// The head of a stream: the highest `last_seq` of its chunks.
-const HEAD: &str = "SELECT max(last_seq) FROM stream_chunks WHERE owner = ?1";
+/// Whether `?1` counts `?2` among their friends.
+const ARE_FRIENDS: &str = "SELECT 1 FROM friendships WHERE user_id = ?1 AND friend_id = ?2";
 
 /// The head of `owner`'s stream, from `heads` or else from the table (with `stmt`, a
 /// prepared [`HEAD`]).
@@ -703,8 +701,7 @@ fn savepoint<T>(tx: &Transaction, f: impl FnOnce() -> rusqlite::Result<T>) -> ru
 /// How `a` and `b` stand, read inside the transaction.
 fn read_pair(tx: &Transaction, a: UserId, b: UserId) -> rusqlite::Result<Pair> {
     let (a, b) = (a.get(), b.get());
-    let mut friends =
-        tx.prepare_cached("SELECT 1 FROM friendships WHERE user_id = ?1 AND friend_id = ?2")?;
+    let mut friends = tx.prepare_cached(ARE_FRIENDS)?;
     let mut asked =
         tx.prepare_cached("SELECT 1 FROM friend_requests WHERE from_id = ?1 AND to_id = ?2")?;
     let mut blocks =
