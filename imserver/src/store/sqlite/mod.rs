@@ -12,6 +12,7 @@
 //! - `reads`: the queries.
 
 mod chunk;
+mod ids;
 mod reads;
 mod schema;
 mod writer;

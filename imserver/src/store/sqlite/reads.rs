@@ -1,10 +1,11 @@
 //! Queries on a read-only connection (each runs on one of the `--store-readers` threads).
 
 use bytes::Bytes;
+use rusqlite::blob::Blob;
 use rusqlite::types::Type;
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, MAIN_DB, OptionalExtension, params};
 
-use super::chunk::{Frames, HEAD, conversation_of};
+use super::chunk::{CHUNK_AT, HEAD, Slot, conversation_of, entries};
 use super::writer::id;
 use crate::id::UserId;
 use crate::store::{
@@ -123,18 +124,21 @@ pub(super) fn read_stream(
     limit: usize,
 ) -> rusqlite::Result<Vec<StoredEntry>> {
     let mut stmt = c.prepare_cached(
-        "SELECT first_seq, frames FROM stream_chunks WHERE owner = ?1 AND last_seq > ?2
+        "SELECT first_seq, batch, entries FROM stream_chunks WHERE owner = ?1 AND last_seq > ?2
          ORDER BY last_seq",
     )?;
-    let mut rows = stmt.query(params![owner.get(), after])?;
+    let mut rows = stmt.query(params![owner.get(), bound(after)])?;
+    let mut payloads = Payloads::new(c);
     let mut out = Vec::new();
     while out.len() < limit
         && let Some(row) = rows.next()?
     {
-        for entry in frames(row.get(0)?, row.get(1)?) {
-            let entry = entry?;
-            if entry.seq > after {
-                out.push(entry);
+        let (first, batch) = (row.get(0)?, row.get(1)?);
+        for entry in entries(first, row.get_ref(2)?.as_blob()?) {
+            let (seq, slot) = entry.map_err(corrupt)?;
+            if seq > after {
+                let payload = payloads.read(batch, slot)?;
+                out.push(StoredEntry { seq, payload });
                 if out.len() == limit {
                     break;
                 }
@@ -144,21 +148,79 @@ pub(super) fn read_stream(
     Ok(out)
 }
 
-/// The entries of a chunk as read from its row.
-fn frames(first_seq: u64, frames: Vec<u8>) -> impl Iterator<Item = rusqlite::Result<StoredEntry>> {
-    Frames::new(first_seq, Bytes::from(frames))
-        .map(|e| e.map_err(|e| rusqlite::Error::FromSqlConversionFailure(1, Type::Blob, e.into())))
+/// Reads payloads out of `batches` rows through one blob handle, moved from row to row.
+struct Payloads<'c> {
+    conn: &'c Connection,
+    open: Option<(i64, Blob<'c>)>,
 }
 
-/// The entries of chunk `chunk` (a `stream_chunks.id`).
-fn chunk(
-    c: &Connection,
-    chunk: i64,
-) -> rusqlite::Result<impl Iterator<Item = rusqlite::Result<StoredEntry>>> {
-    let (first, blob) = c
-        .prepare_cached("SELECT first_seq, frames FROM stream_chunks WHERE id = ?1")?
-        .query_row([chunk], |r| Ok((r.get(0)?, r.get(1)?)))?;
-    Ok(frames(first, blob))
+impl<'c> Payloads<'c> {
+    fn new(conn: &'c Connection) -> Self {
+        Payloads { conn, open: None }
+    }
+
+    /// The payload at `slot` of batch `batch`.
+    fn read(&mut self, batch: i64, slot: Slot) -> rusqlite::Result<Bytes> {
+        let blob = match &mut self.open {
+            Some((at, blob)) if *at == batch => blob,
+            Some((at, blob)) => {
+                blob.reopen(batch)?;
+                *at = batch;
+                blob
+            }
+            None => {
+                let blob = self
+                    .conn
+                    .blob_open(MAIN_DB, c"batches", c"frames", batch, true)?;
+                &mut self.open.insert((batch, blob)).1
+            }
+        };
+        let (Ok(offset), Ok(len)) = (usize::try_from(slot.offset), usize::try_from(slot.len))
+        else {
+            return Err(corrupt("a payload's position is out of range"));
+        };
+        let mut payload = vec![0; len];
+        blob.read_at_exact(&mut payload, offset)?;
+        Ok(Bytes::from(payload))
+    }
+}
+
+/// The entries of `owner`'s stream from `from` to `to` (which one chunk holds) that `keep`
+/// keeps, in order.
+fn chunk_entries(
+    payloads: &mut Payloads,
+    owner: UserId,
+    from: u64,
+    to: u64,
+    keep: impl Fn(&StoredEntry) -> bool,
+) -> rusqlite::Result<Vec<StoredEntry>> {
+    let mut stmt = payloads.conn.prepare_cached(CHUNK_AT)?;
+    let (first, batch, data): (u64, i64, Vec<u8>) = stmt
+        .query_row(params![owner.get(), bound(to)], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })?;
+    let mut out = Vec::new();
+    for entry in entries(first, &data) {
+        let (seq, slot) = entry.map_err(corrupt)?;
+        if seq < from {
+            continue;
+        }
+        if seq > to {
+            break;
+        }
+        let entry = StoredEntry {
+            seq,
+            payload: payloads.read(batch, slot)?,
+        };
+        if keep(&entry) {
+            out.push(entry);
+        }
+    }
+    Ok(out)
+}
+
+fn corrupt(e: &'static str) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(2, Type::Blob, e.into())
 }
 
 /// A `seq` bound for SQLite, whose integers are `i64`.
@@ -175,21 +237,17 @@ pub(super) fn history(
 ) -> rusqlite::Result<HistoryPage> {
     let before = before.unwrap_or(u64::MAX);
     let mut stmt = c.prepare_cached(
-        "SELECT chunk FROM conversation_chunks WHERE owner = ?1 AND peer = ?2 AND first_seq < ?3
-         ORDER BY first_seq DESC",
+        "SELECT first_seq, last_seq FROM conversation_chunks
+         WHERE owner = ?1 AND peer = ?2 AND first_seq < ?3 ORDER BY first_seq DESC",
     )?;
     let mut rows = stmt.query(params![owner.get(), peer.get(), bound(before)])?;
+    let mut payloads = Payloads::new(c);
     // Newest first until one more than the page, which tells whether there are more.
     let mut newest_first = Vec::with_capacity(limit + 1);
     'rows: while let Some(row) = rows.next()? {
-        let mut in_chunk = Vec::new();
-        for entry in chunk(c, row.get(0)?)? {
-            let entry = entry?;
-            let ours = conversation_of(&entry.payload, owner).is_some_and(|(p, _)| p == peer);
-            if ours && entry.seq < before {
-                in_chunk.push(entry);
-            }
-        }
+        let in_chunk = chunk_entries(&mut payloads, owner, row.get(0)?, row.get(1)?, |e| {
+            e.seq < before && conversation_of(&e.payload, owner).is_some_and(|(p, _)| p == peer)
+        })?;
         for entry in in_chunk.into_iter().rev() {
             newest_first.push(entry);
             if newest_first.len() > limit {
@@ -226,32 +284,31 @@ pub(super) fn conversations(
         .query_map([owner.get()], |r| id(r.get(0)?))?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     let mut newest = c.prepare_cached(
-        "SELECT last_seq, chunk FROM conversation_chunks WHERE owner = ?1 AND peer = ?2
+        "SELECT last_seq FROM conversation_chunks WHERE owner = ?1 AND peer = ?2
          ORDER BY first_seq DESC LIMIT 1",
     )?;
-    let mut latest: Vec<(UserId, u64, i64)> = Vec::with_capacity(peers.len());
+    let mut latest: Vec<(UserId, u64)> = Vec::with_capacity(peers.len());
     for peer in peers {
-        let (last, chunk) = newest.query_row(params![owner.get(), peer.get()], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })?;
-        latest.push((peer, last, chunk));
+        let last = newest.query_row(params![owner.get(), peer.get()], |r| r.get(0))?;
+        latest.push((peer, last));
     }
-    latest.sort_unstable_by_key(|&(_, last, _)| std::cmp::Reverse(last));
+    latest.sort_unstable_by_key(|&(_, last)| std::cmp::Reverse(last));
     latest.truncate(limit);
+    let mut payloads = Payloads::new(c);
     let mut out = Vec::with_capacity(latest.len());
-    for (peer, last_seq, chunk_id) in latest {
-        let last = chunk(c, chunk_id)?
-            .find(|e| e.as_ref().map_or(true, |e| e.seq == last_seq))
-            .transpose()?
+    for (peer, last_seq) in latest {
+        let last = chunk_entries(&mut payloads, owner, last_seq, last_seq, |_| true)?
+            .pop()
             .ok_or(rusqlite::Error::QueryReturnedNoRows)?;
-        let unread = unread(c, owner, peer)?;
+        let unread = unread(&mut payloads, owner, peer)?;
         out.push(Conversation { peer, last, unread });
     }
     Ok(out)
 }
 
 /// Messages from `peer` in `owner`'s stream after `owner`'s read position with `peer`.
-fn unread(c: &Connection, owner: UserId, peer: UserId) -> rusqlite::Result<u64> {
+fn unread(payloads: &mut Payloads, owner: UserId, peer: UserId) -> rusqlite::Result<u64> {
+    let c = payloads.conn;
     let read: u64 = c
         .prepare_cached("SELECT seq FROM read_positions WHERE owner = ?1 AND peer = ?2")?
         .query_row(params![owner.get(), peer.get()], |r| r.get(0))
@@ -266,23 +323,21 @@ fn unread(c: &Connection, owner: UserId, peer: UserId) -> rusqlite::Result<u64> 
         )?
         .query_row(params![o, p, r], |row| row.get(0))?;
     // ...and the one the position falls inside, entry by entry.
-    let straddling: Option<(u64, i64)> = c
+    let straddling: Option<u64> = c
         .prepare_cached(
-            "SELECT last_seq, chunk FROM conversation_chunks
+            "SELECT last_seq FROM conversation_chunks
              WHERE owner = ?1 AND peer = ?2 AND first_seq <= ?3
              ORDER BY first_seq DESC LIMIT 1",
         )?
-        .query_row(params![o, p, r], |row| Ok((row.get(0)?, row.get(1)?)))
+        .query_row(params![o, p, r], |row| row.get(0))
         .optional()?;
-    if let Some((last, chunk_id)) = straddling
+    if let Some(last) = straddling
         && last > read
     {
-        for entry in chunk(c, chunk_id)? {
-            let entry = entry?;
-            if entry.seq > read && conversation_of(&entry.payload, owner) == Some((peer, true)) {
-                unread += 1;
-            }
-        }
+        let from_peer = chunk_entries(payloads, owner, read + 1, last, |e| {
+            conversation_of(&e.payload, owner) == Some((peer, true))
+        })?;
+        unread += from_peer.len() as u64;
     }
     Ok(unread)
 }

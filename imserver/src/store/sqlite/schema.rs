@@ -1,6 +1,7 @@
 //! The database's versioned migrations (`migrations/`), run at startup in one transaction
-//! each. Migration 0004 has a Rust half: the old inboxes' frames are read to index their
-//! conversations.
+//! each. Migrations 0004 and 0005 have a Rust half: 0004 reads the old inboxes' frames to
+//! index their conversations, 0005 turns every chunk into a batch and its entries, and every
+//! client id into a run.
 
 use std::collections::HashMap;
 
@@ -8,7 +9,8 @@ use bytes::Bytes;
 use rusqlite::{Transaction, params};
 use rusqlite_migration::{HookError, HookResult, M, Migrations};
 
-use super::chunk::{Frames, conversation_of};
+use super::chunk::{ChunkDraft, Frames, conversation_of};
+use super::ids::{self, Key};
 use crate::id::UserId;
 
 pub(super) fn migrations() -> Migrations<'static> {
@@ -17,6 +19,10 @@ pub(super) fn migrations() -> Migrations<'static> {
         M::up(include_str!("migrations/0002_tokens.sql")),
         M::up(include_str!("migrations/0003_chunks.sql")),
         M::up_with_hook(include_str!("migrations/0004_streams.sql"), streams),
+        M::up_with_hook(
+            include_str!("migrations/0005_payloads_once.sql"),
+            payloads_once,
+        ),
     ])
 }
 
@@ -47,7 +53,7 @@ fn streams(tx: &Transaction) -> HookResult {
         // Per peer: (first seq, last seq, received from the peer).
         let mut peers: HashMap<UserId, (u64, u64, u64)> = HashMap::new();
         for entry in Frames::new(first, Bytes::from(frames)) {
-            let entry = entry.map_err(|e| HookError::Hook(format!("inbox {owner}: {e}")))?;
+            let (entry, _) = entry.map_err(|e| HookError::Hook(format!("inbox {owner}: {e}")))?;
             if let Some((peer, from_peer)) = conversation_of(&entry.payload, owner) {
                 let c = peers.entry(peer).or_insert((entry.seq, entry.seq, 0));
                 c.1 = entry.seq;
@@ -84,6 +90,59 @@ fn streams(tx: &Transaction) -> HookResult {
     drop(rows);
     drop(ids);
     tx.execute_batch("DROP TABLE chunks; DROP TABLE inboxes; DROP TABLE client_ids;")?;
+    Ok(())
+}
+
+/// Each chunk of 0004 (its stream's payloads, framed) becomes a batch of its own and a chunk
+/// of positions in it; each client id of 0004 becomes a run of one.
+fn payloads_once(tx: &Transaction) -> HookResult {
+    tx.execute_batch(
+        "INSERT INTO batches (id, frames, chunks) SELECT id, frames, 1 FROM stream_chunks",
+    )?;
+    let mut chunks =
+        tx.prepare("SELECT id, owner, first_seq, last_seq, frames FROM stream_chunks")?;
+    let mut rows = chunks.query([])?;
+    while let Some(row) = rows.next()? {
+        let (batch, owner, first, last): (i64, i64, u64, u64) =
+            (row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?);
+        let mut chunk = ChunkDraft::new(first);
+        for entry in Frames::new(first, Bytes::from(row.get::<_, Vec<u8>>(4)?)) {
+            let (_, slot) = entry.map_err(|e| HookError::Hook(format!("stream {owner}: {e}")))?;
+            chunk.push(slot);
+        }
+        if chunk.last_seq != last {
+            return Err(HookError::Hook(format!(
+                "stream {owner}: a chunk says it ends at {last}, its frames at {}",
+                chunk.last_seq
+            )));
+        }
+        tx.execute(
+            "INSERT INTO new_stream_chunks (owner, last_seq, first_seq, batch, entries)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![owner, last, first, batch, chunk.entries],
+        )?;
+    }
+    drop(rows);
+    drop(chunks);
+    let mut old = tx.prepare("SELECT sender, client_id, seq FROM message_ids")?;
+    let mut rows = old.query([])?;
+    while let Some(row) = rows.next()? {
+        let (sender, id, seq): (i64, String, u64) = (row.get(0)?, row.get(1)?, row.get(2)?);
+        let key = Key::new(&id);
+        let entries = ids::encode(&[(key.clone(), seq)]);
+        tx.execute(
+            "INSERT INTO message_id_runs (sender, first_id, last_id, entries) VALUES (?1, ?2, ?2, ?3)",
+            params![sender, key.as_bytes(), entries],
+        )?;
+    }
+    drop(rows);
+    drop(old);
+    tx.execute_batch(
+        "DROP TABLE stream_chunks;
+         ALTER TABLE new_stream_chunks RENAME TO stream_chunks;
+         ALTER TABLE conversation_chunks DROP COLUMN chunk;
+         DROP TABLE message_ids;",
+    )?;
     Ok(())
 }
 
@@ -147,7 +206,30 @@ mod tests {
         );
         assert_eq!(count("SELECT acked FROM stream_acks WHERE owner = 7"), 1);
         assert_eq!(count("SELECT count(*) FROM stream_acks"), 1);
-        assert_eq!(count("SELECT count(*) FROM message_ids"), 1);
+        assert_eq!(count("SELECT count(*) FROM message_id_runs"), 1);
+        // Each old chunk is a batch of its own, and its entries point at its frames.
+        let (first, batch, entries): (u64, i64, Vec<u8>) = conn
+            .query_row(
+                "SELECT first_seq, batch, entries FROM stream_chunks WHERE owner = 7",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .unwrap();
+        let frames: Vec<u8> = conn
+            .query_row("SELECT frames FROM batches WHERE id = ?1", [batch], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        let payloads: Vec<(u64, &[u8])> = super::super::chunk::entries(first, &entries)
+            .map(|e| {
+                let (seq, slot) = e.unwrap();
+                (
+                    seq,
+                    &frames[slot.offset as usize..(slot.offset + slot.len) as usize],
+                )
+            })
+            .collect();
+        assert_eq!(payloads, [(1, &from_9[..]), (2, &to_self[..])]);
         assert_eq!(
             count("SELECT received FROM conversation_chunks WHERE owner = 7 AND peer = 9"),
             1

@@ -14,18 +14,19 @@
 //! **Sequence numbers** come from an in-memory copy of each stream's head, read once from
 //! the table; only this thread assigns them, so the copies stay exact, as long as they are
 //! forgotten whenever a transaction fails (the database rolled back, the copies did not).
-//! Each batch writes one chunk per stream it touched and one `conversation_chunks` row per
-//! conversation in it.
+//! Each batch writes one `batches` row with every payload it appended, once (see `chunk`),
+//! one chunk per stream it touched, one `conversation_chunks` row per conversation in it,
+//! and one run of client ids per device that sent (see `ids`).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use bytes::Bytes;
 use improto::EventKind;
-use rusqlite::{CachedStatement, Connection, OptionalExtension, Transaction, params};
+use rusqlite::{CachedStatement, Connection, Transaction, params};
 use tokio::sync::{mpsc, oneshot};
 
-use super::chunk::{Draft, HEAD};
+use super::chunk::{BatchDraft, ChunkDraft, HEAD, Slot};
+use super::ids::{Ids, Key, Seen};
 use crate::delivery::{Delivery, Entry, EntryKind};
 use crate::id::UserId;
 use crate::store::cache::ReadCache;
@@ -139,15 +140,19 @@ pub(super) struct Writer {
     /// without a query. Only this thread changes blocks, so it stays exact (reloaded after a
     /// failed transaction).
     blocks: HashSet<(UserId, UserId)>,
+    /// The stored client ids, for de-duplication.
+    ids: Ids,
     /// Told of every change to what it caches, after the commit and before the answer.
     cache: Arc<ReadCache>,
     delivery: Arc<dyn Delivery>,
 }
 
-/// What a batch appended to one stream and its conversations, written at its end.
+/// What a batch appended, written at its end.
 #[derive(Default)]
 struct Drafts {
-    chunks: HashMap<UserId, Draft>,
+    /// Every payload, once.
+    batch: BatchDraft,
+    chunks: HashMap<UserId, ChunkDraft>,
     /// `(owner, peer)` → (first seq, last seq, received from peer).
     conversations: HashMap<(UserId, UserId), (u64, u64, u64)>,
     acks: HashMap<UserId, u64>,
@@ -166,6 +171,7 @@ impl Writer {
             heads: HashMap::new(),
             max_heads,
             blocks: HashSet::new(),
+            ids: Ids::new(max_heads),
             cache,
             delivery,
         };
@@ -211,6 +217,7 @@ impl Writer {
             tracing::error!(error = %e, requests = then.len(), "store transaction failed");
             // The database rolled back; the in-memory copies did not.
             self.heads.clear();
+            self.ids.forget();
             if let Err(e) = self.load_blocks() {
                 tracing::error!(error = %e, "cannot reload the block list");
             }
@@ -255,6 +262,7 @@ impl Writer {
         let mut state = State {
             heads: &mut self.heads,
             blocks: &mut self.blocks,
+            ids: &mut self.ids,
             drafts: &mut drafts,
         };
         let result = (|| {
@@ -286,8 +294,6 @@ impl Writer {
 /// message (a lookup hashes the statement's whole text).
 struct Statements<'t> {
     head: CachedStatement<'t>,
-    insert_id: CachedStatement<'t>,
-    find_id: CachedStatement<'t>,
     are_friends: CachedStatement<'t>,
 }
 
@@ -295,13 +301,6 @@ impl<'t> Statements<'t> {
     fn new(tx: &'t Transaction) -> rusqlite::Result<Self> {
         Ok(Statements {
             head: tx.prepare_cached(HEAD)?,
-            insert_id: tx.prepare_cached(
-                "INSERT INTO message_ids (sender, client_id, seq) VALUES (?1, ?2, ?3)
-                 ON CONFLICT DO NOTHING",
-            )?,
-            find_id: tx.prepare_cached(
-                "SELECT seq FROM message_ids WHERE sender = ?1 AND client_id = ?2",
-            )?,
             are_friends: tx.prepare_cached(ARE_FRIENDS)?,
         })
     }
@@ -311,6 +310,7 @@ impl<'t> Statements<'t> {
 struct State<'w> {
     heads: &'w mut HashMap<UserId, u64>,
     blocks: &'w mut HashSet<(UserId, UserId)>,
+    ids: &'w mut Ids,
     drafts: &'w mut Drafts,
 }
 
@@ -326,7 +326,7 @@ impl State<'_> {
     ) -> rusqlite::Result<()> {
         let failed = |e: &rusqlite::Error| StoreError::Backend(e.to_string().into());
         match request {
-            Request::Append(a, hook) => match self.append(st, &a) {
+            Request::Append(a, hook) => match self.append(tx, st, &a) {
                 Ok((outcome, copies)) => {
                     // Its answer first (the sender's Ack), then its entries.
                     then.push(Then::Append(hook, Ok(outcome)));
@@ -433,34 +433,39 @@ impl State<'_> {
 
     /// A message to its receiver's stream and a copy to its sender's. Returns the outcome
     /// and the entries to deliver after the commit.
-    fn append(&mut self, st: &mut Statements, a: &Append) -> rusqlite::Result<(Appended, Copies)> {
+    fn append(
+        &mut self,
+        tx: &Transaction,
+        st: &mut Statements,
+        a: &Append,
+    ) -> rusqlite::Result<(Appended, Copies)> {
         let to_self = a.sender == a.receiver;
         let blocked = self.blocks.contains(&(a.receiver, a.sender));
-        // Everything that can fail comes before the first row is written.
+        // Everything that can fail comes first; nothing is changed until all of it passed.
         let next = load_head(self.heads, &mut st.head, a.sender)? + 1;
         let receiver_head = if to_self || blocked {
             None
         } else {
             Some(load_head(self.heads, &mut st.head, a.receiver)?)
         };
-        if let Some(id) = &a.client_id {
-            // Under `--relay-policy friends`, a retry of a message stored while the two were
-            // friends is still acknowledged: look for it before the policy applies.
-            let earlier = if a.friends_only {
-                find_id(st, a.sender, id)?
-            } else if st.insert_id.execute(params![a.sender.get(), id, next])? == 1 {
-                None
-            } else {
-                find_id(st, a.sender, id)?
-            };
-            if let Some(seq) = earlier {
-                let duplicate = Appended::Stored {
-                    seq,
-                    duplicate: true,
-                };
-                return Ok((duplicate, [None, None]));
+        // A retry is acknowledged as it was the first time, whatever the relay policy says
+        // now (the two may have stopped being friends since).
+        let id = match &a.client_id {
+            Some(id) => {
+                let key = Key::new(id);
+                match self.ids.check(tx, a.sender, &key)? {
+                    Seen::Stored(seq) => {
+                        let duplicate = Appended::Stored {
+                            seq,
+                            duplicate: true,
+                        };
+                        return Ok((duplicate, [None, None]));
+                    }
+                    Seen::New(place) => Some((key, place)),
+                }
             }
-        }
+            None => None,
+        };
         if a.friends_only && a.sender != a.receiver {
             let friends = st
                 .are_friends
@@ -469,14 +474,13 @@ impl State<'_> {
                 return Ok((Appended::NotFriends, [None, None]));
             }
         }
-        if a.friends_only
-            && let Some(id) = &a.client_id
-        {
-            st.insert_id.execute(params![a.sender.get(), id, next])?;
+        // From here on nothing fails, and the seqs become real.
+        if let Some((key, place)) = id {
+            self.ids.record(a.sender, key, next, place);
         }
-        // Every row is written: from here on nothing fails, and the seqs become real.
+        let slot = self.drafts.batch.push(&a.payload);
         let received = receiver_head.map(|head| {
-            let seq = self.push(a.receiver, head, &a.payload, Some((a.sender, true)));
+            let seq = self.push(a.receiver, head, slot, Some((a.sender, true)));
             let entry = Entry {
                 seq,
                 payload: a.payload.clone(),
@@ -485,7 +489,7 @@ impl State<'_> {
             };
             (a.receiver, entry)
         });
-        let seq = self.push(a.sender, next - 1, &a.payload, Some((a.receiver, false)));
+        let seq = self.push(a.sender, next - 1, slot, Some((a.receiver, false)));
         debug_assert_eq!(seq, next);
         let copy = Entry {
             seq,
@@ -566,7 +570,8 @@ impl State<'_> {
                 _ => None,
             };
             let payload = social::event_payload(kind, user, name, message);
-            let seq = self.push(owner, self.heads[&owner], &payload, None);
+            let slot = self.drafts.batch.push(&payload);
+            let seq = self.push(owner, self.heads[&owner], slot, None);
             then.push(Then::Deliver(
                 owner,
                 Entry {
@@ -580,13 +585,14 @@ impl State<'_> {
         Ok(plan.answer)
     }
 
-    /// Appends `payload` to `owner`'s stream after `head` (which must be its head) and
-    /// returns its `seq`. `conversation` is the other user and whether they sent it.
+    /// Appends the payload at `slot` of this batch to `owner`'s stream after `head` (which
+    /// must be its head) and returns its `seq`. `conversation` is the other user and
+    /// whether they sent it.
     fn push(
         &mut self,
         owner: UserId,
         head: u64,
-        payload: &Bytes,
+        slot: Slot,
         conversation: Option<(UserId, bool)>,
     ) -> u64 {
         let seq = head + 1;
@@ -594,8 +600,8 @@ impl State<'_> {
         self.drafts
             .chunks
             .entry(owner)
-            .or_insert_with(|| Draft::new(seq))
-            .push(payload);
+            .or_insert_with(|| ChunkDraft::new(seq))
+            .push(slot);
         if let Some((peer, from_peer)) = conversation {
             let c = self
                 .drafts
@@ -608,32 +614,37 @@ impl State<'_> {
         seq
     }
 
-    /// Writes what the batch gathered: one chunk per stream, one row per conversation per
-    /// chunk, the acknowledgements and read positions.
+    /// Writes what the batch gathered: its payloads, one chunk per stream, one row per
+    /// conversation per chunk, the runs of client ids, the acknowledgements and read
+    /// positions.
     fn finish(&mut self, tx: &Transaction) -> rusqlite::Result<()> {
-        let mut ids = HashMap::with_capacity(self.drafts.chunks.len());
-        let mut insert = tx.prepare_cached(
-            "INSERT INTO stream_chunks (owner, first_seq, last_seq, frames) VALUES (?1, ?2, ?3, ?4)",
-        )?;
-        for (owner, d) in self.drafts.chunks.drain() {
-            insert.execute(params![owner.get(), d.first_seq, d.last_seq, d.frames])?;
-            ids.insert(owner, tx.last_insert_rowid());
+        if !self.drafts.batch.is_empty() {
+            let frames = std::mem::take(&mut self.drafts.batch.frames);
+            tx.prepare_cached("INSERT INTO batches (frames, chunks) VALUES (?1, ?2)")?
+                .execute(params![frames, self.drafts.chunks.len()])?;
+            let batch = tx.last_insert_rowid();
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO stream_chunks (owner, last_seq, first_seq, batch, entries)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            for (owner, d) in self.drafts.chunks.drain() {
+                insert.execute(params![
+                    owner.get(),
+                    d.last_seq,
+                    d.first_seq,
+                    batch,
+                    d.entries
+                ])?;
+            }
         }
         let mut insert = tx.prepare_cached(
-            "INSERT INTO conversation_chunks (owner, peer, first_seq, last_seq, received, chunk)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            "INSERT INTO conversation_chunks (owner, peer, first_seq, last_seq, received)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
         )?;
         for ((owner, peer), (first, last, received)) in self.drafts.conversations.drain() {
-            let chunk = ids[&owner];
-            insert.execute(params![
-                owner.get(),
-                peer.get(),
-                first,
-                last,
-                received,
-                chunk
-            ])?;
+            insert.execute(params![owner.get(), peer.get(), first, last, received])?;
         }
+        self.ids.finish(tx)?;
         let mut head = tx.prepare_cached(HEAD)?;
         for (owner, seq) in self.drafts.acks.drain() {
             // Never backwards, never past the head.
@@ -673,12 +684,6 @@ fn load_head(
     let head = head.unwrap_or(0);
     heads.insert(owner, head);
     Ok(head)
-}
-
-fn find_id(st: &mut Statements, sender: UserId, id: &str) -> rusqlite::Result<Option<u64>> {
-    st.find_id
-        .query_row(params![sender.get(), id], |r| r.get(0))
-        .optional()
 }
 
 /// Runs `f` inside a savepoint: all of its statements or none.
