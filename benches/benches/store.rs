@@ -1,6 +1,7 @@
 //! The store alone, without sockets: what appending a message costs imserver's SQLite
 //! writer (one transaction per batch, as in the server; each message to its receiver's
-//! stream and a copy to its sender's). Compare with `imbench relay`'s server CPU per message
+//! stream and a copy to its sender's; requests of a burst of messages each, as a
+//! connection sends them). Compare with `imbench relay`'s server CPU per message
 //! to see how much of it is storage.
 //!
 //! `cargo bench -p imbench --bench store`
@@ -9,21 +10,43 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use imserver::delivery::{Delivery, Entry};
-use imserver::store::{Append, CommitHook, SqliteStore, Streams};
+use imserver::delivery::{Delivery, Entries};
+use imserver::store::{Appends, NewMessage, Outcome, Replies, SqliteStore, StoreError, Streams};
 use imserver::{Config, UserId};
+use tokio::sync::Notify;
 
 /// Nobody is online.
 struct Nobody;
 
 impl Delivery for Nobody {
-    fn deliver(&self, _: UserId, _: &Entry) {}
+    fn deliver(&self, _: UserId, _: Entries) {}
 }
 
-/// Messages per measured round, spread over this many receivers (as `imbench relay`'s 50
-/// pairs).
+/// Counts answered messages and wakes the round up when all of them are.
+#[derive(Default)]
+struct Done {
+    answered: AtomicUsize,
+    all: Notify,
+}
+
+impl Replies for Done {
+    fn replied(&self, outcomes: Vec<Outcome>) {
+        if self.answered.fetch_add(outcomes.len(), Ordering::Relaxed) + outcomes.len() == ROUND {
+            self.all.notify_one();
+        }
+    }
+
+    fn failed(&self, e: StoreError) {
+        panic!("not stored: {e}");
+    }
+}
+
+/// Messages per measured round, spread over this many senders and receivers (as
+/// `imbench relay`'s 50 pairs), in requests of this many messages (a burst of one
+/// connection's frames).
 const ROUND: usize = 10_000;
-const RECEIVERS: usize = 50;
+const PAIRS: usize = 50;
+const BURST: usize = 25;
 
 fn append(c: &mut Criterion) {
     let runtime = tokio::runtime::Runtime::new().unwrap();
@@ -40,43 +63,41 @@ fn append(c: &mut Criterion) {
     for (name, with_id) in [("append_v1", false), ("append_v2_with_id", true)] {
         let next_id = AtomicUsize::new(0);
         group.bench_function(name, |b| {
-            // The messages and their hooks are made outside the measurement, so that the
-            // writer, not this loop, is the bottleneck, and batches are as full as in a
-            // busy server.
+            // The requests are made outside the measurement, so that the writer, not this
+            // loop, is the bottleneck, and batches are as full as in a busy server.
             let setup = || {
-                let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
-                let mut done_tx = Some(done_tx);
-                let requests: Vec<_> = (0..ROUND)
+                let done = Arc::new(Done::default());
+                let requests: Vec<_> = (0..ROUND / BURST)
                     .map(|i| {
-                        let id = next_id.fetch_add(1, Ordering::Relaxed);
-                        let msg = Append {
-                            receiver: user(1000 + i % RECEIVERS),
-                            sender: user(2000 + i % RECEIVERS),
-                            client_id: with_id.then(|| format!("c-{id}")),
-                            payload: payload.clone(),
+                        let pair = i % PAIRS;
+                        let messages = (0..BURST)
+                            .map(|_| NewMessage {
+                                receiver: user(1000 + pair),
+                                client_id: with_id
+                                    .then(|| next_id.fetch_add(1, Ordering::Relaxed).to_string()),
+                                payload: payload.clone(),
+                            })
+                            .collect();
+                        Appends {
+                            sender: user(2000 + pair),
                             origin: None,
                             friends_only: false,
-                        };
-                        let last = (i == ROUND - 1).then(|| done_tx.take()).flatten();
-                        let hook: CommitHook = Box::new(move |r| {
-                            r.expect("stored");
-                            if let Some(tx) = last {
-                                let _ = tx.send(());
-                            }
-                        });
-                        (msg, hook)
+                            messages,
+                            replies: done.clone(),
+                        }
                     })
                     .collect();
-                (requests, done_rx)
+                (requests, done)
             };
             b.iter_batched(
                 setup,
-                |(requests, done)| {
+                |(requests, done): (Vec<Appends>, Arc<Done>)| {
                     runtime.block_on(async {
-                        for (msg, hook) in requests {
-                            store.append(msg, hook).await.unwrap();
+                        let all = done.all.notified();
+                        for request in requests {
+                            store.append(request).await.unwrap();
                         }
-                        done.await.unwrap();
+                        all.await;
                     })
                 },
                 BatchSize::PerIteration,

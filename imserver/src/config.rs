@@ -190,7 +190,15 @@ pub struct StoreConfig {
     #[arg(long, env = "IMSERVER_MAX_BATCH", default_value_t = 1024, value_parser = at_least_one)]
     pub max_batch: usize,
 
-    /// Store requests that may wait for the writer thread before senders are slowed down.
+    /// Message payload bytes in one store transaction at most: a transaction keeps all of
+    /// its messages in one row (SQLite's largest is 1 GB), and a batch of large frames
+    /// commits sooner.
+    #[arg(long, env = "IMSERVER_MAX_BATCH_BYTES", default_value_t = 16 << 20,
+          value_parser = batch_bytes)]
+    pub max_batch_bytes: usize,
+
+    /// Messages (and other writes) that may wait for the writer thread before senders are
+    /// slowed down.
     #[arg(long, env = "IMSERVER_STORE_QUEUE", default_value_t = 16 * 1024, value_parser = at_least_one)]
     pub store_queue: usize,
 
@@ -266,6 +274,16 @@ fn duration(s: &str) -> Result<Duration, String> {
         return Ok(Duration::from_secs(secs));
     }
     humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 500ms, 10s, 5m, 30days)"))
+}
+
+/// `--max-batch-bytes`: at least 1, and far enough below SQLite's 1 GB row limit that a
+/// batch may pass it by one connection's burst of frames.
+fn batch_bytes(s: &str) -> Result<usize, String> {
+    const MAX: usize = 256 << 20;
+    match at_least_one(s)? {
+        n if n > MAX => Err(format!("must be at most {MAX} (256 MiB)")),
+        n => Ok(n),
+    }
 }
 
 /// A count that must be at least 1.

@@ -5,6 +5,8 @@
 //! connections on this node. A message bus (NATS) is another implementation of the same
 //! trait: the store does not know who is online, or where.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use improto::{Envelope, PacketKind};
 
@@ -53,16 +55,19 @@ pub struct Entry {
     pub payload: Bytes,
     pub kind: EntryKind,
     /// The connection the message came from, for a [`EntryKind::Sent`] copy: that connection
-    /// is told by its `Ack` (or, on v1, never), not by the copy.
+    /// is told by its `Ack` (or, on v1, never), not by the copy, and passes it over.
     pub origin: Option<ConnId>,
 }
 
+/// Entries of one user's stream, in `seq` order, shared by every connection they go to.
+pub type Entries = Arc<[Entry]>;
+
 /// Where committed stream entries go.
 pub trait Delivery: Send + Sync + 'static {
-    /// Queues `entry` for the live connections of `to`. Called on the store's thread, after
-    /// the commit, in commit order, so each user's entries arrive in `seq` order: it must
-    /// not block.
-    fn deliver(&self, to: UserId, entry: &Entry);
+    /// Queues `entries` for the live connections of `to`. Called on the store's thread,
+    /// after the commit, in commit order, so each user's entries arrive in `seq` order: it
+    /// must not block.
+    fn deliver(&self, to: UserId, entries: Entries);
 }
 
 #[cfg(test)]

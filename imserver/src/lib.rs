@@ -96,7 +96,7 @@ impl Server {
         let http_addr = local_addr("HTTP", &http_listener, config.http.addr)?;
         let tcp_addr = local_addr("TCP", &tcp_listener, config.relay.addr)?;
 
-        let router = Arc::new(relay::LocalRouter::new(config.relay.send_queue_bytes));
+        let router = Arc::new(relay::LocalRouter::default());
         let store = {
             let c = config.store.clone();
             let delivery = router.clone();

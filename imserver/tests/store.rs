@@ -6,16 +6,37 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use imserver::UserId;
 use imserver::config::Config;
-use imserver::delivery::{Delivery, Entry};
-use imserver::store::{Append, Appended, Social, SqliteStore, Store, Streams, Tokens};
+use imserver::delivery::{Delivery, Entries};
+use imserver::store::{
+    Appended, Appends, NewMessage, Outcome, Replies, Social, SqliteStore, Store, StoreError,
+    Streams, Tokens,
+};
 
 /// Remembers every entry handed to it.
 #[derive(Default)]
 struct Recorder(Mutex<Vec<(UserId, u64)>>);
 
 impl Delivery for Recorder {
-    fn deliver(&self, to: UserId, entry: &Entry) {
-        self.0.lock().unwrap().push((to, entry.seq));
+    fn deliver(&self, to: UserId, entries: Entries) {
+        let mut seen = self.0.lock().unwrap();
+        seen.extend(entries.iter().map(|e| (to, e.seq)));
+    }
+}
+
+/// Remembers every answer: the outcomes, or `None` for a failure.
+#[derive(Default)]
+struct Answers(Mutex<Vec<Option<Outcome>>>);
+
+impl Replies for Answers {
+    fn replied(&self, outcomes: Vec<Outcome>) {
+        self.0
+            .lock()
+            .unwrap()
+            .extend(outcomes.into_iter().map(Some));
+    }
+
+    fn failed(&self, _: StoreError) {
+        self.0.lock().unwrap().push(None);
     }
 }
 
@@ -23,17 +44,20 @@ fn id(n: i64) -> UserId {
     UserId::new(n).unwrap()
 }
 
-fn message(from: i64, to: i64) -> Append {
+fn message(from: i64, to: i64, answers: &Arc<Answers>) -> Appends {
     let payload = format!(
         r#"{{"type":"Message","sender":"{from}","receiver":"{to}","message":"m","createTime":1}}"#
     );
-    Append {
+    Appends {
         sender: id(from),
-        receiver: id(to),
-        client_id: None,
-        payload: Bytes::from(payload),
         origin: None,
         friends_only: false,
+        messages: vec![NewMessage {
+            receiver: id(to),
+            client_id: None,
+            payload: Bytes::from(payload),
+        }],
+        replies: answers.clone(),
     }
 }
 
@@ -52,15 +76,8 @@ async fn a_failing_request_fails_alone_in_its_batch() {
         .barrier(Box::new(move |_| held.recv().unwrap()))
         .await
         .unwrap();
-    let outcomes = Arc::new(Mutex::new(Vec::new()));
-    let hook = |outcomes: &Arc<Mutex<Vec<_>>>| {
-        let outcomes = outcomes.clone();
-        Box::new(move |r: Result<Appended, _>| outcomes.lock().unwrap().push(r.ok()))
-    };
-    store
-        .append(message(10, 11), hook(&outcomes))
-        .await
-        .unwrap();
+    let answers = Arc::new(Answers::default());
+    store.append(message(10, 11, &answers)).await.unwrap();
     // Friends with users that do not exist, and a token of one: foreign keys refuse both.
     let mut befriend = store.befriend(id(10), id(11));
     assert!(
@@ -69,10 +86,7 @@ async fn a_failing_request_fails_alone_in_its_batch() {
     );
     let mut token = store.create_token([7; 32], id(12), i64::MAX);
     assert!(futures::poll!(&mut token).is_pending());
-    store
-        .append(message(11, 10), hook(&outcomes))
-        .await
-        .unwrap();
+    store.append(message(11, 10, &answers)).await.unwrap();
     release.send(()).unwrap();
 
     assert!(befriend.await.is_err(), "the bad request fails");
@@ -87,12 +101,15 @@ async fn a_failing_request_fails_alone_in_its_batch() {
         .unwrap();
     assert!(rx.await.unwrap());
     let stored = |seq| {
-        Some(Appended::Stored {
-            seq,
-            duplicate: false,
+        Some(Outcome {
+            client_id: None,
+            appended: Appended::Stored {
+                seq,
+                duplicate: false,
+            },
         })
     };
-    assert_eq!(*outcomes.lock().unwrap(), [stored(1), stored(2)]);
+    assert_eq!(*answers.0.lock().unwrap(), [stored(1), stored(2)]);
     let mut seen = delivered.0.lock().unwrap().clone();
     seen.sort();
     assert_eq!(seen, [(id(10), 1), (id(10), 2), (id(11), 1), (id(11), 2)]);

@@ -59,6 +59,7 @@ impl Relay {
 pub struct Limits {
     pub max_frame_bytes: usize,
     pub send_queue: usize,
+    pub send_queue_bytes: usize,
     pub replay_batch: usize,
     /// `--rate-limit` and `--rate-burst`; `None` when off.
     pub rate: Option<Quota>,
@@ -79,6 +80,7 @@ impl Limits {
         Limits {
             max_frame_bytes: c.max_frame_bytes,
             send_queue: c.send_queue,
+            send_queue_bytes: c.send_queue_bytes,
             replay_batch: c.replay_batch,
             rate,
             max_connections: c.max_connections,

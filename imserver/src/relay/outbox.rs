@@ -3,92 +3,94 @@
 //!
 //! Nothing ever waits on a full queue: a connection whose queue is full is told to close
 //! instead (its stream entries are stored already, so it loses nothing and catches up when
-//! it reconnects).
+//! it reconnects). Entries come in batches (those one store request appended to the user's
+//! stream), shared by every connection of the user; the limits count their frames.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use bytes::Bytes;
 use flume::TrySendError;
-use improto::ErrorCode;
 use tokio_util::sync::CancellationToken;
 
-use crate::delivery::{ConnId, EntryKind};
+use crate::delivery::{ConnId, Entries};
+use crate::store::{Appended, Outcome, Replies, StoreError};
 
 /// Something for a connection to write.
 #[derive(Debug)]
 pub enum Outbound {
-    /// A committed stream entry: its `seq` in the user's stream and its payload.
-    Deliver {
-        seq: u64,
-        payload: Bytes,
-        kind: EntryKind,
-    },
-    /// v2: a message this connection sent is stored, its copy at `seq` of the sender's
-    /// stream (`id` is its client id, if it had one).
-    Ack { id: Option<String>, seq: u64 },
-    /// v2: a message this connection sent was refused by the store.
-    Refused { code: ErrorCode, id: Option<String> },
+    /// Committed entries of the user's stream, in `seq` order.
+    Entries(Entries),
+    /// What became of messages this connection sent, in the order it sent them: v2 answers
+    /// each with an `Ack` (stored, its copy at `seq` of the sender's stream) or an `Error`.
+    Replies(Vec<Outcome>),
     /// v2: the answer to a `Ping`, once the frames before it have taken effect.
     Pong,
 }
 
-/// The sending end of a connection's queue, as the router and the store's hooks hold it,
-/// shared behind an `Arc`: a hook per message takes one, and a clone of the eviction token
-/// inside would take that token's lock twice per message.
+/// How much may wait in one queue.
+#[derive(Debug, Clone, Copy)]
+pub struct QueueLimits {
+    /// `--send-queue`: stream entries (and other packets).
+    pub frames: usize,
+    /// `--send-queue-bytes`: payload bytes of the stream entries.
+    pub bytes: usize,
+}
+
+/// The sending end of a connection's queue, as the router and the store hold it.
 pub struct Outbox {
     /// Unique per connection, so closing one connection removes only that one.
     pub id: ConnId,
     queue: flume::Sender<Outbound>,
-    /// Payload bytes of the `Deliver`s in `queue`: added here, subtracted by the session as
-    /// it takes them out.
-    queued_bytes: Arc<AtomicUsize>,
+    limits: QueueLimits,
+    /// What waits in `queue`: added here, subtracted by the session as it takes it out.
+    queued: Arc<Queued>,
     /// Cancelled to make the connection close itself (its queue overflowed).
     evict: CancellationToken,
+}
+
+#[derive(Default)]
+struct Queued {
+    frames: AtomicUsize,
+    bytes: AtomicUsize,
 }
 
 /// The receiving end, the session's.
 pub struct Inbox {
     pub queue: flume::Receiver<Outbound>,
-    queued_bytes: Arc<AtomicUsize>,
+    queued: Arc<Queued>,
 }
 
-/// A queue of at most `frames` items for connection `id`, which `evict` closes.
-pub fn channel(id: ConnId, frames: usize, evict: CancellationToken) -> (Arc<Outbox>, Inbox) {
-    let (tx, rx) = flume::bounded(frames);
-    let queued_bytes = Arc::new(AtomicUsize::new(0));
+/// A queue for connection `id`, which `evict` closes.
+pub fn channel(id: ConnId, limits: QueueLimits, evict: CancellationToken) -> (Arc<Outbox>, Inbox) {
+    // Every item is at least one frame.
+    let (tx, rx) = flume::bounded(limits.frames);
+    let queued = Arc::new(Queued::default());
     let outbox = Arc::new(Outbox {
         id,
         queue: tx,
-        queued_bytes: queued_bytes.clone(),
+        limits,
+        queued: queued.clone(),
         evict,
     });
-    (
-        outbox,
-        Inbox {
-            queue: rx,
-            queued_bytes,
-        },
-    )
+    (outbox, Inbox { queue: rx, queued })
 }
 
 impl Outbox {
-    /// Queues a stream entry, unless the queue is past `max_bytes` of payloads (a frame
-    /// always fits in an empty queue) or full of frames; then the connection is told to
-    /// close. False when the connection is gone, or told to close.
-    pub fn deliver(&self, seq: u64, payload: &Bytes, kind: EntryKind, max_bytes: usize) -> bool {
-        let len = payload.len();
-        let queued = self.queued_bytes.fetch_add(len, Ordering::Relaxed);
-        let item = Outbound::Deliver {
-            seq,
-            payload: payload.clone(),
-            kind,
-        };
-        if queued > 0 && queued + len > max_bytes {
+    /// Queues stream entries (whose payloads are `bytes` long in all), unless that takes
+    /// the queue past its limits (they always fit in an empty queue); then the connection is
+    /// told to close. False when the connection is gone, or told to close.
+    pub fn deliver(&self, entries: &Entries, bytes: usize) -> bool {
+        let frames = entries.len();
+        let queued_frames = self.queued.frames.fetch_add(frames, Ordering::Relaxed);
+        let queued_bytes = self.queued.bytes.fetch_add(bytes, Ordering::Relaxed);
+        let over = |queued: usize, adding: usize, max: usize| queued > 0 && queued + adding > max;
+        if over(queued_frames, frames, self.limits.frames)
+            || over(queued_bytes, bytes, self.limits.bytes)
+        {
             self.overflowed();
             return false;
         }
-        self.push(item)
+        self.push(Outbound::Entries(entries.clone()))
     }
 
     /// Queues a reply; a full queue closes the connection. False when the connection is
@@ -115,10 +117,55 @@ impl Outbox {
     }
 }
 
+/// The store answers a connection's messages through its queue.
+impl Replies for Outbox {
+    fn replied(&self, outcomes: Vec<Outcome>) {
+        // A full queue closes the connection: like any slow reader, the sender reconnects
+        // later and, sending its messages again, gets these answers.
+        self.push(Outbound::Replies(outcomes));
+    }
+
+    fn failed(&self, error: StoreError) {
+        // Unstored, so unacknowledged: closing the connection tells the sender (a v1 one
+        // cannot be told otherwise), and keeps unstored messages from piling up.
+        tracing::error!(conn = self.id, %error, "a message could not be stored; closing its sender");
+        self.evict();
+    }
+}
+
+/// How a connection that is told nothing of its messages (v1) hears of them: a refusal is
+/// logged, and a failure closes it, as for any connection.
+pub struct Untold(pub Arc<Outbox>);
+
+impl Replies for Untold {
+    fn replied(&self, outcomes: Vec<Outcome>) {
+        let refused = outcomes
+            .iter()
+            .filter(|o| o.appended == Appended::NotFriends)
+            .count();
+        if refused > 0 {
+            tracing::info!(
+                conn = self.0.id,
+                refused,
+                "messages to non-friends dropped (v1)"
+            );
+        }
+    }
+
+    fn failed(&self, error: StoreError) {
+        self.0.failed(error);
+    }
+}
+
 impl Inbox {
-    /// Counts a `Deliver` taken out of the queue.
-    pub fn taken(&self, payload: &Bytes) {
-        self.queued_bytes
-            .fetch_sub(payload.len(), Ordering::Relaxed);
+    /// Counts an item taken out of the queue.
+    pub fn taken(&self, item: &Outbound) {
+        if let Outbound::Entries(entries) = item {
+            let bytes = entries.iter().map(|e| e.payload.len()).sum();
+            self.queued
+                .frames
+                .fetch_sub(entries.len(), Ordering::Relaxed);
+            self.queued.bytes.fetch_sub(bytes, Ordering::Relaxed);
+        }
     }
 }

@@ -2,7 +2,7 @@
 //! [`Delivery`] that queues committed stream entries on them.
 //!
 //! Sharded by user id, so a delivery locks one shard for a moment and never a global table.
-//! A delivery never waits: it offers the entry to each connection's bounded queue (see
+//! A delivery never waits: it offers the entries to each connection's bounded queue (see
 //! `outbox`), and a connection whose queue is full is told to close.
 
 use std::collections::HashMap;
@@ -10,7 +10,7 @@ use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::outbox::Outbox;
-use crate::delivery::{ConnId, Delivery, Entry, EntryKind};
+use crate::delivery::{ConnId, Delivery, Entries, EntryKind};
 use crate::id::UserId;
 
 const SHARDS: usize = 64;
@@ -21,19 +21,18 @@ type Shard = Mutex<HashMap<UserId, Vec<Arc<Outbox>>>>;
 pub struct LocalRouter {
     hasher: std::collections::hash_map::RandomState,
     shards: Box<[Shard]>,
-    /// `--send-queue-bytes`.
-    max_queued_bytes: usize,
 }
 
-impl LocalRouter {
-    pub fn new(max_queued_bytes: usize) -> Self {
+impl Default for LocalRouter {
+    fn default() -> Self {
         LocalRouter {
             hasher: Default::default(),
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
-            max_queued_bytes,
         }
     }
+}
 
+impl LocalRouter {
     fn shard(&self, user: UserId) -> MutexGuard<'_, HashMap<UserId, Vec<Arc<Outbox>>>> {
         let i = self.hasher.hash_one(user) as usize % SHARDS;
         // A panic while holding a shard lock cannot leave the map inconsistent (every
@@ -66,18 +65,21 @@ impl LocalRouter {
 }
 
 impl Delivery for LocalRouter {
-    /// Every connection of `to` but the one a [`EntryKind::Sent`] copy came from, which has
-    /// its `Ack` instead.
-    fn deliver(&self, to: UserId, entry: &Entry) {
+    /// Every connection of `to` but the one that [`EntryKind::Sent`] copies came from, which
+    /// has its `Ack`s instead.
+    fn deliver(&self, to: UserId, entries: Entries) {
         let mut shard = self.shard(to);
         let Some(conns) = shard.get_mut(&to) else {
             return;
         };
+        let bytes = entries.iter().map(|e| e.payload.len()).sum();
         conns.retain(|c| {
-            if entry.kind == EntryKind::Sent && entry.origin == Some(c.id) {
+            let theirs =
+                |e: &crate::delivery::Entry| e.kind == EntryKind::Sent && e.origin == Some(c.id);
+            if entries.iter().all(theirs) {
                 return true;
             }
-            c.deliver(entry.seq, &entry.payload, entry.kind, self.max_queued_bytes)
+            c.deliver(&entries, bytes)
         });
         if conns.is_empty() {
             shard.remove(&to);

@@ -25,6 +25,8 @@ mod cache;
 pub mod social;
 mod sqlite;
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use futures::future::BoxFuture;
 
@@ -81,19 +83,54 @@ pub struct TokenRecord {
     pub expires_at: i64,
 }
 
-/// A message to append: to its receiver's stream, and a copy to its sender's own.
-#[derive(Debug, Clone)]
-pub struct Append {
+/// Messages one connection sent, in the order it sent them, to append in one request: each
+/// to its receiver's stream, and a copy to its sender's own.
+pub struct Appends {
     pub sender: UserId,
+    /// The connection they came from, which is told by its replies rather than by the
+    /// copies.
+    pub origin: Option<ConnId>,
+    /// `--relay-policy friends`: refuse a message unless sender and receiver are friends.
+    pub friends_only: bool,
+    pub messages: Vec<NewMessage>,
+    /// Told what became of them.
+    pub replies: Arc<dyn Replies>,
+}
+
+/// One message of an [`Appends`].
+#[derive(Debug, Clone)]
+pub struct NewMessage {
     pub receiver: UserId,
     /// The client's message id, for de-duplication of retries (protocol v2).
     pub client_id: Option<String>,
     /// The frame payload exactly as the sender sent it.
     pub payload: Bytes,
-    /// The connection it came from, which is told by its `Ack` rather than by the copy.
-    pub origin: Option<ConnId>,
-    /// `--relay-policy friends`: refuse it unless sender and receiver are friends.
-    pub friends_only: bool,
+}
+
+impl Appends {
+    /// How many places the request takes in the store's queue.
+    pub fn weight(&self) -> usize {
+        self.messages.len().max(1)
+    }
+}
+
+/// What became of one message of an [`Appends`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    pub client_id: Option<String>,
+    pub appended: Appended,
+}
+
+/// The sender of an [`Appends`], told what became of its messages. Called on the store's
+/// thread: quick, and never blocking.
+pub trait Replies: Send + Sync + 'static {
+    /// Once the messages are durable (or refused), before any entry they appended is
+    /// delivered: each one's outcome, in order.
+    fn replied(&self, outcomes: Vec<Outcome>);
+
+    /// A message could not be stored (nor any after it in its request); those before it
+    /// were answered by [`replied`](Self::replied).
+    fn failed(&self, error: StoreError);
 }
 
 /// The outcome of an append.
@@ -165,9 +202,6 @@ pub struct FriendRequests {
 /// What every store operation returns.
 pub type StoreFuture<'a, T> = BoxFuture<'a, Result<T, StoreError>>;
 
-/// Called once an append has committed (or failed); see [`Streams::append`].
-pub type CommitHook = Box<dyn FnOnce(Result<Appended, StoreError>) + Send>;
-
 /// Called once every write queued before it has committed (or failed); see
 /// [`Streams::barrier`].
 pub type BarrierHook = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
@@ -238,16 +272,15 @@ pub trait Social {
 
 /// Every user's stream.
 pub trait Streams {
-    /// Appends a message to its receiver's stream and a copy to its sender's, each with the
-    /// next `seq` of that stream, in one transaction. A receiver who blocks the sender gets
-    /// nothing; the sender's copy is stored all the same.
+    /// Appends each message to its receiver's stream and a copy to its sender's, each with
+    /// the next `seq` of that stream, in one transaction. A receiver who blocks the sender
+    /// gets nothing; the sender's copy is stored all the same.
     ///
     /// Returns once the request is queued (waiting only for queue space, which is how
-    /// senders are slowed under overload). After the commit, `done` is called first (the
-    /// sender's `Ack`), then the entries go to the store's `Delivery`; with the error if the
-    /// append failed. Requests are answered in the order they were queued. Hooks run on the
-    /// store's thread: they must be quick and must not block.
-    fn append(&self, append: Append, done: CommitHook) -> StoreFuture<'_, ()>;
+    /// senders are slowed under overload). After the commit the request's `replies` are
+    /// told first (the sender's `Ack`s), then its entries go to the store's `Delivery`.
+    /// Requests are answered in the order they were queued.
+    fn append(&self, appends: Appends) -> StoreFuture<'_, ()>;
 
     /// Where `owner`'s stream stands.
     fn position(&self, owner: UserId) -> StoreFuture<'_, Position>;

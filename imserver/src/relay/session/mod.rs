@@ -19,9 +19,13 @@
 //! between the two.
 //!
 //! Replies that must follow earlier effects go through the store's writer thread: a
-//! message's `Ack` is queued by its commit hook, before the store hands any later entry of
-//! the sender's stream to the router, and a `Pong` by a barrier hook, which runs only after
-//! every write queued before it (this connection's appends and acks) committed.
+//! message's `Ack` is queued when its request is answered, before the store hands any later
+//! entry of the sender's stream to the router, and a `Pong` by a barrier hook, which runs
+//! only after every write queued before it (this connection's appends and acks) committed.
+//!
+//! The frames that arrive together are handled as one burst: the messages among them go to
+//! the store as one request (in order, answered together), so the cost of a trip to the
+//! store is paid per burst rather than per message.
 
 mod dialect;
 
@@ -36,7 +40,7 @@ use governor::clock::Clock;
 use improto::{
     Ack, Envelope, ErrorCode, ErrorPacket, Packet, PacketKind, ProtoError, Regist, Registered,
 };
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -44,12 +48,12 @@ use tracing::{info, warn};
 pub(super) use dialect::Dialect;
 
 use super::Relay;
-use super::outbox::{self, Inbox, Outbound, Outbox};
+use super::outbox::{self, Inbox, Outbound, Outbox, QueueLimits, Untold};
 use super::transport::{Transport, spliceable};
 use crate::auth;
 use crate::delivery::ConnId;
 use crate::id::UserId;
-use crate::store::{Append, Appended, StoreError};
+use crate::store::{Appended, Appends, NewMessage, Outcome, Replies, StoreError};
 
 /// Stop gathering queued frames into one write past this many bytes.
 const COALESCE_BYTES: usize = 64 * 1024;
@@ -129,8 +133,11 @@ struct Session<T> {
     dialect: Dialect,
     /// The highest `seq` of the user's stream given to this connection (see the module docs).
     last_sent: u64,
-    /// Our send queue's sending end, handed to the router on `Regist` and to commit hooks.
+    /// Our send queue's sending end, handed to the router on `Regist`.
     outbox: Arc<Outbox>,
+    /// Told what became of our messages, from `Regist` on: our send queue (v2), or
+    /// [`Untold`] (v1).
+    replies: Option<Arc<dyn Replies>>,
     /// Cancelled by the router when the send queue overflows, by a commit hook when the
     /// store failed, or with its parent, the server's shutdown token: one token to wait on
     /// (a wait on a shared token would take that token's lock on every frame).
@@ -144,10 +151,14 @@ struct Session<T> {
     limiter: Option<DefaultDirectRateLimiter>,
     /// When the last frame arrived, for the idle timeout.
     last_frame: Instant,
-    /// v2: one permit per message sent but not yet acknowledged, returned by its commit hook.
+    /// This burst's messages, not yet handed to the store.
+    pending: Vec<NewMessage>,
+    /// v2: messages handed to the store (or pending) and not yet answered.
+    unacked: usize,
     /// Half the send queue, so that the `Ack`s of a fast sender's own messages can never fill
-    /// its queue while the store is slow: past it, the sender waits (and TCP slows it down).
-    in_flight: Arc<Semaphore>,
+    /// its queue while the store is slow: at it, no more frames are read until answers come
+    /// (and TCP slows the sender down).
+    max_unacked: usize,
 }
 
 /// Serves one accepted connection until it closes.
@@ -159,9 +170,12 @@ pub(super) async fn run<T: Transport>(
     slot: Slot,
     shutdown: CancellationToken,
 ) {
-    let s_queue = relay.limits.send_queue;
+    let limits = QueueLimits {
+        frames: relay.limits.send_queue,
+        bytes: relay.limits.send_queue_bytes,
+    };
     let evict = shutdown.child_token();
-    let (outbox, inbox) = outbox::channel(id, s_queue, evict.clone());
+    let (outbox, inbox) = outbox::channel(id, limits, evict.clone());
     let now = Instant::now();
     let mut s = Session {
         limiter: relay.limits.rate.map(DefaultDirectRateLimiter::direct),
@@ -176,7 +190,10 @@ pub(super) async fn run<T: Transport>(
         shutdown,
         transport,
         last_frame: now,
-        in_flight: Arc::new(Semaphore::new((s_queue / 2).max(1))),
+        replies: None,
+        pending: Vec::new(),
+        unacked: 0,
+        max_unacked: (limits.frames / 2).max(1),
     };
     info!(conn = id, %peer, "connected");
     let timer = tokio::time::sleep_until(now + s.relay.limits.regist_deadline);
@@ -195,7 +212,7 @@ pub(super) async fn run<T: Transport>(
             biased;
             () = &mut evicted => Event::Stop(closed(&s.shutdown)),
             Some(item) = queued.next() => Event::Queued(item),
-            frame = s.transport.recv() => Event::Frame(frame),
+            frame = s.transport.recv(), if s.unacked < s.max_unacked => Event::Frame(frame),
             () = &mut timer => Event::Timer,
         };
         let step = match event {
@@ -208,9 +225,9 @@ pub(super) async fn run<T: Transport>(
                 s.last_frame = Instant::now();
                 let was_registered = s.user.is_some();
                 // Boxed: a task is as large as the largest future it awaits inline, and
-                // handling a frame (a `Regist`, a message with its rate limit and store
+                // handling frames (a `Regist`, messages with their rate limit and store
                 // queue) needs about 900 bytes that an idle connection would otherwise hold.
-                let handled = Box::pin(s.handle(payload)).await;
+                let handled = Box::pin(s.burst(payload)).await;
                 if !was_registered && s.user.is_some() {
                     // From the `Regist` deadline to the idle timeout.
                     if let Ok(at) = s.next_deadline() {
@@ -264,6 +281,47 @@ impl<T: Transport> Session<T> {
         }
     }
 
+    /// Handles `first` and every frame that arrived with it, then hands the messages among
+    /// them to the store in one request. A v2 sender at its limit of unanswered messages
+    /// stops the burst early; its other frames wait in the transport.
+    async fn burst(&mut self, first: Bytes) -> Result<(), Stop> {
+        let mut frame = first;
+        let ended = loop {
+            if let Err(stop) = self.handle(frame).await {
+                break Err(stop);
+            }
+            if self.unacked >= self.max_unacked {
+                break Ok(());
+            }
+            match self.transport.try_recv() {
+                Some(Ok(next)) => frame = next,
+                Some(Err(e)) => break Err(Stop::Protocol(e)),
+                None => break Ok(()),
+            }
+        };
+        // Messages before a stream error were sent before it: they are stored all the same.
+        let sent = self.send_pending().await;
+        ended.and(sent)
+    }
+
+    /// Hands this burst's messages to the store.
+    async fn send_pending(&mut self) -> Result<(), Stop> {
+        let (Some(user), Some(replies)) = (self.user, &self.replies) else {
+            return Ok(());
+        };
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let appends = Appends {
+            sender: user,
+            origin: Some(self.id),
+            friends_only: self.relay.friends_only,
+            messages: std::mem::take(&mut self.pending),
+            replies: replies.clone(),
+        };
+        Ok(self.relay.store.append(appends).await?)
+    }
+
     async fn handle(&mut self, payload: Bytes) -> Result<(), Stop> {
         let env = match Envelope::peek(&payload) {
             Ok(env) => env,
@@ -274,6 +332,10 @@ impl<T: Transport> Session<T> {
                 return self.reject(code, e.to_string(), id).await;
             }
         };
+        if env.kind() != PacketKind::Message {
+            // Whatever else a burst holds takes effect after the messages before it.
+            self.send_pending().await?;
+        }
         match env.kind() {
             PacketKind::Message => {
                 let id = env.client_id().map(str::to_owned);
@@ -288,6 +350,7 @@ impl<T: Transport> Session<T> {
                 let payload = if ready { payload } else { spliceable(&payload) };
                 self.message(ids, id, payload).await
             }
+
             PacketKind::Regist => match Packet::from_json(&payload) {
                 Ok(Packet::Regist(r)) => self.regist(r).await,
                 // The peek and the full decode agree on every frame (a fuzzed property);
@@ -392,6 +455,11 @@ impl<T: Transport> Session<T> {
             let registered = Registered::new(user.to_string(), position.head);
             self.transport.push_packet(&registered.into());
         }
+        self.replies = Some(if self.dialect.acks_sender() {
+            self.outbox.clone()
+        } else {
+            Arc::new(Untold(self.outbox.clone()))
+        });
         // The device's own position wins; beyond the head, there is nothing to replay.
         self.last_sent = r
             .last_seq
@@ -456,71 +524,29 @@ impl<T: Transport> Session<T> {
             return self.reject(ErrorCode::RateLimited, reason, id).await;
         }
         // Only a v2 sender is told that its message is stored, or why not.
-        let acks = if self.dialect.acks_sender() {
-            let permit = match self.in_flight.clone().try_acquire_owned() {
-                Ok(permit) => permit,
-                Err(_) => {
-                    let permit = self.in_flight.clone().acquire_owned();
-                    unless_closing(&self.evict, &self.shutdown, permit)
-                        .await?
-                        .expect("the semaphore is never closed")
-                }
-            };
-            Some((permit, id.clone()))
-        } else {
-            None
-        };
-        let outbox = self.outbox.clone();
-        let conn = self.id;
-        let hook = Box::new(move |stored: Result<Appended, StoreError>| match stored {
-            Ok(outcome) => {
-                let Some((permit, id)) = acks else {
-                    if outcome == Appended::NotFriends {
-                        info!(conn, "a message to a non-friend dropped (v1)");
-                    }
-                    return;
-                };
-                drop(permit);
-                let reply = match outcome {
-                    Appended::Stored { seq, .. } => Outbound::Ack { id, seq },
-                    Appended::NotFriends => Outbound::Refused {
-                        code: ErrorCode::NotFriends,
-                        id,
-                    },
-                };
-                // A full queue closes the connection: like any slow reader, the sender
-                // reconnects later and, sending the message again, gets this answer.
-                outbox.push(reply);
-            }
-            Err(e) => {
-                // Unstored, so unacknowledged: closing the connection tells the sender (a v1
-                // one cannot be told otherwise), and keeps unstored messages from piling up.
-                tracing::error!(error = %e, "a message could not be stored; closing its sender");
-                outbox.evict();
-            }
-        });
-        let append = Append {
-            sender,
+        if self.dialect.acks_sender() {
+            self.unacked += 1;
+        }
+        self.pending.push(NewMessage {
             receiver,
             client_id: id,
             payload,
-            origin: Some(self.id),
-            friends_only: self.relay.friends_only,
-        };
-        Ok(self.relay.store.append(append, hook).await?)
+        });
+        Ok(())
     }
 
     /// Whether a message may go now under `--rate-limit`. A v2 client is told to retry; a v1
     /// client cannot be, so its connection waits (reading nothing meanwhile, which slows the
-    /// sender through TCP) and nothing is lost.
-    async fn within_rate(&self) -> Result<bool, Stop> {
-        let Some(limiter) = &self.limiter else {
-            return Ok(true);
-        };
+    /// sender through TCP; what it sent before goes to the store first) and nothing is lost.
+    async fn within_rate(&mut self) -> Result<bool, Stop> {
         loop {
+            let Some(limiter) = &self.limiter else {
+                return Ok(true);
+            };
             match limiter.check() {
                 Ok(()) => return Ok(true),
                 Err(_) if !self.dialect.waits_when_rate_limited() => return Ok(false),
+                Err(_) if !self.pending.is_empty() => self.send_pending().await?,
                 Err(not_until) => {
                     let wait = not_until.wait_time_from(limiter.clock().now());
                     let sleep = tokio::time::sleep(wait);
@@ -569,26 +595,19 @@ impl<T: Transport> Session<T> {
         let mut last = self.last_sent;
         let mut item = Some(first);
         while let Some(next) = item {
+            inbox.taken(&next);
             match next {
-                Outbound::Deliver { seq, payload, kind } => {
-                    inbox.taken(&payload);
-                    if seq > last {
-                        if self.dialect.receives(kind) {
-                            self.transport.push_entry(&payload, seq);
+                Outbound::Entries(entries) => {
+                    for e in entries.iter() {
+                        if e.seq > last {
+                            if self.dialect.receives(e.kind) {
+                                self.transport.push_entry(&e.payload, e.seq);
+                            }
+                            last = e.seq;
                         }
-                        last = seq;
                     }
                 }
-                Outbound::Ack { id, seq } => {
-                    self.transport.push_packet(&Ack::stored(id, seq).into());
-                    // The sending device has this entry of its stream: it sent it.
-                    last = last.max(seq);
-                }
-                Outbound::Refused { code, id } => {
-                    let message = "this server relays messages between friends only";
-                    let error = ErrorPacket::new(code, message).with_id(id);
-                    self.transport.push_packet(&error.into());
-                }
+                Outbound::Replies(outcomes) => last = self.replies(outcomes).max(last),
                 Outbound::Pong => self.transport.push_packet(&Packet::Pong),
             }
             item = if self.transport.buffered() < COALESCE_BYTES {
@@ -598,6 +617,34 @@ impl<T: Transport> Session<T> {
             };
         }
         self.flush(last).await
+    }
+
+    /// Answers what became of this connection's messages (v2 only: see [`Untold`]), and
+    /// returns the highest `seq` among their copies: the sending device has those entries
+    /// of its stream, as it sent them.
+    fn replies(&mut self, outcomes: Vec<Outcome>) -> u64 {
+        let mut last = 0;
+        for Outcome {
+            client_id,
+            appended,
+        } in outcomes
+        {
+            self.unacked = self.unacked.saturating_sub(1);
+            let packet = match appended {
+                Appended::Stored { seq, .. } => {
+                    last = last.max(seq);
+                    Ack::stored(client_id, seq).into()
+                }
+                Appended::NotFriends => {
+                    let message = "this server relays messages between friends only";
+                    ErrorPacket::new(ErrorCode::NotFriends, message)
+                        .with_id(client_id)
+                        .into()
+                }
+            };
+            self.transport.push_packet(&packet);
+        }
+        last
     }
 
     /// Writes out the gathered frames; `last` is the highest `seq` among them. For a v1

@@ -18,6 +18,11 @@ pub trait Transport: Send + 'static {
     /// Cancel-safe: the session selects on it with its send queue and timer.
     fn recv(&mut self) -> impl Future<Output = Option<Result<Bytes, ProtoError>>> + Send;
 
+    /// The next frame's payload if it has arrived already, without waiting; `None` says
+    /// only that [`recv`](Self::recv) would wait (or tell of the end). A session takes the
+    /// frames that came in together as one burst.
+    fn try_recv(&mut self) -> Option<Result<Bytes, ProtoError>>;
+
     /// Gathers a stream entry for the next [`flush`](Self::flush), with `seq` added as its
     /// first field.
     fn push_entry(&mut self, payload: &[u8], seq: u64);

@@ -55,6 +55,10 @@ impl Transport for TcpTransport {
         self.frames.next().await
     }
 
+    fn try_recv(&mut self) -> Option<Result<Bytes, ProtoError>> {
+        self.frames.buffered()
+    }
+
     fn push_entry(&mut self, payload: &[u8], seq: u64) {
         if !improto::write_stamped(&mut self.out, payload, seq) {
             improto::write_stamped(&mut self.out, &spliceable(payload), seq);
@@ -126,19 +130,27 @@ impl FrameReader {
         }
     }
 
+    /// The next frame already in the buffer, or what the end of the stream makes of what
+    /// is left; `None` when a read is needed (or the peer closed between frames).
+    fn buffered(&mut self) -> Option<Result<Bytes, ProtoError>> {
+        if self.eof {
+            self.codec.decode_eof(&mut self.buf).transpose()
+        } else {
+            self.codec.decode(&mut self.buf).transpose()
+        }
+    }
+
     /// The next frame's payload; `None` when the peer closed cleanly between frames.
     ///
     /// Cancel-safe: its only await point is readability, and bytes are moved into the
     /// buffer by a synchronous read, so a caller selecting on it loses nothing.
     async fn next(&mut self) -> Option<Result<Bytes, ProtoError>> {
         loop {
-            if self.eof {
-                return self.codec.decode_eof(&mut self.buf).transpose();
+            if let Some(frame) = self.buffered() {
+                return Some(frame);
             }
-            match self.codec.decode(&mut self.buf) {
-                Ok(Some(frame)) => return Some(Ok(frame)),
-                Ok(None) => {}
-                Err(e) => return Some(Err(e)),
+            if self.eof {
+                return None;
             }
             if self.buf.is_empty() {
                 // Whatever was allocated belongs to frames handed out (or nothing): an idle

@@ -71,10 +71,6 @@ impl BatchDraft {
             len: payload.len() as u64,
         }
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.frames.is_empty()
-    }
 }
 
 /// A stream's entries in one transaction, being gathered.

@@ -1,17 +1,21 @@
 //! The SQLite store: WAL mode, versioned migrations, one writer thread with group commit,
 //! and a few reader threads, each with a read-only connection.
 //!
-//! No SQLite call ever runs on a tokio worker thread. Writes go over a bounded channel to the
-//! writer thread (`writer.rs`); reads run on `--store-readers` threads ([`Workers`]), each
-//! with a read-only connection of its own (`reads.rs`). Reads that every HTTP request makes
-//! go through a cache (`../cache.rs`), which the writer keeps exact.
+//! No SQLite call ever runs on a tokio worker thread. Writes go over a queue of
+//! `--store-queue` places to the writer thread (`writer.rs`); reads run on `--store-readers`
+//! threads ([`Workers`]), each with a read-only connection of its own (`reads.rs`). Reads
+//! that every HTTP request makes go through a cache (`../cache.rs`), which the writer keeps
+//! exact.
 //!
 //! - `schema`: the migrations;
-//! - `chunk`: how a stream's entries are stored (a row per stream per transaction);
+//! - `chunk`: how streams are stored (every payload once; a row per stream per transaction);
+//! - `ids`: client message ids, in runs, for de-duplication;
+//! - `draft`: what one transaction appends, gathered until its end;
 //! - `writer`: the writer thread;
 //! - `reads`: the queries.
 
 mod chunk;
+mod draft;
 mod ids;
 mod reads;
 mod schema;
@@ -24,14 +28,14 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use rusqlite::{Connection, OpenFlags};
-use tokio::sync::{mpsc, oneshot};
-use writer::{Reply, Request, SocialOp, Writer};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use writer::{BatchLimits, Queued, Reply, Request, SocialOp, Writer};
 
 use super::cache::{ReadCache, Table};
 use super::{
-    Account, Accounts, Append, BarrierHook, CommitHook, Conversation, FriendRequests, HistoryPage,
-    Position, RequestOutcome, Social, SocialError, Store, StoreError, StoreFuture, StoredEntry,
-    Streams, TokenHash, TokenRecord, Tokens, User,
+    Account, Accounts, Appends, BarrierHook, Conversation, FriendRequests, HistoryPage, Position,
+    RequestOutcome, Social, SocialError, Store, StoreError, StoreFuture, StoredEntry, Streams,
+    TokenHash, TokenRecord, Tokens, User,
 };
 use crate::config::{Durability, StoreConfig};
 use crate::delivery::Delivery;
@@ -54,7 +58,12 @@ impl From<rusqlite_migration::Error> for StoreError {
 
 /// The SQLite implementation of [`Store`].
 pub struct SqliteStore {
-    writes: mpsc::Sender<Request>,
+    writes: mpsc::UnboundedSender<Queued>,
+    /// `--store-queue` places: a request takes one per message it carries (at least one)
+    /// until the writer takes it, so the queue is bounded in messages.
+    places: Arc<Semaphore>,
+    /// `--store-queue`.
+    queue: usize,
     /// `--store-readers` threads, each with a read-only connection.
     readers: Workers<Connection>,
     cache: Arc<ReadCache>,
@@ -85,15 +94,20 @@ impl SqliteStore {
             })
             .collect::<Result<Vec<_>, _>>()?;
 
-        let (writes, rx) = mpsc::channel(config.store_queue);
+        let (writes, rx) = mpsc::unbounded_channel();
         let cache = Arc::new(ReadCache::new(config.cache_entries));
         let writer = Writer::new(conn, config.cache_entries, cache.clone(), delivery)?;
-        let max_batch = config.max_batch;
+        let limits = BatchLimits {
+            writes: config.max_batch,
+            bytes: config.max_batch_bytes,
+        };
         std::thread::Builder::new()
             .name("sqlite-writer".into())
-            .spawn(move || writer.run(rx, max_batch))?;
+            .spawn(move || writer.run(rx, limits))?;
         Ok(SqliteStore {
             writes,
+            places: Arc::new(Semaphore::new(config.store_queue)),
+            queue: config.store_queue,
             cache,
             readers: Workers::new("sqlite-reader", read_connections)?,
         })
@@ -112,12 +126,22 @@ impl SqliteStore {
         .boxed()
     }
 
-    /// Queues a write; waits only for queue space.
-    fn enqueue(&self, request: Request) -> StoreFuture<'_, ()> {
+    /// Queues a write that takes `weight` places; waits only for them.
+    fn enqueue(&self, request: Request, weight: usize) -> StoreFuture<'_, ()> {
+        // A request larger than the whole queue waits for all of it.
+        let weight = u32::try_from(weight.min(self.queue)).unwrap_or(u32::MAX);
         async move {
+            let places = match self.places.clone().try_acquire_many_owned(weight) {
+                Ok(places) => places,
+                Err(_) => self
+                    .places
+                    .clone()
+                    .acquire_many_owned(weight)
+                    .await
+                    .map_err(|_| StoreError::Closed)?,
+            };
             self.writes
-                .send(request)
-                .await
+                .send((request, places))
                 .map_err(|_| StoreError::Closed)
         }
         .boxed()
@@ -130,7 +154,7 @@ impl SqliteStore {
     ) -> StoreFuture<'_, T> {
         async move {
             let (tx, rx) = oneshot::channel();
-            self.enqueue(make(tx)).await?;
+            self.enqueue(make(tx), 1).await?;
             rx.await.unwrap_or(Err(StoreError::Closed))
         }
         .boxed()
@@ -233,8 +257,9 @@ impl Social for SqliteStore {
 }
 
 impl Streams for SqliteStore {
-    fn append(&self, append: Append, done: CommitHook) -> StoreFuture<'_, ()> {
-        self.enqueue(Request::Append(append, done))
+    fn append(&self, appends: Appends) -> StoreFuture<'_, ()> {
+        let weight = appends.weight();
+        self.enqueue(Request::Append(appends), weight)
     }
 
     fn position(&self, owner: UserId) -> StoreFuture<'_, Position> {
@@ -251,15 +276,15 @@ impl Streams for SqliteStore {
     }
 
     fn ack(&self, owner: UserId, seq: u64) -> StoreFuture<'_, ()> {
-        self.enqueue(Request::Ack(owner, seq))
+        self.enqueue(Request::Ack(owner, seq), 1)
     }
 
     fn mark_read(&self, owner: UserId, peer: UserId, seq: u64) -> StoreFuture<'_, ()> {
-        self.enqueue(Request::Read(owner, peer, seq))
+        self.enqueue(Request::Read(owner, peer, seq), 1)
     }
 
     fn barrier(&self, done: BarrierHook) -> StoreFuture<'_, ()> {
-        self.enqueue(Request::Barrier(done))
+        self.enqueue(Request::Barrier(done), 1)
     }
 
     fn history(
@@ -281,7 +306,7 @@ impl Store for SqliteStore {
     fn close(&self) -> BoxFuture<'_, ()> {
         async move {
             let (tx, rx) = oneshot::channel();
-            if self.writes.send(Request::Close(tx)).await.is_ok() {
+            if self.enqueue(Request::Close(tx), 1).await.is_ok() {
                 let _ = rx.await;
             }
         }

@@ -1,6 +1,6 @@
 //! The writer thread: the only connection that changes the database.
 //!
-//! It takes everything waiting (up to `--max-batch` requests) into one transaction, commits
+//! It takes everything waiting (up to `--max-batch` messages) into one transaction, commits
 //! once, and only then answers each request, in the order they were queued, and hands the
 //! stream entries the batch appended to the store's `Delivery` (group commit).
 //!
@@ -15,30 +15,42 @@
 //! the table; only this thread assigns them, so the copies stay exact, as long as they are
 //! forgotten whenever a transaction fails (the database rolled back, the copies did not).
 //! Each batch writes one `batches` row with every payload it appended, once (see `chunk`),
-//! one chunk per stream it touched, one `conversation_chunks` row per conversation in it,
-//! and one run of client ids per device that sent (see `ids`).
+//! one chunk per stream it touched, one `conversation_chunks` row per conversation in it
+//! (see `draft`), and one run of client ids per device that sent (see `ids`).
+//!
+//! A request of appends (the messages one connection sent in one go) is answered with one
+//! call to its `Replies` and one delivery per user it appended to: the per-message work is
+//! the message's own, with no lookup by user id and nothing allocated per message but its
+//! entries.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use improto::EventKind;
 use rusqlite::{CachedStatement, Connection, Transaction, params};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 
-use super::chunk::{BatchDraft, ChunkDraft, HEAD, Slot};
+use super::chunk::HEAD;
+use super::draft::{Draft, StreamIx};
 use super::ids::{Ids, Key, Seen};
 use crate::delivery::{Delivery, Entry, EntryKind};
 use crate::id::UserId;
 use crate::store::cache::ReadCache;
 use crate::store::social::{self, Change, Pair, Plan, RequestOutcome, Side, SocialError};
-use crate::store::{Account, Append, Appended, BarrierHook, CommitHook, StoreError, TokenHash};
+use crate::store::{
+    Account, Appended, Appends, BarrierHook, Outcome, Replies, StoreError, TokenHash,
+};
 
 /// Where a request's answer goes.
 pub(super) type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
+/// A request to the writer thread, with its places in the queue (given back as the writer
+/// takes it).
+pub(super) type Queued = (Request, OwnedSemaphorePermit);
+
 /// A request to the writer thread.
 pub(super) enum Request {
-    Append(Append, CommitHook),
+    Append(Appends),
     /// Queue-only: nobody waits for an acknowledgement to commit.
     Ack(UserId, u64),
     /// `(owner, peer, seq)`; queue-only.
@@ -77,7 +89,7 @@ pub(super) enum SocialOp {
 enum Then {
     /// Hand a stream entry to the `Delivery`.
     Deliver(UserId, Entry),
-    Append(CommitHook, Result<Appended, StoreError>),
+    Appended(Answer),
     Barrier(BarrierHook),
     /// Answer a request: with its value when the batch committed, else with the error.
     Reply(Box<dyn FnOnce(Result<(), StoreError>) + Send>),
@@ -111,7 +123,7 @@ impl Then {
             }))
         }
         match request {
-            Request::Append(_, hook) => Then::Append(hook, Err(StoreError::Closed)),
+            Request::Append(a) => Then::Appended(Answer::new(a.replies)),
             Request::Ack(..) | Request::Read(..) => Then::Reply(Box::new(|_| {})),
             Request::Barrier(hook) => Then::Barrier(hook),
             Request::CreateUser(.., reply) => never(reply),
@@ -125,8 +137,51 @@ impl Then {
     }
 }
 
-/// The entries an append made (the receiver's, the sender's copy), for the `Delivery`.
-type Copies = [Option<(UserId, Entry)>; 2];
+/// What a request of appends is answered with after the commit.
+struct Answer {
+    replies: Arc<dyn Replies>,
+    outcomes: Vec<Outcome>,
+    /// Why the messages after those in `outcomes` were not stored.
+    failed: Option<StoreError>,
+    /// Per user, the entries appended to their stream, in order.
+    entries: Vec<(UserId, Vec<Entry>)>,
+}
+
+impl Answer {
+    fn new(replies: Arc<dyn Replies>) -> Self {
+        Answer {
+            replies,
+            outcomes: Vec::new(),
+            failed: None,
+            entries: Vec::new(),
+        }
+    }
+
+    /// Keeps `entry` of `to`'s stream for the delivery after the commit.
+    fn deliver(&mut self, to: UserId, entry: Entry) {
+        match self.entries.iter_mut().rev().find(|(user, _)| *user == to) {
+            Some((_, entries)) => entries.push(entry),
+            None => self.entries.push((to, vec![entry])),
+        }
+    }
+
+    /// After the commit (`Ok`), or the transaction's failure.
+    fn send(self, delivery: &dyn Delivery, committed: Result<(), StoreError>) {
+        if let Err(e) = committed {
+            self.replies.failed(e);
+            return;
+        }
+        if !self.outcomes.is_empty() {
+            self.replies.replied(self.outcomes);
+        }
+        if let Some(e) = self.failed {
+            self.replies.failed(e);
+        }
+        for (to, entries) in self.entries {
+            delivery.deliver(to, entries.into());
+        }
+    }
+}
 
 /// The writer thread's state between batches.
 pub(super) struct Writer {
@@ -147,16 +202,13 @@ pub(super) struct Writer {
     delivery: Arc<dyn Delivery>,
 }
 
-/// What a batch appended, written at its end.
-#[derive(Default)]
-struct Drafts {
-    /// Every payload, once.
-    batch: BatchDraft,
-    chunks: HashMap<UserId, ChunkDraft>,
-    /// `(owner, peer)` → (first seq, last seq, received from peer).
-    conversations: HashMap<(UserId, UserId), (u64, u64, u64)>,
-    acks: HashMap<UserId, u64>,
-    reads: HashMap<(UserId, UserId), u64>,
+/// How much one transaction takes at most.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct BatchLimits {
+    /// `--max-batch`: messages (and other writes).
+    pub writes: usize,
+    /// `--max-batch-bytes`: message payload bytes, all stored in one row.
+    pub bytes: usize,
 }
 
 impl Writer {
@@ -186,16 +238,28 @@ impl Writer {
         Ok(())
     }
 
-    /// Group commit until `Close` or until every sender is gone.
-    pub fn run(mut self, mut rx: mpsc::Receiver<Request>, max_batch: usize) {
-        let mut batch = Vec::with_capacity(max_batch);
+    /// Group commit until `Close` or until every sender is gone. A batch is everything
+    /// queued, up to `limits` (past them by at most one request).
+    pub fn run(mut self, mut rx: mpsc::UnboundedReceiver<Queued>, limits: BatchLimits) {
+        let mut batch = Vec::new();
         while let Some(first) = rx.blocking_recv() {
-            batch.push(first);
-            while batch.len() < max_batch {
-                match rx.try_recv() {
-                    Ok(request) => batch.push(request),
-                    Err(_) => break,
+            let (mut writes, mut bytes) = (0, 0);
+            let mut next = Some(first);
+            while let Some((request, places)) = next {
+                // Its places in the queue are free once it is out of it.
+                drop(places);
+                if let Request::Append(a) = &request {
+                    writes += a.messages.len();
+                    bytes += a.messages.iter().map(|m| m.payload.len()).sum::<usize>();
+                } else {
+                    writes += 1;
                 }
+                batch.push(request);
+                next = if writes < limits.writes && bytes < limits.bytes {
+                    rx.try_recv().ok()
+                } else {
+                    None
+                };
             }
             if self.commit(&mut batch) {
                 rx.close();
@@ -226,10 +290,11 @@ impl Writer {
         let fail = |e: &rusqlite::Error| StoreError::Transaction(e.to_string());
         for t in then {
             match (t, &result) {
-                (Then::Deliver(to, entry), Ok(())) => self.delivery.deliver(to, &entry),
+                (Then::Deliver(to, entry), Ok(())) => self.delivery.deliver(to, [entry].into()),
                 (Then::Deliver(..), Err(_)) => {}
-                (Then::Append(hook, outcome), Ok(())) => hook(outcome),
-                (Then::Append(hook, _), Err(e)) => hook(Err(fail(e))),
+                (Then::Appended(answer), r) => {
+                    answer.send(self.delivery.as_ref(), r.as_ref().map(|_| ()).map_err(fail));
+                }
                 (Then::Barrier(hook), r) => hook(r.as_ref().map(|_| ()).map_err(fail)),
                 (Then::Reply(answer), r) => answer(r.as_ref().map(|_| ()).map_err(fail)),
                 (Then::ForgetFriends(user), Ok(())) => self.cache.friends.forget(&user),
@@ -258,12 +323,11 @@ impl Writer {
                 return Err(e);
             }
         };
-        let mut drafts = Drafts::default();
         let mut state = State {
             heads: &mut self.heads,
             blocks: &mut self.blocks,
             ids: &mut self.ids,
-            drafts: &mut drafts,
+            draft: Draft::default(),
         };
         let result = (|| {
             let mut st = Statements::new(&tx)?;
@@ -278,7 +342,8 @@ impl Writer {
                 }
             }
             drop(st);
-            state.finish(&tx)
+            state.ids.finish(&tx)?;
+            state.draft.finish(&tx, state.heads)
         })();
         match result {
             Ok(()) => tx.commit(),
@@ -311,7 +376,7 @@ struct State<'w> {
     heads: &'w mut HashMap<UserId, u64>,
     blocks: &'w mut HashSet<(UserId, UserId)>,
     ids: &'w mut Ids,
-    drafts: &'w mut Drafts,
+    draft: Draft,
 }
 
 impl State<'_> {
@@ -326,26 +391,17 @@ impl State<'_> {
     ) -> rusqlite::Result<()> {
         let failed = |e: &rusqlite::Error| StoreError::Backend(e.to_string().into());
         match request {
-            Request::Append(a, hook) => match self.append(tx, st, &a) {
-                Ok((outcome, copies)) => {
-                    // Its answer first (the sender's Ack), then its entries.
-                    then.push(Then::Append(hook, Ok(outcome)));
-                    let copies = copies.into_iter().flatten();
-                    then.extend(copies.map(|(to, entry)| Then::Deliver(to, entry)));
+            Request::Append(a) => {
+                let mut answer = Answer::new(a.replies.clone());
+                let appended = self.append(tx, st, a, &mut answer);
+                if let Err(e) = &appended {
+                    answer.failed = Some(failed(e));
                 }
-                Err(e) => {
-                    then.push(Then::Append(hook, Err(failed(&e))));
-                    return Err(e);
-                }
-            },
-            Request::Ack(owner, seq) => {
-                let acked = self.drafts.acks.entry(owner).or_default();
-                *acked = (*acked).max(seq);
+                then.push(Then::Appended(answer));
+                appended?;
             }
-            Request::Read(owner, peer, seq) => {
-                let read = self.drafts.reads.entry((owner, peer)).or_default();
-                *read = (*read).max(seq);
-            }
+            Request::Ack(owner, seq) => self.draft.ack(owner, seq),
+            Request::Read(owner, peer, seq) => self.draft.read(owner, peer, seq),
             Request::Barrier(hook) => then.push(Then::Barrier(hook)),
             Request::CreateUser(id, account, reply) => match create_user(tx, id, &account) {
                 Ok(created) => then.push(Then::reply(reply, created)),
@@ -431,82 +487,118 @@ impl State<'_> {
         Ok(())
     }
 
-    /// A message to its receiver's stream and a copy to its sender's. Returns the outcome
-    /// and the entries to deliver after the commit.
+    /// Each message to its receiver's stream and a copy to its sender's, into `answer`. On
+    /// an error, the messages before it are appended and those from it on are not.
     fn append(
         &mut self,
         tx: &Transaction,
         st: &mut Statements,
-        a: &Append,
-    ) -> rusqlite::Result<(Appended, Copies)> {
-        let to_self = a.sender == a.receiver;
-        let blocked = self.blocks.contains(&(a.receiver, a.sender));
-        // Everything that can fail comes first; nothing is changed until all of it passed.
-        let next = load_head(self.heads, &mut st.head, a.sender)? + 1;
-        let receiver_head = if to_self || blocked {
+        a: Appends,
+        answer: &mut Answer,
+    ) -> rusqlite::Result<()> {
+        let sender = a.sender;
+        let own = self.draft.stream(self.heads, &mut st.head, sender)?;
+        // The receiver of the message before, as most requests have one.
+        let mut to: Option<Receiver> = None;
+        answer.outcomes.reserve(a.messages.len());
+        for m in a.messages {
+            // Everything that can fail comes first; nothing is changed until all of it
+            // passed. A retry is acknowledged as it was the first time, whatever the relay
+            // policy says now (the two may have stopped being friends since).
+            let id = match &m.client_id {
+                Some(id) => {
+                    let key = Key::new(id);
+                    match self.ids.check(tx, sender, &key)? {
+                        Seen::Stored(seq) => {
+                            let appended = Appended::Stored {
+                                seq,
+                                duplicate: true,
+                            };
+                            answer.outcomes.push(Outcome {
+                                client_id: m.client_id,
+                                appended,
+                            });
+                            continue;
+                        }
+                        Seen::New(place) => Some((key, place)),
+                    }
+                }
+                None => None,
+            };
+            let r = match to {
+                Some(r) if r.user == m.receiver => r,
+                _ => self.receiver(st, sender, m.receiver, a.friends_only)?,
+            };
+            to = Some(r);
+            if !r.allowed {
+                answer.outcomes.push(Outcome {
+                    client_id: m.client_id,
+                    appended: Appended::NotFriends,
+                });
+                continue;
+            }
+            // From here on nothing fails, and the seqs become real.
+            let slot = self.draft.payload(&m.payload);
+            let seq = self.draft.push(own, slot, Some((m.receiver, false)));
+            if let Some((key, place)) = id {
+                self.ids.record(sender, key, seq, place);
+            }
+            if let Some(stream) = r.stream {
+                let received = self.draft.push(stream, slot, Some((sender, true)));
+                let entry = Entry {
+                    seq: received,
+                    payload: m.payload.clone(),
+                    kind: EntryKind::Received,
+                    origin: None,
+                };
+                answer.deliver(m.receiver, entry);
+            }
+            let copy = Entry {
+                seq,
+                payload: m.payload,
+                // A message to oneself is received, too (a v1 client is shown it).
+                kind: if m.receiver == sender {
+                    EntryKind::Received
+                } else {
+                    EntryKind::Sent
+                },
+                origin: a.origin,
+            };
+            answer.deliver(sender, copy);
+            answer.outcomes.push(Outcome {
+                client_id: m.client_id,
+                appended: Appended::Stored {
+                    seq,
+                    duplicate: false,
+                },
+            });
+        }
+        Ok(())
+    }
+
+    /// How `sender`'s messages to `user` are stored.
+    fn receiver(
+        &mut self,
+        st: &mut Statements,
+        sender: UserId,
+        user: UserId,
+        friends_only: bool,
+    ) -> rusqlite::Result<Receiver> {
+        let allowed = !friends_only
+            || user == sender
+            || st.are_friends.exists(params![sender.get(), user.get()])?;
+        // A receiver who blocks the sender gets nothing (the sender's copy is stored all the
+        // same); a message to oneself is stored once.
+        let stream = if user == sender || self.blocks.contains(&(user, sender)) {
             None
         } else {
-            Some(load_head(self.heads, &mut st.head, a.receiver)?)
+            Some(self.draft.stream(self.heads, &mut st.head, user)?)
         };
-        // A retry is acknowledged as it was the first time, whatever the relay policy says
-        // now (the two may have stopped being friends since).
-        let id = match &a.client_id {
-            Some(id) => {
-                let key = Key::new(id);
-                match self.ids.check(tx, a.sender, &key)? {
-                    Seen::Stored(seq) => {
-                        let duplicate = Appended::Stored {
-                            seq,
-                            duplicate: true,
-                        };
-                        return Ok((duplicate, [None, None]));
-                    }
-                    Seen::New(place) => Some((key, place)),
-                }
-            }
-            None => None,
-        };
-        if a.friends_only && a.sender != a.receiver {
-            let friends = st
-                .are_friends
-                .exists(params![a.sender.get(), a.receiver.get()])?;
-            if !friends {
-                return Ok((Appended::NotFriends, [None, None]));
-            }
-        }
-        // From here on nothing fails, and the seqs become real.
-        if let Some((key, place)) = id {
-            self.ids.record(a.sender, key, next, place);
-        }
-        let slot = self.drafts.batch.push(&a.payload);
-        let received = receiver_head.map(|head| {
-            let seq = self.push(a.receiver, head, slot, Some((a.sender, true)));
-            let entry = Entry {
-                seq,
-                payload: a.payload.clone(),
-                kind: EntryKind::Received,
-                origin: None,
-            };
-            (a.receiver, entry)
-        });
-        let seq = self.push(a.sender, next - 1, slot, Some((a.receiver, false)));
-        debug_assert_eq!(seq, next);
-        let copy = Entry {
-            seq,
-            payload: a.payload.clone(),
-            // A message to oneself is received, too (a v1 client is shown it).
-            kind: if to_self {
-                EntryKind::Received
-            } else {
-                EntryKind::Sent
-            },
-            origin: a.origin,
-        };
-        let stored = Appended::Stored {
-            seq,
-            duplicate: false,
-        };
-        Ok((stored, [received, Some((a.sender, copy))]))
+        Ok(Receiver {
+            user,
+            allowed,
+            stream,
+        })
     }
 
     /// Runs the social operation `rules` of `a` on `b` in a savepoint: reads how they stand,
@@ -522,7 +614,8 @@ impl State<'_> {
         then: &mut Vec<Then>,
     ) -> rusqlite::Result<Result<T, SocialError>> {
         let mut names = (String::new(), String::new());
-        let heads = &mut *self.heads;
+        let (heads, draft) = (&mut *self.heads, &mut self.draft);
+        let mut streams: Vec<(UserId, StreamIx)> = Vec::with_capacity(2);
         let plan = savepoint(tx, || {
             let plan = rules(read_pair(tx, a, b)?);
             if plan.answer.is_ok() {
@@ -535,7 +628,7 @@ impl State<'_> {
                 // The streams the events go to, so that nothing fails once this is released.
                 let mut head = tx.prepare_cached(HEAD)?;
                 for owner in [a, b] {
-                    load_head(heads, &mut head, owner)?;
+                    streams.push((owner, draft.stream(heads, &mut head, owner)?));
                 }
             }
             Ok(plan)
@@ -570,8 +663,13 @@ impl State<'_> {
                 _ => None,
             };
             let payload = social::event_payload(kind, user, name, message);
-            let slot = self.drafts.batch.push(&payload);
-            let seq = self.push(owner, self.heads[&owner], slot, None);
+            let slot = self.draft.payload(&payload);
+            let stream = streams
+                .iter()
+                .find(|(o, _)| *o == owner)
+                .map(|(_, ix)| *ix)
+                .expect("every event's stream was looked up in the savepoint");
+            let seq = self.draft.push(stream, slot, None);
             then.push(Then::Deliver(
                 owner,
                 Entry {
@@ -584,107 +682,21 @@ impl State<'_> {
         }
         Ok(plan.answer)
     }
+}
 
-    /// Appends the payload at `slot` of this batch to `owner`'s stream after `head` (which
-    /// must be its head) and returns its `seq`. `conversation` is the other user and
-    /// whether they sent it.
-    fn push(
-        &mut self,
-        owner: UserId,
-        head: u64,
-        slot: Slot,
-        conversation: Option<(UserId, bool)>,
-    ) -> u64 {
-        let seq = head + 1;
-        self.heads.insert(owner, seq);
-        self.drafts
-            .chunks
-            .entry(owner)
-            .or_insert_with(|| ChunkDraft::new(seq))
-            .push(slot);
-        if let Some((peer, from_peer)) = conversation {
-            let c = self
-                .drafts
-                .conversations
-                .entry((owner, peer))
-                .or_insert((seq, seq, 0));
-            c.1 = seq;
-            c.2 += u64::from(from_peer);
-        }
-        seq
-    }
-
-    /// Writes what the batch gathered: its payloads, one chunk per stream, one row per
-    /// conversation per chunk, the runs of client ids, the acknowledgements and read
-    /// positions.
-    fn finish(&mut self, tx: &Transaction) -> rusqlite::Result<()> {
-        if !self.drafts.batch.is_empty() {
-            let frames = std::mem::take(&mut self.drafts.batch.frames);
-            tx.prepare_cached("INSERT INTO batches (frames, chunks) VALUES (?1, ?2)")?
-                .execute(params![frames, self.drafts.chunks.len()])?;
-            let batch = tx.last_insert_rowid();
-            let mut insert = tx.prepare_cached(
-                "INSERT INTO stream_chunks (owner, last_seq, first_seq, batch, entries)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-            )?;
-            for (owner, d) in self.drafts.chunks.drain() {
-                insert.execute(params![
-                    owner.get(),
-                    d.last_seq,
-                    d.first_seq,
-                    batch,
-                    d.entries
-                ])?;
-            }
-        }
-        let mut insert = tx.prepare_cached(
-            "INSERT INTO conversation_chunks (owner, peer, first_seq, last_seq, received)
-             VALUES (?1, ?2, ?3, ?4, ?5)",
-        )?;
-        for ((owner, peer), (first, last, received)) in self.drafts.conversations.drain() {
-            insert.execute(params![owner.get(), peer.get(), first, last, received])?;
-        }
-        self.ids.finish(tx)?;
-        let mut head = tx.prepare_cached(HEAD)?;
-        for (owner, seq) in self.drafts.acks.drain() {
-            // Never backwards, never past the head.
-            let seq = seq.min(load_head(self.heads, &mut head, owner)?);
-            tx.prepare_cached(
-                "INSERT INTO stream_acks (owner, acked) VALUES (?1, ?2)
-                 ON CONFLICT (owner) DO UPDATE SET acked = max(acked, excluded.acked)",
-            )?
-            .execute(params![owner.get(), seq])?;
-        }
-        for ((owner, peer), seq) in self.drafts.reads.drain() {
-            let seq = seq.min(load_head(self.heads, &mut head, owner)?);
-            tx.prepare_cached(
-                "INSERT INTO read_positions (owner, peer, seq) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (owner, peer) DO UPDATE SET seq = max(seq, excluded.seq)",
-            )?
-            .execute(params![owner.get(), peer.get(), seq])?;
-        }
-        Ok(())
-    }
+/// Where one sender's messages to one receiver go.
+#[derive(Debug, Clone, Copy)]
+struct Receiver {
+    user: UserId,
+    /// Not refused by `--relay-policy friends`.
+    allowed: bool,
+    /// The receiver's stream; none for a message to oneself (stored once, as the sender's)
+    /// or to someone who blocks the sender.
+    stream: Option<StreamIx>,
 }
 
 /// Whether `?1` counts `?2` among their friends.
 const ARE_FRIENDS: &str = "SELECT 1 FROM friendships WHERE user_id = ?1 AND friend_id = ?2";
-
-/// The head of `owner`'s stream, from `heads` or else from the table (with `stmt`, a
-/// prepared [`HEAD`]).
-fn load_head(
-    heads: &mut HashMap<UserId, u64>,
-    stmt: &mut CachedStatement,
-    owner: UserId,
-) -> rusqlite::Result<u64> {
-    if let Some(head) = heads.get(&owner) {
-        return Ok(*head);
-    }
-    let head: Option<u64> = stmt.query_row([owner.get()], |r| r.get(0))?;
-    let head = head.unwrap_or(0);
-    heads.insert(owner, head);
-    Ok(head)
-}
 
 /// Runs `f` inside a savepoint: all of its statements or none.
 fn savepoint<T>(tx: &Transaction, f: impl FnOnce() -> rusqlite::Result<T>) -> rusqlite::Result<T> {
