@@ -316,6 +316,15 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_byte_limit_stays_far_below_sqlites_row_limit() {
+        let parse = |v: &str| Config::try_parse_from(["imserver", "--max-batch-bytes", v]);
+        assert_eq!(parse("1").unwrap().store.max_batch_bytes, 1);
+        assert!(parse("0").unwrap_err().to_string().contains("at least 1"));
+        let too_big = parse("1000000000").unwrap_err().to_string();
+        assert!(too_big.contains("at most"), "{too_big}");
+    }
+
+    #[test]
     fn the_defaults_are_the_flags_defaults() {
         let c = Config::default();
         assert_eq!(c.relay.idle_timeout, Duration::from_secs(300));

@@ -207,6 +207,10 @@ mod tests {
         assert_eq!(count("SELECT acked FROM stream_acks WHERE owner = 7"), 1);
         assert_eq!(count("SELECT count(*) FROM stream_acks"), 1);
         assert_eq!(count("SELECT count(*) FROM message_id_runs"), 1);
+        // A retry of the old client id is still recognised, with its old seq.
+        let nine = UserId::new(9).unwrap();
+        let seen = ids::Ids::new(10).check(&conn, nine, &Key::new("c-1"));
+        assert_eq!(seen.unwrap(), ids::Seen::Stored(1));
         // Each old chunk is a batch of its own, and its entries point at its frames.
         let (first, batch, entries): (u64, i64, Vec<u8>) = conn
             .query_row(
