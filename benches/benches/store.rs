@@ -48,6 +48,31 @@ const ROUND: usize = 10_000;
 const PAIRS: usize = 50;
 const BURST: usize = 25;
 
+/// The client ids of a variant.
+#[derive(Clone, Copy)]
+enum Ids {
+    None,
+    Growing,
+    Random,
+}
+
+impl Ids {
+    /// The id of message number `n`.
+    fn make(self, n: usize) -> Option<String> {
+        match self {
+            Ids::None => None,
+            Ids::Growing => Some(n.to_string()),
+            // A fixed permutation of the counter (splitmix64): unique, in no order.
+            Ids::Random => {
+                let mut z = (n as u64).wrapping_add(0x9e37_79b9_7f4a_7c15);
+                z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+                z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+                Some(format!("{:016x}", z ^ (z >> 31)))
+            }
+        }
+    }
+}
+
 fn append(c: &mut Criterion) {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -60,7 +85,13 @@ fn append(c: &mut Criterion) {
     let mut group = c.benchmark_group("store");
     group.throughput(Throughput::Elements(ROUND as u64));
     group.sample_size(10);
-    for (name, with_id) in [("append_v1", false), ("append_v2_with_id", true)] {
+    // v1 (no ids), v2 with ids that grow (a counter, as improto's clients make them), and
+    // v2 with random ids (16 hex digits), which cannot share rows.
+    for (name, ids) in [
+        ("append_v1", Ids::None),
+        ("append_v2_with_id", Ids::Growing),
+        ("append_v2_random_ids", Ids::Random),
+    ] {
         let next_id = AtomicUsize::new(0);
         group.bench_function(name, |b| {
             // The requests are made outside the measurement, so that the writer, not this
@@ -73,8 +104,7 @@ fn append(c: &mut Criterion) {
                         let messages = (0..BURST)
                             .map(|_| NewMessage {
                                 receiver: user(1000 + pair),
-                                client_id: with_id
-                                    .then(|| next_id.fetch_add(1, Ordering::Relaxed).to_string()),
+                                client_id: ids.make(next_id.fetch_add(1, Ordering::Relaxed)),
                                 payload: payload.clone(),
                             })
                             .collect();

@@ -241,9 +241,10 @@ struct Progress {
 ///
 /// What it keeps in its [`ClientState`] (a file with [`FileState`]): the highest `seq` the
 /// app has processed, the messages sent but not yet acknowledged, and this device's message
-/// id counter. Message ids are this device's random tag and a fixed-width counter, so they
-/// never repeat and sort in the order they were made (which also keeps the server's
-/// de-duplication index cheap).
+/// id counter. A message id is the time (in milliseconds), this device's random tag and a
+/// counter, each of a fixed width: ids never repeat, and they grow in the order they were
+/// made, across all of the user's devices as far as their clocks agree (which keeps the
+/// server's de-duplication cheap).
 ///
 /// Call [`next`](Self::next) regularly: a client whose items are not taken stops reading
 /// from the server, which then disconnects it as a slow reader (nothing is lost; it catches
@@ -519,7 +520,14 @@ impl<S: ClientState> Task<S> {
         tx: Option<&mut ClientSender>,
     ) -> Result<(), End> {
         m.sender = self.options.user.clone();
-        let id = format!("{}-{:016x}", self.saved.device, self.saved.next_id);
+        // Time first, so that the ids of all of a user's devices grow together.
+        let millis = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let id = format!(
+            "{millis:012x}-{}-{:016x}",
+            self.saved.device, self.saved.next_id
+        );
         self.saved.next_id += 1;
         m.id = Some(id);
         self.saved.outbox.push(m.clone());

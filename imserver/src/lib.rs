@@ -27,15 +27,16 @@
 //!
 //! ## The way one message travels
 //!
-//! A session reads a frame, peeks at its envelope and checks the sender, then queues an
-//! append to the store. The store's writer thread commits a batch of appends in one
-//! transaction, giving each message the next `seq` of its receiver's stream and its copy the
-//! next `seq` of its sender's. After the commit, in commit order, it calls each append's
-//! hook (which queues the sender's `Ack`, v2) and hands both entries to the `Delivery`: the
-//! router queues each on every live connection of its user (the sending connection excepted;
-//! its `Ack` says it all). Each connection writes an entry with its `seq` spliced in.
-//! Offline devices get it from the store when they `Regist`, from their `lastSeq` or the
-//! acknowledged position.
+//! A session reads a frame, peeks at its envelope and checks the sender; the messages among
+//! the frames that arrived together go to the store as one request. The store's writer
+//! thread commits everything queued in one transaction, storing each payload once and giving
+//! each message the next `seq` of its receiver's stream and its copy the next `seq` of its
+//! sender's. After the commit, in commit order, it tells each request's sender what became
+//! of its messages (the v2 `Ack`s) and hands the entries to the `Delivery`, a batch per
+//! user: the router queues them on every live connection of that user (the sending
+//! connection excepted; its `Ack`s say it all). Each connection writes an entry with its
+//! `seq` spliced in. Offline devices get it from the store when they `Regist`, from their
+//! `lastSeq` or the acknowledged position.
 
 pub mod auth;
 pub mod config;

@@ -303,7 +303,7 @@ pub trait Streams {
     fn mark_read(&self, owner: UserId, peer: UserId, seq: u64) -> StoreFuture<'_, ()>;
 
     /// Calls `done` once every write queued before this call has committed, from the same
-    /// thread and in the same order as commit hooks. Returns once queued. The relay answers
+    /// thread and in the same order as the [`Replies`] of appends. Returns once queued. The relay answers
     /// `Ping` through it: a `Pong` proves the connection's earlier frames have taken effect.
     fn barrier(&self, done: BarrierHook) -> StoreFuture<'_, ()>;
 

@@ -138,8 +138,8 @@ struct Session<T> {
     /// Told what became of our messages, from `Regist` on: our send queue (v2), or
     /// [`Untold`] (v1).
     replies: Option<Arc<dyn Replies>>,
-    /// Cancelled by the router when the send queue overflows, by a commit hook when the
-    /// store failed, or with its parent, the server's shutdown token: one token to wait on
+    /// Cancelled by the router when the send queue overflows, by the store when it could
+    /// not store our messages, or with its parent, the server's shutdown token: one token to wait on
     /// (a wait on a shared token would take that token's lock on every frame).
     evict: CancellationToken,
     /// The server's shutdown token, to tell a shutdown from an eviction.

@@ -10,7 +10,7 @@ use rusqlite::{Transaction, params};
 use rusqlite_migration::{HookError, HookResult, M, Migrations};
 
 use super::chunk::{ChunkDraft, Frames, conversation_of};
-use super::ids::{self, Key};
+use super::ids::Key;
 use crate::id::UserId;
 
 pub(super) fn migrations() -> Migrations<'static> {
@@ -94,7 +94,7 @@ fn streams(tx: &Transaction) -> HookResult {
 }
 
 /// Each chunk of 0004 (its stream's payloads, framed) becomes a batch of its own and a chunk
-/// of positions in it; each client id of 0004 becomes a run of one.
+/// of positions in it; each client id of 0004 keeps a row of its own.
 fn payloads_once(tx: &Transaction) -> HookResult {
     tx.execute_batch(
         "INSERT INTO batches (id, frames, chunks) SELECT id, frames, 1 FROM stream_chunks",
@@ -128,11 +128,9 @@ fn payloads_once(tx: &Transaction) -> HookResult {
     let mut rows = old.query([])?;
     while let Some(row) = rows.next()? {
         let (sender, id, seq): (i64, String, u64) = (row.get(0)?, row.get(1)?, row.get(2)?);
-        let key = Key::new(&id);
-        let entries = ids::encode(&[(key.clone(), seq)]);
         tx.execute(
-            "INSERT INTO message_id_runs (sender, first_id, last_id, entries) VALUES (?1, ?2, ?2, ?3)",
-            params![sender, key.as_bytes(), entries],
+            "INSERT INTO message_id_singles (sender, id, seq) VALUES (?1, ?2, ?3)",
+            params![sender, Key::new(&id).as_bytes(), seq],
         )?;
     }
     drop(rows);
@@ -206,11 +204,11 @@ mod tests {
         );
         assert_eq!(count("SELECT acked FROM stream_acks WHERE owner = 7"), 1);
         assert_eq!(count("SELECT count(*) FROM stream_acks"), 1);
-        assert_eq!(count("SELECT count(*) FROM message_id_runs"), 1);
+        assert_eq!(count("SELECT count(*) FROM message_id_singles"), 1);
         // A retry of the old client id is still recognised, with its old seq.
         let nine = UserId::new(9).unwrap();
-        let seen = ids::Ids::new(10).check(&conn, nine, &Key::new("c-1"));
-        assert_eq!(seen.unwrap(), ids::Seen::Stored(1));
+        let seen = super::super::ids::Ids::new(10).check(&conn, nine, &Key::new("c-1"));
+        assert_eq!(seen.unwrap(), super::super::ids::Seen::Stored(1));
         // Each old chunk is a batch of its own, and its entries point at its frames.
         let (first, batch, entries): (u64, i64, Vec<u8>) = conn
             .query_row(

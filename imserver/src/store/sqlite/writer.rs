@@ -16,7 +16,7 @@
 //! forgotten whenever a transaction fails (the database rolled back, the copies did not).
 //! Each batch writes one `batches` row with every payload it appended, once (see `chunk`),
 //! one chunk per stream it touched, one `conversation_chunks` row per conversation in it
-//! (see `draft`), and one run of client ids per device that sent (see `ids`).
+//! (see `draft`), and the client ids it stored (see `ids`).
 //!
 //! A request of appends (the messages one connection sent in one go) is answered with one
 //! call to its `Replies` and one delivery per user it appended to: the per-message work is
@@ -520,7 +520,7 @@ impl State<'_> {
                             });
                             continue;
                         }
-                        Seen::New(place) => Some((key, place)),
+                        new => Some((key, new)),
                     }
                 }
                 None => None,
@@ -540,8 +540,8 @@ impl State<'_> {
             // From here on nothing fails, and the seqs become real.
             let slot = self.draft.payload(&m.payload);
             let seq = self.draft.push(own, slot, Some((m.receiver, false)));
-            if let Some((key, place)) = id {
-                self.ids.record(sender, key, seq, place);
+            if let Some((key, new)) = id {
+                self.ids.record(sender, key, seq, new);
             }
             if let Some(stream) = r.stream {
                 let received = self.draft.push(stream, slot, Some((sender, true)));

@@ -1,6 +1,6 @@
 -- Every payload once, every stream as positions in the payloads (see `chunk.rs`), and client
--- message ids in runs (see `ids.rs`). The Rust half of this migration (`schema.rs`) moves
--- the chunks and ids of 0004 over.
+-- message ids that grow in runs (see `ids.rs`). The Rust half of this migration
+-- (`schema.rs`) moves the chunks and ids of 0004 over.
 
 -- The payloads one transaction appended, each framed as on the wire.
 CREATE TABLE batches (
@@ -21,14 +21,22 @@ CREATE TABLE new_stream_chunks (
     PRIMARY KEY (owner, last_seq)
 ) WITHOUT ROWID;
 
--- A retried message (same sender, same client id) is stored once. Each row is a run of one
--- sender's ids, between first_id and last_id (each as 4 bytes of length, then the id: shorter
--- ids sort first); a sender's runs never overlap. `entries` holds each id of the run with the
--- seq of its copy in the sender's stream.
+-- A retried message (same sender, same client id) is stored once; see `ids.rs`. Client ids
+-- are kept as 4 bytes of length, then the id (so that shorter ids sort first). Each run
+-- holds ids a sender sent above all of its earlier ones, between first_id and last_id, with
+-- the seq of each one's copy in the sender's stream; a sender's runs never overlap.
 CREATE TABLE message_id_runs (
     sender   INTEGER NOT NULL,
     first_id BLOB NOT NULL,
     last_id  BLOB NOT NULL,
     entries  BLOB NOT NULL,
     PRIMARY KEY (sender, first_id)
+) WITHOUT ROWID;
+
+-- Any other id, a row each (was `message_ids`).
+CREATE TABLE message_id_singles (
+    sender INTEGER NOT NULL,
+    id     BLOB NOT NULL,
+    seq    INTEGER NOT NULL,
+    PRIMARY KEY (sender, id)
 ) WITHOUT ROWID;
