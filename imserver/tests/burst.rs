@@ -30,6 +30,16 @@ async fn burst_as_1(srv: &TestServer, frames: &[Vec<u8>]) -> Client {
     c
 }
 
+/// User 2's stream is `m0` … `m<n-1>`, in order: replayed from the start.
+async fn assert_stream_of_2_is(srv: &TestServer, n: u64) {
+    let t2 = srv.login("2", "123").await;
+    let (mut b, head) = srv.v2("2", &t2, Some(0)).await;
+    assert_eq!(head, n);
+    for i in 0..n {
+        assert_eq!(recv_message(&mut b).await.message, format!("m{i}"));
+    }
+}
+
 fn message(to: &str, id: &str) -> Vec<u8> {
     let m = Message::new("1", to, id).with_id(id);
     frame(&Packet::from(m).to_json().unwrap())
@@ -110,12 +120,7 @@ async fn a_sender_at_its_limit_of_unanswered_messages_waits_and_loses_nothing() 
         }
     }
     sender.await.unwrap();
-    let t2 = srv.login("2", "123").await;
-    let (mut b, head) = srv.v2("2", &t2, Some(0)).await;
-    assert_eq!(head, 300);
-    for i in 0..300 {
-        assert_eq!(recv_message(&mut b).await.message, format!("m{i}"));
-    }
+    assert_stream_of_2_is(&srv, 300).await;
 }
 
 #[tokio::test]
@@ -171,12 +176,7 @@ async fn the_smallest_store_limits_still_store_and_deliver_everything_in_order()
     }
     drop((b, c));
     srv.restart().await;
-    let t2 = srv.login("2", "123").await;
-    let (mut b, head) = srv.v2("2", &t2, Some(0)).await;
-    assert_eq!(head, 200);
-    for i in 0..200 {
-        assert_eq!(recv_message(&mut b).await.message, format!("m{i}"));
-    }
+    assert_stream_of_2_is(&srv, 200).await;
 }
 
 #[tokio::test]

@@ -139,8 +139,8 @@ struct Session<T> {
     /// [`Untold`] (v1).
     replies: Option<Arc<dyn Replies>>,
     /// Cancelled by the router when the send queue overflows, by the store when it could
-    /// not store our messages, or with its parent, the server's shutdown token: one token to wait on
-    /// (a wait on a shared token would take that token's lock on every frame).
+    /// not store our messages, or with its parent, the server's shutdown token: one token to
+    /// wait on (a wait on a shared token would take that token's lock on every frame).
     evict: CancellationToken,
     /// The server's shutdown token, to tell a shutdown from an eviction.
     shutdown: CancellationToken,
@@ -350,7 +350,6 @@ impl<T: Transport> Session<T> {
                 let payload = if ready { payload } else { spliceable(&payload) };
                 self.message(ids, id, payload).await
             }
-
             PacketKind::Regist => match Packet::from_json(&payload) {
                 Ok(Packet::Regist(r)) => self.regist(r).await,
                 // The peek and the full decode agree on every frame (a fuzzed property);
@@ -607,7 +606,7 @@ impl<T: Transport> Session<T> {
                         }
                     }
                 }
-                Outbound::Replies(outcomes) => last = self.replies(outcomes).max(last),
+                Outbound::Replies(outcomes) => last = self.answer(outcomes).max(last),
                 Outbound::Pong => self.transport.push_packet(&Packet::Pong),
             }
             item = if self.transport.buffered() < COALESCE_BYTES {
@@ -622,7 +621,7 @@ impl<T: Transport> Session<T> {
     /// Answers what became of this connection's messages (v2 only: see [`Untold`]), and
     /// returns the highest `seq` among their copies: the sending device has those entries
     /// of its stream, as it sent them.
-    fn replies(&mut self, outcomes: Vec<Outcome>) -> u64 {
+    fn answer(&mut self, outcomes: Vec<Outcome>) -> u64 {
         let mut last = 0;
         for Outcome {
             client_id,
