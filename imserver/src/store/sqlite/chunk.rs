@@ -10,7 +10,9 @@
 //! commit are small (a few dozen streams at a time, a few hundred messages).
 //!
 //! A chunk's entries are varints: per entry, the distance of its payload from the previous
-//! entry's (from the start of the batch for the first) and its length.
+//! entry's (from the start of the batch for the first), its length, and its *origin*: for a
+//! message received from another user, the `seq` of that user's own copy of it (what a
+//! read receipt tells them), else 0.
 
 use bytes::Bytes;
 use improto::{Envelope, PacketKind};
@@ -93,14 +95,16 @@ impl ChunkDraft {
         }
     }
 
-    /// Adds the entry with the next `seq`: the payload at `slot`.
-    pub fn push(&mut self, slot: Slot) {
+    /// Adds the entry with the next `seq`: the payload at `slot`, with its origin (see the
+    /// module docs).
+    pub fn push(&mut self, slot: Slot, origin: u64) {
         debug_assert!(
             slot.offset >= self.previous,
             "entries move forward in a batch"
         );
         put_var(&mut self.entries, slot.offset - self.previous);
         put_var(&mut self.entries, slot.len);
+        put_var(&mut self.entries, origin);
         self.previous = slot.offset;
         self.last_seq += 1;
     }
@@ -112,7 +116,16 @@ fn put_var(out: &mut Vec<u8>, n: u64) {
     out.extend_from_slice(&buf[..len]);
 }
 
-/// The entries of a stored chunk: each one's `seq` and the slot of its payload.
+/// A stored entry of a chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct ChunkEntry {
+    pub seq: u64,
+    pub slot: Slot,
+    /// See the module docs.
+    pub origin: u64,
+}
+
+/// The entries of a stored chunk, in order.
 pub(super) fn entries(first_seq: u64, data: &[u8]) -> Entries<'_> {
     Entries {
         seq: first_seq,
@@ -128,7 +141,7 @@ pub(super) struct Entries<'a> {
 }
 
 impl Iterator for Entries<'_> {
-    type Item = Result<(u64, Slot), &'static str>;
+    type Item = Result<ChunkEntry, &'static str>;
 
     fn next(&mut self) -> Option<Self::Item> {
         if self.rest.is_empty() {
@@ -139,18 +152,19 @@ impl Iterator for Entries<'_> {
             self.rest = &self.rest[used..];
             Some(n)
         };
-        let (Some(delta), Some(len)) = (var(), var()) else {
+        let (Some(delta), Some(len), Some(origin)) = (var(), var(), var()) else {
             self.rest = &[];
             return Some(Err("a chunk's entries are cut short"));
         };
         self.offset += delta;
-        let entry = (
-            self.seq,
-            Slot {
+        let entry = ChunkEntry {
+            seq: self.seq,
+            slot: Slot {
                 offset: self.offset,
                 len,
             },
-        );
+            origin,
+        };
         self.seq += 1;
         Some(Ok(entry))
     }
@@ -218,13 +232,14 @@ mod tests {
         let other = batch.push(b"{\"not\":\"ours\"}");
         let a = batch.push(b"{}");
         let b = batch.push(&[b'x'; 300]);
-        chunk.push(a);
-        chunk.push(b);
+        chunk.push(a, 0);
+        chunk.push(b, 41);
         assert_eq!((chunk.first_seq, chunk.last_seq), (7, 8));
         let back: Vec<_> = entries(7, &chunk.entries)
+            .map(|e| e.map(|e| (e.seq, e.slot, e.origin)))
             .collect::<Result<_, _>>()
             .unwrap();
-        assert_eq!(back, [(7, a), (8, b)]);
+        assert_eq!(back, [(7, a, 0), (8, b, 41)]);
         let payload = |s: Slot| &batch.frames[s.offset as usize..(s.offset + s.len) as usize];
         assert_eq!(payload(a), b"{}");
         assert_eq!(payload(b), &[b'x'; 300][..]);

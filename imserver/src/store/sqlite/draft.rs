@@ -62,10 +62,17 @@ impl Draft {
     }
 
     /// Appends the payload at `slot` to stream `ix` and returns its `seq`. `conversation`
-    /// is the other user and whether they sent it.
-    pub fn push(&mut self, ix: StreamIx, slot: Slot, conversation: Option<(UserId, bool)>) -> u64 {
+    /// is the other user and whether they sent it; `origin`, for a message from another
+    /// user, the `seq` of that user's copy (else 0).
+    pub fn push(
+        &mut self,
+        ix: StreamIx,
+        slot: Slot,
+        conversation: Option<(UserId, bool)>,
+        origin: u64,
+    ) -> u64 {
         let stream = &mut self.streams[ix];
-        stream.chunk.push(slot);
+        stream.chunk.push(slot, origin);
         let seq = stream.chunk.last_seq;
         if let Some((peer, from_peer)) = conversation {
             let found = stream.conversations.iter_mut().rev().find(|c| c.0 == peer);

@@ -135,10 +135,13 @@ pub(super) fn read_stream(
     {
         let (first, batch) = (row.get(0)?, row.get(1)?);
         for entry in entries(first, row.get_ref(2)?.as_blob()?) {
-            let (seq, slot) = entry.map_err(corrupt)?;
-            if seq > after {
-                let payload = payloads.read(batch, slot)?;
-                out.push(StoredEntry { seq, payload });
+            let e = entry.map_err(corrupt)?;
+            if e.seq > after {
+                let payload = payloads.read(batch, e.slot)?;
+                out.push(StoredEntry {
+                    seq: e.seq,
+                    payload,
+                });
                 if out.len() == limit {
                     break;
                 }
@@ -201,16 +204,16 @@ fn chunk_entries(
         })?;
     let mut out = Vec::new();
     for entry in entries(first, &data) {
-        let (seq, slot) = entry.map_err(corrupt)?;
-        if seq < from {
+        let e = entry.map_err(corrupt)?;
+        if e.seq < from {
             continue;
         }
-        if seq > to {
+        if e.seq > to {
             break;
         }
         let entry = StoredEntry {
-            seq,
-            payload: payloads.read(batch, slot)?,
+            seq: e.seq,
+            payload: payloads.read(batch, e.slot)?,
         };
         if keep(&entry) {
             out.push(entry);

@@ -108,7 +108,8 @@ fn payloads_once(tx: &Transaction) -> HookResult {
         let mut chunk = ChunkDraft::new(first);
         for entry in Frames::new(first, Bytes::from(row.get::<_, Vec<u8>>(4)?)) {
             let (_, slot) = entry.map_err(|e| HookError::Hook(format!("stream {owner}: {e}")))?;
-            chunk.push(slot);
+            // Where the senders' copies are was not kept before.
+            chunk.push(slot, 0);
         }
         if chunk.last_seq != last {
             return Err(HookError::Hook(format!(
@@ -224,11 +225,12 @@ mod tests {
             .unwrap();
         let payloads: Vec<(u64, &[u8])> = super::super::chunk::entries(first, &entries)
             .map(|e| {
-                let (seq, slot) = e.unwrap();
-                (
-                    seq,
-                    &frames[slot.offset as usize..(slot.offset + slot.len) as usize],
-                )
+                let e = e.unwrap();
+                let (start, end) = (
+                    e.slot.offset as usize,
+                    (e.slot.offset + e.slot.len) as usize,
+                );
+                (e.seq, &frames[start..end])
             })
             .collect();
         assert_eq!(payloads, [(1, &from_9[..]), (2, &to_self[..])]);

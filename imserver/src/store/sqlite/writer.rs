@@ -539,12 +539,12 @@ impl State<'_> {
             }
             // From here on nothing fails, and the seqs become real.
             let slot = self.draft.payload(&m.payload);
-            let seq = self.draft.push(own, slot, Some((m.receiver, false)));
+            let seq = self.draft.push(own, slot, Some((m.receiver, false)), 0);
             if let Some((key, new)) = id {
                 self.ids.record(sender, key, seq, new);
             }
             if let Some(stream) = r.stream {
-                let received = self.draft.push(stream, slot, Some((sender, true)));
+                let received = self.draft.push(stream, slot, Some((sender, true)), seq);
                 let entry = Entry {
                     seq: received,
                     payload: m.payload.clone(),
@@ -669,7 +669,7 @@ impl State<'_> {
                 .find(|(o, _)| *o == owner)
                 .map(|(_, ix)| *ix)
                 .expect("every event's stream was looked up in the savepoint");
-            let seq = self.draft.push(stream, slot, None);
+            let seq = self.draft.push(stream, slot, None, 0);
             then.push(Then::Deliver(
                 owner,
                 Entry {

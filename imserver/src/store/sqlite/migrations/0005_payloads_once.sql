@@ -17,7 +17,7 @@ CREATE TABLE new_stream_chunks (
     last_seq  INTEGER NOT NULL,
     first_seq INTEGER NOT NULL,
     batch     INTEGER NOT NULL,  -- batches.id
-    entries   BLOB NOT NULL,     -- per entry, varints: offset from the previous, length
+    entries   BLOB NOT NULL,     -- per entry, varints: offset from the previous, length, origin
     PRIMARY KEY (owner, last_seq)
 ) WITHOUT ROWID;
 
