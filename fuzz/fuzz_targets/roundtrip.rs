@@ -6,7 +6,7 @@ use arbitrary::Arbitrary;
 use bytes::BytesMut;
 use improto::{
     Ack, Envelope, ErrorCode, ErrorPacket, Event, EventKind, MAX_CLIENT_ID_CHARS, Message, Packet,
-    PacketCodec, ProtoError, Read, Regist, Registered,
+    PacketCodec, Presence, ProtoError, Read, Regist, Registered, Typing,
 };
 use libfuzzer_sys::fuzz_target;
 use tokio_util::codec::{Decoder, Encoder};
@@ -30,6 +30,7 @@ enum Input {
     Ack {
         id: Option<String>,
         seq: u64,
+        group: Option<String>,
     },
     Ping,
     Pong,
@@ -48,10 +49,21 @@ enum Input {
         name: Option<String>,
         text: Option<String>,
         seq: Option<u64>,
+        group: Option<String>,
+        up_to: Option<u64>,
+        owner: Option<String>,
     },
     Read {
         peer: String,
         seq: u64,
+    },
+    Typing {
+        sender: Option<String>,
+        receiver: String,
+    },
+    Presence {
+        user: String,
+        online: bool,
     },
 }
 
@@ -83,7 +95,7 @@ fn build(input: Input) -> Packet {
             m.seq = seq;
             m.into()
         }
-        Input::Ack { id, seq } => Ack::stored(id, seq).into(),
+        Input::Ack { id, seq, group } => Ack::stored(id, seq).in_group(group).into(),
         Input::Ping => Packet::Ping,
         Input::Pong => Packet::Pong,
         Input::Registered { sender, seq } => Registered::new(sender, seq).into(),
@@ -96,12 +108,22 @@ fn build(input: Input) -> Packet {
             name,
             text,
             seq,
+            group,
+            up_to,
+            owner,
         } => {
             let mut e = Event::new(EventKind::from_wire(&kind), "", "");
             (e.user, e.name, e.message, e.seq) = (user, name, text, seq);
+            (e.group, e.up_to, e.owner) = (group, up_to, owner);
             e.into()
         }
         Input::Read { peer, seq } => Read::new(peer, seq).into(),
+        Input::Typing { sender, receiver } => {
+            let mut t = Typing::to(receiver);
+            t.sender = sender;
+            t.into()
+        }
+        Input::Presence { user, online } => Presence::new(user, online).into(),
     }
 }
 
@@ -151,6 +173,10 @@ fuzz_target!(|input: Input| {
         Packet::Read(r) => assert_eq!(
             (env.peer(), env.seq()),
             (Some(r.peer.as_str()), Some(r.seq))
+        ),
+        Packet::Typing(t) => assert_eq!(
+            (env.sender(), env.receiver()),
+            (t.sender.as_deref(), Some(t.receiver.as_str()))
         ),
         Packet::Registered(r) => assert_eq!(
             (env.sender(), env.seq()),

@@ -177,6 +177,22 @@ impl Client {
         self.sender.read(peer, seq).await
     }
 
+    /// Sends `text` from `sender` to group `group` (v2). See [`ClientSender::send_to_group`].
+    pub async fn send_to_group(
+        &mut self,
+        sender: &str,
+        group: &str,
+        text: &str,
+        id: &str,
+    ) -> Result<(), ProtoError> {
+        self.sender.send_to_group(sender, group, text, id).await
+    }
+
+    /// Says that the user is typing to `receiver` (v2). See [`ClientSender::typing`].
+    pub async fn typing(&mut self, receiver: &str) -> Result<(), ProtoError> {
+        self.sender.typing(receiver).await
+    }
+
     /// Splits the client into halves that can be used from different tasks.
     pub fn split(self) -> (ClientSender, ClientReceiver) {
         (self.sender, self.receiver)
@@ -230,6 +246,59 @@ impl ClientSender {
     /// ```
     pub async fn read(&mut self, peer: &str, seq: u64) -> Result<(), ProtoError> {
         self.send(crate::Read::new(peer, seq)).await
+    }
+
+    /// Sends `text` from `sender` to group `group` (`"g12"`), with client id `id` (v2). The
+    /// server stores it in every member's stream and answers with an [`Ack`] that names the
+    /// group; a sender who is not a member gets `Error` `not_member`.
+    ///
+    /// ```no_run
+    /// use improto::{Client, Packet, Regist};
+    ///
+    /// # async fn demo(token: String) -> Result<(), improto::ProtoError> {
+    /// let mut client = Client::connect("127.0.0.1:8888").await?;
+    /// client.handshake(Regist::v2("7", token)).await?;
+    /// client.send_to_group("7", "g12", "hello, everyone", "c-1").await?;
+    /// if let Some(Packet::Ack(ack)) = client.recv().await? {
+    ///     assert_eq!(ack.group.as_deref(), Some("g12"));
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn send_to_group(
+        &mut self,
+        sender: &str,
+        group: &str,
+        text: &str,
+        id: &str,
+    ) -> Result<(), ProtoError> {
+        self.send(crate::Message::new(sender, group, text).with_id(id))
+            .await
+    }
+
+    /// Says that the user is typing to `receiver`, a user or a group (v2). The server passes
+    /// it on to the receiver's connections (every member's, for a group) as a
+    /// [`Typing`](crate::Typing) with `sender` set; nothing is stored, and a connection that
+    /// sends these too often has the extra ones dropped. Send it again every few seconds
+    /// while the user types.
+    ///
+    /// ```no_run
+    /// use improto::{Client, Packet, Regist};
+    ///
+    /// # async fn demo(token: String) -> Result<(), improto::ProtoError> {
+    /// let mut client = Client::connect("127.0.0.1:8888").await?;
+    /// client.handshake(Regist::v2("7", token)).await?;
+    /// client.typing("9").await?;
+    /// while let Some(packet) = client.recv().await? {
+    ///     match packet {
+    ///         Packet::Typing(t) => println!("{:?} is typing", t.sender),
+    ///         Packet::Presence(p) => println!("{} is {}", p.user, if p.online { "online" } else { "away" }),
+    ///         _ => {}
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn typing(&mut self, receiver: &str) -> Result<(), ProtoError> {
+        self.send(crate::Typing::to(receiver)).await
     }
 
     /// Sends `Ping` (v2). The server answers `Pong` once every frame sent before it has taken

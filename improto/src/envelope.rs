@@ -42,6 +42,10 @@ pub enum PacketKind {
     Event,
     /// `{"type":"Read",…}`
     Read,
+    /// `{"type":"Typing",…}`
+    Typing,
+    /// `{"type":"Presence",…}`
+    Presence,
 }
 
 /// The routing facts of one valid frame, borrowed from it.
@@ -89,7 +93,7 @@ impl<'a> Envelope<'a> {
                 seq,
                 ..
             } => env(PacketKind::Message, Some(sender), Some(receiver), id, seq),
-            Valid::Ack { id, seq } => env(PacketKind::Ack, None, None, id, Some(seq)),
+            Valid::Ack { id, seq, .. } => env(PacketKind::Ack, None, None, id, Some(seq)),
             Valid::Ping => env(PacketKind::Ping, None, None, None, None),
             Valid::Pong => env(PacketKind::Pong, None, None, None, None),
             Valid::Registered { sender, seq } => {
@@ -101,6 +105,10 @@ impl<'a> Envelope<'a> {
                 peer: Some(peer),
                 ..env(PacketKind::Read, None, None, None, Some(seq))
             },
+            Valid::Typing { sender, receiver } => {
+                env(PacketKind::Typing, sender, Some(receiver), None, None)
+            }
+            Valid::Presence { .. } => env(PacketKind::Presence, None, None, None, None),
         })
     }
 
@@ -123,17 +131,17 @@ impl<'a> Envelope<'a> {
         self.kind
     }
 
-    /// The `sender` user id (`Regist`, `Message`, `Registered`).
+    /// The `sender` user id (`Regist`, `Message`, `Registered`, and `Typing` from the server).
     pub fn sender(&self) -> Option<&str> {
         self.sender.as_deref()
     }
 
-    /// The `receiver` user id (`Message`).
+    /// The `receiver`: a user id, or a group's (`Message`, `Typing`).
     pub fn receiver(&self) -> Option<&str> {
         self.receiver.as_deref()
     }
 
-    /// The other user of the conversation a `Read` is about.
+    /// The other side of the conversation a `Read` is about: a user, or a group.
     pub fn peer(&self) -> Option<&str> {
         self.peer.as_deref()
     }

@@ -68,7 +68,8 @@ pub use codec::{DEFAULT_MAX_FRAME_LENGTH, FrameCodec, PacketCodec};
 pub use envelope::{Envelope, PacketKind, SEQ_STAMP_MAX, write_stamped};
 pub use error::ProtoError;
 pub use packet::{
-    Ack, ErrorCode, ErrorPacket, Event, EventKind, Message, Packet, Read, Regist, Registered,
+    Ack, ErrorCode, ErrorPacket, Event, EventKind, Message, Packet, Presence, Read, Regist,
+    Registered, Typing,
 };
 pub use reconnect::{
     ClientState, FileState, Item, MemoryState, MessageSender, ReconnectOptions, Reconnecting,

@@ -50,8 +50,9 @@ macro_rules! wire_names {
 ///
 /// Version 1 (the Go server's protocol) has only [`Regist`] and [`Message`]. A client opts in
 /// to version 2 per connection with [`Regist::v2`]; it then also gets [`Registered`], [`Ack`],
-/// [`Event`], [`Packet::Pong`] and [`ErrorPacket`] from the server, and may send [`Ack`],
-/// [`Read`] and [`Packet::Ping`]. See `PROTOCOL.md` for the whole exchange.
+/// [`Event`], [`Typing`], [`Presence`], [`Packet::Pong`] and [`ErrorPacket`] from the server,
+/// and may send [`Ack`], [`Read`], [`Typing`] and [`Packet::Ping`]. See `PROTOCOL.md` for the
+/// whole exchange.
 ///
 /// ```
 /// use improto::{Message, Packet};
@@ -91,6 +92,10 @@ pub enum Packet {
     /// v2, client to server: the user has read a conversation up to a position of their
     /// stream (for every one of their devices).
     Read(Read),
+    /// v2, both ways: someone is typing; live only, never stored.
+    Typing(Typing),
+    /// v2, server to client: a friend came online or went offline; live only.
+    Presence(Presence),
 }
 
 /// `{"type":"Regist","sender":"<user id>"}`: binds a connection to a user.
@@ -239,7 +244,8 @@ impl Message {
 /// From a client it is cumulative: the device has processed everything in its stream up to
 /// `seq`. From the server it confirms that the message with client id `id` is stored; `seq`
 /// is the position of its copy in the *sender's own* stream (never the receiver's: a user
-/// only ever sees positions in their own stream).
+/// only ever sees positions in their own stream), and `group` names the group a group
+/// message went to.
 ///
 /// ```
 /// use improto::{Ack, Packet};
@@ -255,18 +261,35 @@ pub struct Ack {
     pub id: Option<String>,
     /// A position in the stream of the user the connection is registered as.
     pub seq: u64,
+    /// The group the acknowledged message went to (server to client).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
 }
 
 impl Ack {
     /// A client's acknowledgement of everything up to `seq`.
     pub fn new(seq: u64) -> Self {
-        Ack { id: None, seq }
+        Ack {
+            id: None,
+            seq,
+            group: None,
+        }
     }
 
     /// The server's confirmation that message `id` (if it had one) is stored, its copy at
     /// `seq` of the sender's own stream.
     pub fn stored(id: Option<String>, seq: u64) -> Self {
-        Ack { id, seq }
+        Ack {
+            id,
+            seq,
+            group: None,
+        }
+    }
+
+    /// Names the group the acknowledged message went to.
+    pub fn in_group(mut self, group: Option<String>) -> Self {
+        self.group = group;
+        self
     }
 }
 
@@ -376,6 +399,8 @@ pub enum ErrorCode {
     /// A `Message` to a user who is not a friend, on a server that relays only between
     /// friends (`--relay-policy friends`). Not stored.
     NotFriends,
+    /// A `Message` (or `Typing`) to a group the sender is not a member of. Not stored.
+    NotMember,
     /// A code this library does not know (from a newer server).
     Other(String),
 }
@@ -391,6 +416,7 @@ wire_names!(ErrorCode {
     RateLimited => "rate_limited",
     TooManyConnections => "too_many_connections",
     NotFriends => "not_friends",
+    NotMember => "not_member",
 });
 
 impl ErrorCode {
@@ -417,9 +443,9 @@ impl ErrorCode {
     }
 }
 
-/// `{"type":"Event","kind":"friend_request","user":"9","name":"Neo","message":"hi"}`: a
-/// social event in the user's stream. The server stores it like a message, so it carries a
-/// `seq` on delivery and is replayed, acknowledged and never lost.
+/// `{"type":"Event","kind":"friend_request","user":"9","name":"Neo","message":"hi"}`: an
+/// event in the user's stream (friends, groups, read receipts). The server stores it like a
+/// message, so it carries a `seq` on delivery and is replayed, acknowledged and never lost.
 ///
 /// ```
 /// use improto::{Event, EventKind, Packet};
@@ -440,10 +466,12 @@ impl ErrorCode {
 pub struct Event {
     /// What happened.
     pub kind: EventKind,
-    /// The other user the event is about (who asked, who accepted, ...).
+    /// The other user the event is about (who asked, who accepted, who added you to a
+    /// group, who read your messages, ...).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
-    /// That user's name, so a client can show the event without a lookup.
+    /// That user's name, so a client can show the event without a lookup; for
+    /// `group_added` and `group_renamed`, the group's name.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     /// Free text that came with it (a friend request's message).
@@ -452,6 +480,16 @@ pub struct Event {
     /// Set by the server on delivery: the event's position in the user's stream.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub seq: Option<u64>,
+    /// The group the event is about (`"g12"`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// A read receipt's reach: `user` has read every message you sent them (in `group`,
+    /// if set) up to this `seq` of *your* stream.
+    #[serde(rename = "upTo", skip_serializing_if = "Option::is_none")]
+    pub up_to: Option<u64>,
+    /// `member_left` of a group's owner: the new owner.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 impl Event {
@@ -463,12 +501,46 @@ impl Event {
             name: Some(name.into()),
             message: None,
             seq: None,
+            group: None,
+            up_to: None,
+            owner: None,
+        }
+    }
+
+    /// An event of `kind` about group `group`, done by `user` (or to them).
+    ///
+    /// ```
+    /// use improto::{Event, EventKind, Packet};
+    ///
+    /// let e = Event::group(EventKind::MemberJoined, "g12", "9");
+    /// assert_eq!(
+    ///     Packet::from(e).to_json()?,
+    ///     br#"{"type":"Event","kind":"member_joined","user":"9","group":"g12"}"#
+    /// );
+    /// # Ok::<(), improto::ProtoError>(())
+    /// ```
+    pub fn group(kind: EventKind, group: impl Into<String>, user: impl Into<String>) -> Self {
+        Event {
+            kind,
+            user: Some(user.into()),
+            name: None,
+            message: None,
+            seq: None,
+            group: Some(group.into()),
+            up_to: None,
+            owner: None,
         }
     }
 
     /// Adds the text that came with the event.
     pub fn with_message(mut self, message: impl Into<String>) -> Self {
         self.message = Some(message.into());
+        self
+    }
+
+    /// Adds a name (a user's, or a group's: see [`Event::name`]).
+    pub fn with_name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
         self
     }
 }
@@ -492,6 +564,19 @@ pub enum EventKind {
     FriendAccepted,
     /// `user` ended your friendship.
     FriendRemoved,
+    /// `user` added you to `group` (or made it with you in it); `name` is the group's.
+    GroupAdded,
+    /// `user` removed you from `group` (you, when you left).
+    GroupRemoved,
+    /// `user` joined a `group` you are in.
+    MemberJoined,
+    /// `user` left a `group` you are in (or was removed); `owner`, when they owned it.
+    MemberLeft,
+    /// `user` renamed `group` to `name`.
+    GroupRenamed,
+    /// A read receipt: `user` has read your messages up to `upTo` of your stream (in
+    /// `group`, if set).
+    Read,
     /// A kind this library does not know (from a newer server).
     Other(String),
 }
@@ -500,11 +585,18 @@ wire_names!(EventKind {
     FriendRequest => "friend_request",
     FriendAccepted => "friend_accepted",
     FriendRemoved => "friend_removed",
+    GroupAdded => "group_added",
+    GroupRemoved => "group_removed",
+    MemberJoined => "member_joined",
+    MemberLeft => "member_left",
+    GroupRenamed => "group_renamed",
+    Read => "read",
 });
 
-/// `{"type":"Read","peer":"9","seq":57}`: the user has read the conversation with `peer` up
-/// to position `seq` of their own stream. The server keeps one read position per
-/// conversation for all of the user's devices; it only moves forward.
+/// `{"type":"Read","peer":"9","seq":57}`: the user has read the conversation with `peer` (a
+/// user, or a group: `"g12"`) up to position `seq` of their own stream. The server keeps
+/// one read position per conversation for all of the user's devices; it only moves forward,
+/// and tells the senders of the newly read messages (an `Event` of kind `read`).
 ///
 /// ```
 /// use improto::{Packet, Read};
@@ -515,7 +607,7 @@ wire_names!(EventKind {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct Read {
-    /// The other user of the conversation.
+    /// The other side of the conversation: a user, or a group.
     pub peer: String,
     /// A position in the reader's own stream: everything from `peer` up to it is read.
     pub seq: u64,
@@ -527,6 +619,73 @@ impl Read {
         Read {
             peer: peer.into(),
             seq,
+        }
+    }
+}
+
+/// `{"type":"Typing","receiver":"9"}`: the user is typing to `receiver` (a user, or a group:
+/// `"g12"`). The server passes it on live, with `sender` set, to the receiver's connections
+/// (or every member's); it is never stored and has no `seq`.
+///
+/// ```
+/// use improto::{Packet, Typing};
+///
+/// assert_eq!(Packet::from(Typing::to("g12")).to_json()?, br#"{"type":"Typing","receiver":"g12"}"#);
+/// # Ok::<(), improto::ProtoError>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct Typing {
+    /// Who is typing (set by the server).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sender: Option<String>,
+    /// To whom: a user, or a group.
+    pub receiver: String,
+}
+
+impl Typing {
+    /// The user is typing to `receiver`.
+    pub fn to(receiver: impl Into<String>) -> Self {
+        Typing {
+            sender: None,
+            receiver: receiver.into(),
+        }
+    }
+
+    /// `sender` is typing to `receiver` (what the server sends).
+    pub fn from(sender: impl Into<String>, receiver: impl Into<String>) -> Self {
+        Typing {
+            sender: Some(sender.into()),
+            receiver: receiver.into(),
+        }
+    }
+}
+
+/// `{"type":"Presence","user":"7","online":true}`: a friend's first connection registered
+/// (`online`), or their last one closed. Live only: never stored, no `seq`.
+///
+/// ```
+/// use improto::{Packet, Presence};
+///
+/// let json = br#"{"type":"Presence","user":"7","online":false}"#;
+/// assert_eq!(Packet::from_json(json)?, Presence::new("7", false).into());
+/// # Ok::<(), improto::ProtoError>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct Presence {
+    /// The friend.
+    pub user: String,
+    /// Whether they have a connection now.
+    pub online: bool,
+}
+
+impl Presence {
+    /// `user` is `online` (or not).
+    pub fn new(user: impl Into<String>, online: bool) -> Self {
+        Presence {
+            user: user.into(),
+            online,
         }
     }
 }
@@ -573,6 +732,18 @@ impl From<Read> for Packet {
     }
 }
 
+impl From<Typing> for Packet {
+    fn from(t: Typing) -> Self {
+        Packet::Typing(t)
+    }
+}
+
+impl From<Presence> for Packet {
+    fn from(p: Presence) -> Self {
+        Packet::Presence(p)
+    }
+}
+
 impl Packet {
     /// Parses one frame's payload.
     ///
@@ -615,9 +786,10 @@ impl Packet {
                 id: id.map(own),
                 seq,
             }),
-            Valid::Ack { id, seq } => Packet::Ack(Ack {
+            Valid::Ack { id, seq, group } => Packet::Ack(Ack {
                 id: id.map(own),
                 seq,
+                group: group.map(own),
             }),
             Valid::Ping => Packet::Ping,
             Valid::Pong => Packet::Pong,
@@ -636,16 +808,30 @@ impl Packet {
                 name,
                 message,
                 seq,
+                group,
+                up_to,
+                owner,
             } => Packet::Event(Event {
                 kind: EventKind::from_wire(&kind),
                 user: user.map(own),
                 name: name.map(own),
                 message,
                 seq,
+                group: group.map(own),
+                up_to,
+                owner: owner.map(own),
             }),
             Valid::Read { peer, seq } => Packet::Read(Read {
                 peer: own(peer),
                 seq,
+            }),
+            Valid::Typing { sender, receiver } => Packet::Typing(Typing {
+                sender: sender.map(own),
+                receiver: own(receiver),
+            }),
+            Valid::Presence { user, online } => Packet::Presence(Presence {
+                user: own(user),
+                online,
             }),
         })
     }

@@ -11,8 +11,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::{
-    Ack, Client, ClientReceiver, ClientSender, ErrorCode, Event, Message, Packet, ProtoError,
-    Regist,
+    Ack, Client, ClientReceiver, ClientSender, ErrorCode, Event, Message, Packet, Presence,
+    ProtoError, Regist, Typing,
 };
 
 /// What a [`Reconnecting`] client remembers between runs of the app.
@@ -157,8 +157,14 @@ pub enum Item {
         /// The message as it was sent.
         message: Message,
     },
-    /// A social event of the user's stream (a friend request, say). Its `seq` is set.
+    /// An event of the user's stream (a friend request, a group change, a read receipt).
+    /// Its `seq` is set.
     Event(Event),
+    /// Someone is typing to the user (or to one of their groups). Live only: not an entry of
+    /// the stream, and gone after a reconnect.
+    Typing(Typing),
+    /// A friend came online or went offline. Live only.
+    Presence(Presence),
     /// A message this device sent was refused and will not be sent again.
     Refused {
         /// The message.
@@ -616,6 +622,8 @@ impl<S: ClientState> Task<S> {
                 let id = message.id.clone().unwrap_or_default();
                 self.hand(Item::Sent { id, seq, message }).await
             }
+            Packet::Typing(t) => self.hand(Item::Typing(t)).await,
+            Packet::Presence(p) => self.hand(Item::Presence(p)).await,
             Packet::Error(e) => match (&e.code, e.id) {
                 (ErrorCode::RateLimited, Some(id)) => {
                     self.retry_later.push_back(id);

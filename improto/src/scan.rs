@@ -68,6 +68,10 @@ pub(crate) fn scan<'a, M: Text<'a>>(frame: &'a [u8]) -> Option<Fields<'a, M>> {
                             Slot::User => f.user = Some(s.text()?),
                             Slot::Name => f.name = Some(s.text()?),
                             Slot::Peer => f.peer = Some(s.text()?),
+                            Slot::Group => f.group = Some(s.text()?),
+                            Slot::UpTo => f.up_to = Some(s.u64()?),
+                            Slot::Owner => f.owner = Some(s.text()?),
+                            Slot::Online => f.online = Some(s.bool()?),
                         }
                     }
                 }
@@ -102,6 +106,10 @@ enum Slot {
     User,
     Name,
     Peer,
+    Group,
+    UpTo,
+    Owner,
+    Online,
 }
 
 impl Slot {
@@ -122,6 +130,10 @@ impl Slot {
             b"user" => Slot::User,
             b"name" => Slot::Name,
             b"peer" => Slot::Peer,
+            b"group" => Slot::Group,
+            b"upTo" => Slot::UpTo,
+            b"owner" => Slot::Owner,
+            b"online" => Slot::Online,
             _ => return None,
         })
     }
@@ -216,6 +228,17 @@ impl<'a> Scanner<'a> {
             serde_json::from_slice(&self.b[start - 1..=end]).ok()
         } else {
             Some(T::plain(&self.text[start..end]))
+        }
+    }
+
+    /// `true` or `false`.
+    fn bool(&mut self) -> Option<bool> {
+        if self.literal(b"true") {
+            Some(true)
+        } else if self.literal(b"false") {
+            Some(false)
+        } else {
+            None
         }
     }
 
@@ -386,6 +409,17 @@ mod tests {
             Just(r#""user":"9""#.to_string()),
             Just(r#""name":"Néo""#.to_string()),
             Just(r#""peer":"9""#.to_string()),
+            Just(r#""peer":"g12""#.to_string()),
+            Just(r#""type":"Typing""#.to_string()),
+            Just(r#""type":"Presence""#.to_string()),
+            Just(r#""group":"g12""#.to_string()),
+            Just(r#""upTo":41"#.to_string()),
+            Just(r#""upTo":true"#.to_string()),
+            Just(r#""owner":"7""#.to_string()),
+            Just(r#""online":true"#.to_string()),
+            Just(r#""online":false"#.to_string()),
+            Just(r#""online":1"#.to_string()),
+            Just(r#""online":tru"#.to_string()),
             any::<String>()
                 .prop_map(|t| format!(r#""message":{}"#, serde_json::to_string(&t).unwrap())),
             "[ -~]{0,12}",

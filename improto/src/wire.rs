@@ -60,9 +60,21 @@ pub(crate) struct Fields<'a, M> {
     /// That user's name (`Event`).
     #[serde(borrow, default)]
     pub(crate) name: Option<Str<'a>>,
-    /// The other user of a conversation (`Read`).
+    /// The other side of a conversation, a user or a group (`Read`).
     #[serde(borrow, default)]
     pub(crate) peer: Option<Str<'a>>,
+    /// The group a packet is about (`Ack`, `Event`).
+    #[serde(borrow, default)]
+    pub(crate) group: Option<Str<'a>>,
+    /// How far a read receipt reaches, in its receiver's stream (`Event`).
+    #[serde(rename = "upTo", default)]
+    pub(crate) up_to: Option<u64>,
+    /// A group's owner (`Event`).
+    #[serde(borrow, default)]
+    pub(crate) owner: Option<Str<'a>>,
+    /// Whether a user is online (`Presence`).
+    #[serde(default)]
+    pub(crate) online: Option<bool>,
 }
 
 fn none<M>() -> Option<M> {
@@ -87,6 +99,10 @@ impl<M> Default for Fields<'_, M> {
             user: None,
             name: None,
             peer: None,
+            group: None,
+            up_to: None,
+            owner: None,
+            online: None,
         }
     }
 }
@@ -134,6 +150,7 @@ pub(crate) enum Valid<'a, M> {
     Ack {
         id: Option<Cow<'a, str>>,
         seq: u64,
+        group: Option<Cow<'a, str>>,
     },
     Ping,
     Pong,
@@ -152,10 +169,21 @@ pub(crate) enum Valid<'a, M> {
         name: Option<Cow<'a, str>>,
         message: Option<M>,
         seq: Option<u64>,
+        group: Option<Cow<'a, str>>,
+        up_to: Option<u64>,
+        owner: Option<Cow<'a, str>>,
     },
     Read {
         peer: Cow<'a, str>,
         seq: u64,
+    },
+    Typing {
+        sender: Option<Cow<'a, str>>,
+        receiver: Cow<'a, str>,
+    },
+    Presence {
+        user: Cow<'a, str>,
+        online: bool,
     },
 }
 
@@ -216,6 +244,7 @@ impl<'a, M> Fields<'a, M> {
             "Ack" => Ok(Valid::Ack {
                 id: client_id(self.id)?,
                 seq: seq(self.seq)?,
+                group: self.group.map(|s| s.0),
             }),
             "Ping" => Ok(Valid::Ping),
             "Pong" => Ok(Valid::Pong),
@@ -234,10 +263,23 @@ impl<'a, M> Fields<'a, M> {
                 name: self.name.map(|s| s.0),
                 message: self.message,
                 seq: self.seq,
+                group: self.group.map(|s| s.0),
+                up_to: self.up_to,
+                owner: self.owner.map(|s| s.0),
             }),
             "Read" => Ok(Valid::Read {
                 peer: required(self.peer, "peer")?,
                 seq: seq(self.seq)?,
+            }),
+            "Typing" => Ok(Valid::Typing {
+                sender: self.sender.map(|s| s.0),
+                receiver: required(self.receiver, "receiver")?,
+            }),
+            "Presence" => Ok(Valid::Presence {
+                user: required(self.user, "user")?,
+                online: self
+                    .online
+                    .ok_or(ProtoError::MissingField { field: "online" })?,
             }),
             _ => Err(ProtoError::UnknownType(kind.into_owned())),
         }

@@ -2,8 +2,8 @@
 
 use bytes::BytesMut;
 use improto::{
-    Ack, Envelope, ErrorCode, ErrorPacket, FrameCodec, Message, Packet, PacketCodec, ProtoError,
-    Regist, Registered,
+    Ack, Envelope, ErrorCode, ErrorPacket, Event, EventKind, FrameCodec, Message, Packet,
+    PacketCodec, Presence, ProtoError, Read, Regist, Registered, Typing,
 };
 use proptest::prelude::*;
 use tokio_util::codec::{Decoder, Encoder};
@@ -16,8 +16,15 @@ fn any_packet() -> impl Strategy<Value = Packet> {
         any::<f64>().prop_filter("JSON numbers are finite", |t| t.is_finite()),
     ];
     let client_id = proptest::option::of("[ -~]{0,64}");
+    let group = "g[1-9][0-9]{0,6}";
+    let kind = prop_oneof![
+        Just(EventKind::GroupAdded),
+        Just(EventKind::Read),
+        "[a-z_]{1,12}".prop_map(|k| EventKind::from_wire(&k)),
+    ];
     let code = prop_oneof![
         Just(ErrorCode::BadJson),
+        Just(ErrorCode::NotMember),
         Just(ErrorCode::TooManyConnections),
         "[a-z_]{1,12}".prop_map(|c| ErrorCode::from_wire(&c)),
     ];
@@ -50,13 +57,44 @@ fn any_packet() -> impl Strategy<Value = Packet> {
                 m.seq = seq;
                 Packet::from(m)
             }),
-        (client_id.clone(), any::<u64>())
-            .prop_map(|(cid, seq)| Packet::from(Ack::stored(cid, seq))),
+        (
+            client_id.clone(),
+            any::<u64>(),
+            proptest::option::of(group)
+        )
+            .prop_map(|(cid, seq, g)| Packet::from(Ack::stored(cid, seq).in_group(g))),
         Just(Packet::Ping),
         Just(Packet::Pong),
-        (id, any::<u64>()).prop_map(|(s, seq)| Packet::from(Registered::new(s, seq))),
+        (id.clone(), any::<u64>()).prop_map(|(s, seq)| Packet::from(Registered::new(s, seq))),
         (code, any::<String>(), client_id)
             .prop_map(|(c, text, cid)| Packet::from(ErrorPacket::new(c, text).with_id(cid))),
+        (
+            kind,
+            proptest::option::of(id.clone()),
+            proptest::option::of(any::<String>()),
+            proptest::option::of(group),
+            proptest::option::of(any::<u64>()),
+            proptest::option::of(any::<u64>()),
+            proptest::option::of(id.clone()),
+        )
+            .prop_map(|(kind, user, name, g, up_to, seq, owner)| {
+                let mut e = Event::group(kind, "", "");
+                (e.user, e.name, e.group, e.up_to, e.seq, e.owner) =
+                    (user, name, g, up_to, seq, owner);
+                Packet::from(e)
+            }),
+        (prop_oneof![id.clone(), group], any::<u64>())
+            .prop_map(|(peer, seq)| Packet::from(Read::new(peer, seq))),
+        (
+            proptest::option::of(id.clone()),
+            prop_oneof![id.clone(), group]
+        )
+            .prop_map(|(s, r)| {
+                let mut t = Typing::to(r);
+                t.sender = s;
+                Packet::from(t)
+            }),
+        (id, any::<bool>()).prop_map(|(u, online)| Packet::from(Presence::new(u, online))),
     ]
 }
 
@@ -152,7 +190,18 @@ proptest! {
                 prop_assert_eq!(facts, (Some(r.sender.as_str()), None, None, Some(r.seq)))
             }
             Packet::Error(e) => prop_assert_eq!(facts, (None, None, e.id.as_deref(), None)),
-            Packet::Ping | Packet::Pong => prop_assert_eq!(facts, (None, None, None, None)),
+            Packet::Ping | Packet::Pong | Packet::Presence(_) => {
+                prop_assert_eq!(facts, (None, None, None, None))
+            }
+            Packet::Event(e) => prop_assert_eq!(facts, (None, None, None, e.seq)),
+            Packet::Read(r) => {
+                prop_assert_eq!(facts, (None, None, None, Some(r.seq)));
+                prop_assert_eq!(env.peer(), Some(r.peer.as_str()));
+            }
+            Packet::Typing(t) => prop_assert_eq!(
+                facts,
+                (t.sender.as_deref(), Some(t.receiver.as_str()), None, None)
+            ),
             _ => unreachable!(),
         }
         // Damage one byte: both must still agree on success or failure.
