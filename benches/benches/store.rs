@@ -103,7 +103,7 @@ fn append(c: &mut Criterion) {
                         let pair = i % PAIRS;
                         let messages = (0..BURST)
                             .map(|_| NewMessage {
-                                receiver: user(1000 + pair),
+                                receiver: user(1000 + pair).into(),
                                 client_id: ids.make(next_id.fetch_add(1, Ordering::Relaxed)),
                                 payload: payload.clone(),
                             })

@@ -57,11 +57,7 @@ fn any_packet() -> impl Strategy<Value = Packet> {
                 m.seq = seq;
                 Packet::from(m)
             }),
-        (
-            client_id.clone(),
-            any::<u64>(),
-            proptest::option::of(group)
-        )
+        (client_id.clone(), any::<u64>(), proptest::option::of(group))
             .prop_map(|(cid, seq, g)| Packet::from(Ack::stored(cid, seq).in_group(g))),
         Just(Packet::Ping),
         Just(Packet::Pong),

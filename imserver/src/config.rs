@@ -164,12 +164,17 @@ pub struct AuthConfig {
     pub password_hashers: usize,
 }
 
-/// Friends, requests and blocks.
+/// Friends, requests, blocks and groups.
 #[derive(Args, Debug, Clone)]
 pub struct SocialConfig {
     /// Friend requests one user may send per hour (`POST /friends/requests`); 0: no limit.
     #[arg(long, env = "IMSERVER_FRIEND_REQUEST_LIMIT", default_value_t = 30)]
     pub friend_request_limit: u32,
+
+    /// Members of one group at most, its owner included. Every group message is stored in
+    /// each member's stream.
+    #[arg(long, env = "IMSERVER_MAX_GROUP_MEMBERS", default_value_t = 1000, value_parser = at_least_one)]
+    pub max_group_members: usize,
 }
 
 /// The database.

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use improto::{Envelope, PacketKind};
 
-use crate::id::UserId;
+use crate::id::{Address, UserId};
 
 /// A relay connection's id, unique in this process.
 pub type ConnId = u64;
@@ -20,8 +20,11 @@ pub type ConnId = u64;
 pub enum EntryKind {
     /// A message to this user (from someone else, or from themselves).
     Received,
-    /// A copy of a message this user sent to someone else (from any of their devices).
+    /// A copy of a message this user sent to someone else or to a group (from any of their
+    /// devices).
     Sent,
+    /// A message to a group this user is in, from another member.
+    Group,
     /// A social event (a friend request, say).
     Event,
 }
@@ -30,18 +33,17 @@ impl EntryKind {
     /// The kind of a stored entry of `owner`'s stream, read off its payload. Only an
     /// unparseable payload (which the store never writes) is taken for an event.
     pub fn of(payload: &[u8], owner: UserId) -> EntryKind {
-        match Envelope::peek(payload) {
-            Ok(env) if env.kind() == PacketKind::Message => {
-                let to_owner = env
-                    .receiver()
-                    .is_some_and(|r| UserId::parse(r) == Ok(owner));
-                if to_owner {
-                    EntryKind::Received
-                } else {
-                    EntryKind::Sent
-                }
-            }
-            _ => EntryKind::Event,
+        let Ok(env) = Envelope::peek(payload) else {
+            return EntryKind::Event;
+        };
+        if env.kind() != PacketKind::Message {
+            return EntryKind::Event;
+        }
+        let from_owner = env.sender().is_some_and(|s| UserId::parse(s) == Ok(owner));
+        match env.receiver().map(Address::parse) {
+            Some(Ok(Address::User(to))) if to == owner => EntryKind::Received,
+            Some(Ok(Address::Group(_))) if !from_owner => EntryKind::Group,
+            _ => EntryKind::Sent,
         }
     }
 }
@@ -84,9 +86,15 @@ mod tests {
         let to_self =
             br#"{"type":"Message","sender":"7","receiver":"7","message":"m","createTime":1}"#;
         let event = br#"{"type":"Event","kind":"friend_request","user":"9"}"#;
+        let in_group =
+            br#"{"type":"Message","sender":"9","receiver":"g3","message":"m","createTime":1}"#;
+        let to_group =
+            br#"{"type":"Message","sender":"7","receiver":"g3","message":"m","createTime":1}"#;
         assert_eq!(EntryKind::of(to_seven, seven), EntryKind::Received);
         assert_eq!(EntryKind::of(from_seven, seven), EntryKind::Sent);
         assert_eq!(EntryKind::of(to_self, seven), EntryKind::Received);
         assert_eq!(EntryKind::of(event, seven), EntryKind::Event);
+        assert_eq!(EntryKind::of(in_group, seven), EntryKind::Group);
+        assert_eq!(EntryKind::of(to_group, seven), EntryKind::Sent);
     }
 }

@@ -53,7 +53,7 @@ fn message(from: i64, to: i64, answers: &Arc<Answers>) -> Appends {
         origin: None,
         friends_only: false,
         messages: vec![NewMessage {
-            receiver: id(to),
+            receiver: id(to).into(),
             client_id: None,
             payload: Bytes::from(payload),
         }],
@@ -103,6 +103,7 @@ async fn a_failing_request_fails_alone_in_its_batch() {
     let stored = |seq| {
         Some(Outcome {
             client_id: None,
+            group: None,
             appended: Appended::Stored {
                 seq,
                 duplicate: false,

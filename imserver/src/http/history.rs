@@ -9,7 +9,7 @@ use serde::Serialize;
 use super::AppState;
 use super::reply::{ApiError, ApiResult, ok};
 use super::users::existing_user;
-use crate::id::UserId;
+use crate::id::{Address, UserId};
 use crate::store::{StoreError, StoredEntry};
 
 /// Messages per page unless `limit` says otherwise, and the most it may say.
@@ -60,9 +60,13 @@ fn message(entry: StoredEntry) -> Result<Message, StoreError> {
 }
 
 /// `GET /history/{peer}?before=SEQ&limit=N`: the newest `N` messages between the caller
-/// and `peer` with `seq < SEQ`, oldest first, and whether older ones exist.
+/// and `peer` (or in group `peer`) with `seq < SEQ`, oldest first, and whether older ones
+/// exist. A group's history is the caller's copies of its messages, kept after leaving it.
 pub async fn page(me: UserId, peer: String, query: String, state: Arc<AppState>) -> ApiResult {
-    let peer = existing_user(&state, &peer).await?.id;
+    let peer = match Address::parse(&peer) {
+        Ok(Address::Group(g)) => Address::Group(g),
+        _ => Address::User(existing_user(&state, &peer).await?.id),
+    };
     let (before, limit) = params(&query)?;
     let page = state.store.history(me, peer, before, limit).await?;
     let messages = page
@@ -75,8 +79,10 @@ pub async fn page(me: UserId, peer: String, query: String, state: Arc<AppState>)
 
 #[derive(Serialize)]
 struct Conversation {
-    peer: UserId,
-    /// `null` for an id without an account (a v1 user in `--auth open` mode).
+    /// The other user, or the group.
+    peer: Address,
+    /// The user's or the group's; `null` for an id without an account (a v1 user in
+    /// `--auth open` mode) or a group that is gone.
     name: Option<String>,
     #[serde(rename = "lastSeq")]
     last_seq: u64,
@@ -91,7 +97,10 @@ pub async fn conversations(me: UserId, query: String, state: Arc<AppState>) -> A
     let list = state.store.conversations(me, limit).await?;
     let mut out = Vec::with_capacity(list.len());
     for c in list {
-        let name = state.store.user(c.peer).await?.map(|u| u.account.name);
+        let name = match c.peer {
+            Address::User(u) => state.store.user(u).await?.map(|u| u.account.name),
+            Address::Group(g) => state.store.group(g).await?.map(|g| g.name.clone()),
+        };
         out.push(Conversation {
             peer: c.peer,
             name,

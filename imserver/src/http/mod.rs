@@ -3,6 +3,7 @@
 //! - `routes` here: the filter tree and the answers for unknown routes.
 //! - `users`: `/regist`, `/login`, `/logout`, `/profile/{id}`, `/username/{id}`.
 //! - `friends`: `/list/{id}`, friend requests, `/friends/{id}`, blocks.
+//! - `groups`: `/groups` and what is below it.
 //! - `history`: `/history/{peer}` and `/conversations`.
 //! - `guard`: the bearer token as filters, and per-key rate limits.
 //! - `body`: request bodies (JSON or form), capped.
@@ -10,6 +11,7 @@
 
 mod body;
 mod friends;
+mod groups;
 mod guard;
 mod history;
 mod reply;
@@ -45,6 +47,8 @@ pub struct AppState {
     login_limit: Limit<UserId>,
     /// `--friend-request-limit`, per user.
     friend_request_limit: Limit<UserId>,
+    /// `--max-group-members`.
+    pub max_group_members: usize,
     /// `--password-hashers` threads, for `/regist` and `/login`.
     pub hashers: PasswordHashers,
 }
@@ -60,6 +64,7 @@ impl AppState {
             regist_limit: Limit::per_minute(config.auth.regist_limit),
             login_limit: Limit::per_minute(config.auth.login_limit),
             friend_request_limit: Limit::per_hour(config.social.friend_request_limit),
+            max_group_members: config.social.max_group_members,
         }
     }
 }
@@ -178,6 +183,50 @@ pub fn routes(
         .and(warp::query::raw().or(warp::any().map(String::new)).unify())
         .and(with(s))
         .then(|me, q, s| async move { reply::finish(history::conversations(me, q, s).await) });
+    let new_group = warp::path!("groups")
+        .and(warp::post())
+        .and(user(s.clone()))
+        .and(body::parsed(limit))
+        .and(with(s))
+        .then(|me, b, s| async move { reply::finish(groups::create(me, b, s).await) });
+    let my_groups = warp::path!("groups")
+        .and(warp::get())
+        .and(user(s.clone()))
+        .and(with(s))
+        .then(|me, s| async move { reply::finish(groups::mine(me, s).await) });
+    let group = warp::path!("groups" / String)
+        .and(warp::get())
+        .and(user(s.clone()))
+        .and(with(s))
+        .then(|g, me, s| async move { reply::finish(groups::show(me, g, s).await) });
+    let rename_group = warp::path!("groups" / String)
+        .and(warp::patch())
+        .and(user(s.clone()))
+        .and(body::parsed(limit))
+        .and(with(s))
+        .then(|g, me, b, s| async move { reply::finish(groups::rename(me, g, b, s).await) });
+    let add_member = warp::path!("groups" / String / "members")
+        .and(warp::post())
+        .and(user(s.clone()))
+        .and(body::parsed(limit))
+        .and(with(s))
+        .then(|g, me, b, s| async move { reply::finish(groups::add(me, g, b, s).await) });
+    let remove_member = warp::path!("groups" / String / "members" / String)
+        .and(warp::delete())
+        .and(user(s.clone()))
+        .and(with(s))
+        .then(|g, u, me, s| async move { reply::finish(groups::remove(me, g, u, s).await) });
+    let group_routes = new_group
+        .or(my_groups)
+        .unify()
+        .or(group)
+        .unify()
+        .or(rename_group)
+        .unify()
+        .or(add_member)
+        .unify()
+        .or(remove_member)
+        .unify();
     let messenger = ask
         .or(requests)
         .unify()
@@ -194,6 +243,8 @@ pub fn routes(
         .or(history)
         .unify()
         .or(conversations)
+        .unify()
+        .or(group_routes)
         .unify();
 
     seed.or(messenger)

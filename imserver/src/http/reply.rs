@@ -70,6 +70,18 @@ impl From<crate::store::SocialError> for ApiError {
     }
 }
 
+impl From<crate::store::GroupError> for ApiError {
+    fn from(e: crate::store::GroupError) -> Self {
+        use crate::store::GroupError::*;
+        match e {
+            NoSuchGroup | NoSuchMember => Self::not_found(e.to_string()),
+            NotMember => Self::forbidden(),
+            NotOwner => Self::new(StatusCode::FORBIDDEN, e.to_string()),
+            TooMany(_) | BadName | UnknownUsers(_) => Self::bad_request(e.to_string()),
+        }
+    }
+}
+
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         tracing::error!(error = %e, "store failure while serving HTTP");

@@ -1,5 +1,5 @@
-//! What the HTTP API reads on every request (the caller's token, a user, a friend list),
-//! kept in memory in front of the database.
+//! What the HTTP API and the relay read all the time (the caller's token, a user, a friend
+//! list, a group's members), kept in memory in front of the database.
 //!
 //! Without it each request made two or three trips to a reader thread, which capped the
 //! API near 20,000 requests per second on two cores; a hit costs a map lookup.
@@ -14,13 +14,18 @@ use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::Mutex;
 
-use super::{TokenHash, TokenRecord, User};
-use crate::id::UserId;
+use std::sync::Arc;
+
+use super::{Group, TokenHash, TokenRecord, User};
+use crate::id::{GroupId, UserId};
 
 pub(crate) struct ReadCache {
     pub users: Table<UserId, User>,
     pub friends: Table<UserId, Vec<(UserId, String)>>,
     pub tokens: Table<TokenHash, TokenRecord>,
+    /// Groups with their members: every group message's typing frame and every group route
+    /// reads one.
+    pub groups: Table<GroupId, Arc<Group>>,
 }
 
 impl ReadCache {
@@ -30,6 +35,7 @@ impl ReadCache {
             users: Table::new(entries),
             friends: Table::new(entries),
             tokens: Table::new(entries),
+            groups: Table::new(entries),
         }
     }
 }

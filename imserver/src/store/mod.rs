@@ -4,10 +4,11 @@
 //! - [`Accounts`]: users and their profiles;
 //! - [`Tokens`]: login tokens, stored as hashes;
 //! - [`Social`]: friendships, friend requests and blocks;
-//! - [`Streams`]: every user's stream (messages received, messages sent from any device, and
-//!   social events), with its positions, read marks, history and conversations.
+//! - [`Groups`]: groups and their members;
+//! - [`Streams`]: every user's stream (messages received, messages sent from any device,
+//!   group messages, and events), with its positions, read marks, history and conversations.
 //!
-//! [`Store`] is all four plus `close`. Errors are [`StoreError`], which names no backend's
+//! [`Store`] is all five plus `close`. Errors are [`StoreError`], which names no backend's
 //! types.
 //!
 //! The contract that keeps every stream gapless and in order on the live path: a stream
@@ -18,10 +19,12 @@
 //!
 //! - `social`: the rules of the social graph, one function per operation, the same for every
 //!   backend;
+//! - `groups`: the rules of groups, likewise;
 //! - `cache`: what every HTTP request reads, in memory;
 //! - `sqlite/`: the embedded SQLite backend.
 
 mod cache;
+pub mod groups;
 pub mod social;
 mod sqlite;
 
@@ -31,7 +34,8 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 
 use crate::delivery::ConnId;
-use crate::id::UserId;
+use crate::id::{Address, GroupId, UserId};
+pub use groups::{Group, GroupError};
 pub use social::{RequestOutcome, SocialError};
 pub use sqlite::SqliteStore;
 
@@ -84,7 +88,7 @@ pub struct TokenRecord {
 }
 
 /// Messages one connection sent, in the order it sent them, to append in one request: each
-/// to its receiver's stream, and a copy to its sender's own.
+/// to its receiver's stream (every member's, for a group), and a copy to its sender's own.
 pub struct Appends {
     pub sender: UserId,
     /// The connection they came from, which is told by its replies rather than by the
@@ -100,7 +104,7 @@ pub struct Appends {
 /// One message of an [`Appends`].
 #[derive(Debug, Clone)]
 pub struct NewMessage {
-    pub receiver: UserId,
+    pub receiver: Address,
     /// The client's message id, for de-duplication of retries (protocol v2).
     pub client_id: Option<String>,
     /// The frame payload exactly as the sender sent it.
@@ -118,6 +122,8 @@ impl Appends {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outcome {
     pub client_id: Option<String>,
+    /// The group it went to, if it was a group message.
+    pub group: Option<GroupId>,
     pub appended: Appended,
 }
 
@@ -145,6 +151,8 @@ pub enum Appended {
     },
     /// Refused under `--relay-policy friends`; nothing was stored.
     NotFriends,
+    /// To a group the sender is not a member of; nothing was stored.
+    NotMember,
 }
 
 /// A stored stream entry: a message or an event, as its payload without `seq`.
@@ -174,10 +182,11 @@ pub struct HistoryPage {
 /// A conversation as the list of conversations shows it.
 #[derive(Debug, Clone)]
 pub struct Conversation {
-    pub peer: UserId,
+    /// The other user, or the group.
+    pub peer: Address,
     /// The newest message of the conversation.
     pub last: StoredEntry,
-    /// Messages from `peer` after the owner's read position in the conversation.
+    /// Messages from others after the owner's read position in the conversation.
     pub unread: u64,
 }
 
@@ -270,6 +279,51 @@ pub trait Social {
     fn blocks(&self, me: UserId) -> StoreFuture<'_, Vec<(UserId, String)>>;
 }
 
+/// Groups and their members. The rules are in [`groups`]; every change appends its events to
+/// the members' streams in the same transaction. `max` is `--max-group-members`.
+pub trait Groups {
+    /// `owner` makes a group named `name` (checked by [`groups::name`]) with `members` and
+    /// the owner; unknown users refuse it.
+    fn create_group(
+        &self,
+        owner: UserId,
+        name: String,
+        members: Vec<UserId>,
+        max: usize,
+    ) -> StoreFuture<'_, Result<GroupId, GroupError>>;
+
+    /// A group as it stands.
+    fn group(&self, id: GroupId) -> StoreFuture<'_, Option<Arc<Group>>>;
+
+    /// The groups `user` is a member of, in the order they joined them.
+    fn groups_of(&self, user: UserId) -> StoreFuture<'_, Vec<GroupId>>;
+
+    /// `actor` adds `user` to `group`; see [`groups::add`].
+    fn add_member(
+        &self,
+        actor: UserId,
+        group: GroupId,
+        user: UserId,
+        max: usize,
+    ) -> StoreFuture<'_, Result<(), GroupError>>;
+
+    /// `actor` removes `user` from `group` (themselves: leaving); see [`groups::remove`].
+    fn remove_member(
+        &self,
+        actor: UserId,
+        group: GroupId,
+        user: UserId,
+    ) -> StoreFuture<'_, Result<(), GroupError>>;
+
+    /// `actor` renames `group`; see [`groups::rename`].
+    fn rename_group(
+        &self,
+        actor: UserId,
+        group: GroupId,
+        name: String,
+    ) -> StoreFuture<'_, Result<(), GroupError>>;
+}
+
 /// Every user's stream.
 pub trait Streams {
     /// Appends each message to its receiver's stream and a copy to its sender's, each with
@@ -300,19 +354,19 @@ pub trait Streams {
 
     /// Records that `owner` has read the conversation with `peer` up to `seq` of their own
     /// stream (never backwards, never past the head). Returns once queued.
-    fn mark_read(&self, owner: UserId, peer: UserId, seq: u64) -> StoreFuture<'_, ()>;
+    fn mark_read(&self, owner: UserId, peer: Address, seq: u64) -> StoreFuture<'_, ()>;
 
     /// Calls `done` once every write queued before this call has committed, from the same
     /// thread and in the same order as the [`Replies`] of appends. Returns once queued. The relay answers
     /// `Ping` through it: a `Pong` proves the connection's earlier frames have taken effect.
     fn barrier(&self, done: BarrierHook) -> StoreFuture<'_, ()>;
 
-    /// The newest `limit` messages between `owner` and `peer` with `seq < before` (all when
-    /// `None`), from `owner`'s stream, oldest first.
+    /// The newest `limit` messages between `owner` and `peer` (or in group `peer`) with
+    /// `seq < before` (all when `None`), from `owner`'s stream, oldest first.
     fn history(
         &self,
         owner: UserId,
-        peer: UserId,
+        peer: Address,
         before: Option<u64>,
         limit: usize,
     ) -> StoreFuture<'_, HistoryPage>;
@@ -322,7 +376,7 @@ pub trait Streams {
 }
 
 /// The server's storage.
-pub trait Store: Accounts + Tokens + Social + Streams + Send + Sync + 'static {
+pub trait Store: Accounts + Tokens + Social + Groups + Streams + Send + Sync + 'static {
     /// Finishes queued writes and stops; later calls fail with [`StoreError::Closed`].
     fn close(&self) -> BoxFuture<'_, ()>;
 }

@@ -33,7 +33,7 @@ impl Dialect {
     }
 
     /// Whether it is written stream entries of this kind. A v1 client knows only messages
-    /// addressed to its user: no copies of its own messages, no events.
+    /// addressed to its user: no copies of its own messages, no group messages, no events.
     pub fn receives(self, kind: EntryKind) -> bool {
         self != Dialect::V1 || kind == EntryKind::Received
     }

@@ -52,7 +52,7 @@ use super::outbox::{self, Inbox, Outbound, Outbox, QueueLimits, Untold};
 use super::transport::{Transport, spliceable};
 use crate::auth;
 use crate::delivery::ConnId;
-use crate::id::UserId;
+use crate::id::{Address, UserId};
 use crate::store::{Appended, Appends, NewMessage, Outcome, Replies, StoreError};
 
 /// Stop gathering queued frames into one write past this many bytes.
@@ -341,7 +341,7 @@ impl<T: Transport> Session<T> {
                 let id = env.client_id().map(str::to_owned);
                 let ids = (
                     parse_id("sender", env.sender()),
-                    parse_id("receiver", env.receiver()),
+                    parse_address("receiver", env.receiver()),
                 );
                 // A relayed frame gets its `seq` spliced in after the opening brace, which
                 // needs the brace first and no `seq` of the sender's (see `spliceable`).
@@ -361,7 +361,7 @@ impl<T: Transport> Session<T> {
             },
             PacketKind::Ack => self.ack(env.seq().unwrap_or_default()).await,
             PacketKind::Read => {
-                let peer = parse_id("peer", env.peer());
+                let peer = parse_address("peer", env.peer());
                 self.read(peer, env.seq().unwrap_or_default()).await
             }
             PacketKind::Ping => self.ping().await,
@@ -491,7 +491,7 @@ impl<T: Transport> Session<T> {
 
     async fn message(
         &mut self,
-        (sender, receiver): (Result<UserId, String>, Result<UserId, String>),
+        (sender, receiver): (Result<UserId, String>, Result<Address, String>),
         id: Option<String>,
         payload: Bytes,
     ) -> Result<(), Stop> {
@@ -515,6 +515,10 @@ impl<T: Transport> Session<T> {
             return self.reject(ErrorCode::SenderMismatch, reason, id).await;
         }
         let receiver = match receiver {
+            Ok(Address::Group(_)) if !self.dialect.acks_sender() => {
+                let reason = "group messages need protocol version 2".to_owned();
+                return self.reject(ErrorCode::BadPacket, reason, id).await;
+            }
             Ok(receiver) => receiver,
             Err(reason) => return self.reject(ErrorCode::BadPacket, reason, id).await,
         };
@@ -564,7 +568,7 @@ impl<T: Transport> Session<T> {
     }
 
     /// `Read` from the client: the conversation with `peer` is read up to `seq`.
-    async fn read(&mut self, peer: Result<UserId, String>, seq: u64) -> Result<(), Stop> {
+    async fn read(&mut self, peer: Result<Address, String>, seq: u64) -> Result<(), Stop> {
         let Some(user) = self.registered().await? else {
             return Ok(());
         };
@@ -625,22 +629,26 @@ impl<T: Transport> Session<T> {
         let mut last = 0;
         for Outcome {
             client_id,
+            group,
             appended,
         } in outcomes
         {
             self.unacked = self.unacked.saturating_sub(1);
-            let packet = match appended {
+            let (code, message) = match appended {
                 Appended::Stored { seq, .. } => {
                     last = last.max(seq);
-                    Ack::stored(client_id, seq).into()
+                    let group = group.map(|g| g.to_string());
+                    let ack = Ack::stored(client_id, seq).in_group(group);
+                    self.transport.push_packet(&ack.into());
+                    continue;
                 }
-                Appended::NotFriends => {
-                    let message = "this server relays messages between friends only";
-                    ErrorPacket::new(ErrorCode::NotFriends, message)
-                        .with_id(client_id)
-                        .into()
-                }
+                Appended::NotFriends => (
+                    ErrorCode::NotFriends,
+                    "this server relays messages between friends only",
+                ),
+                Appended::NotMember => (ErrorCode::NotMember, "you are not a member of this group"),
             };
+            let packet = ErrorPacket::new(code, message).with_id(client_id).into();
             self.transport.push_packet(&packet);
         }
         last
@@ -668,6 +676,11 @@ impl<T: Transport> Session<T> {
 /// A user id from a packet's field, or the reason it is not one (for a `bad_packet`).
 fn parse_id(field: &str, value: Option<&str>) -> Result<UserId, String> {
     UserId::parse(value.unwrap_or_default()).map_err(|e| format!("field `{field}`: {e}"))
+}
+
+/// A user or group id from a packet's field, or the reason it is neither.
+fn parse_address(field: &str, value: Option<&str>) -> Result<Address, String> {
+    Address::parse(value.unwrap_or_default()).map_err(|e| format!("field `{field}`: {e}"))
 }
 
 /// Runs `f` unless the connection is told to close first.

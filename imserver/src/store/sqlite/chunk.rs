@@ -18,7 +18,7 @@ use bytes::Bytes;
 use improto::{Envelope, PacketKind};
 use integer_encoding::VarInt;
 
-use crate::id::UserId;
+use crate::id::{Address, UserId};
 use crate::store::StoredEntry;
 
 /// The head of `?1`'s stream: the highest `last_seq` of its chunks (`NULL` when it has none).
@@ -28,22 +28,21 @@ pub(super) const HEAD: &str = "SELECT max(last_seq) FROM stream_chunks WHERE own
 pub(super) const CHUNK_AT: &str = "SELECT first_seq, batch, entries FROM stream_chunks
      WHERE owner = ?1 AND last_seq >= ?2 ORDER BY last_seq LIMIT 1";
 
-/// The other user of the conversation a stored entry of `owner`'s stream belongs to, and
-/// whether that user sent it; `None` for an event. A message to oneself is the
-/// conversation with oneself.
-pub(super) fn conversation_of(payload: &[u8], owner: UserId) -> Option<(UserId, bool)> {
+/// The conversation a stored entry of `owner`'s stream belongs to (the other user, or the
+/// group), and whether someone else sent it; `None` for an event. A message to oneself is
+/// the conversation with oneself.
+pub(super) fn conversation_of(payload: &[u8], owner: UserId) -> Option<(Address, bool)> {
     let env = Envelope::peek(payload).ok()?;
     if env.kind() != PacketKind::Message {
         return None;
     }
     let sender = UserId::parse(env.sender()?).ok()?;
-    let receiver = UserId::parse(env.receiver()?).ok()?;
-    if sender == owner {
-        Some((receiver, false))
-    } else if receiver == owner {
-        Some((sender, true))
-    } else {
-        None
+    let receiver = Address::parse(env.receiver()?).ok()?;
+    match receiver {
+        Address::Group(_) => Some((receiver, sender != owner)),
+        Address::User(_) if sender == owner => Some((receiver, false)),
+        Address::User(r) if r == owner => Some((Address::User(sender), true)),
+        Address::User(_) => None,
     }
 }
 

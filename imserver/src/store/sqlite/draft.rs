@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use rusqlite::{CachedStatement, Transaction, params};
 
 use super::chunk::{BatchDraft, ChunkDraft, Slot};
-use crate::id::UserId;
+use crate::id::{Address, UserId};
 
 /// A stream of this batch: an index into [`Draft`]'s streams.
 pub(super) type StreamIx = usize;
@@ -19,9 +19,9 @@ pub(super) type StreamIx = usize;
 struct StreamDraft {
     owner: UserId,
     chunk: ChunkDraft,
-    /// Per conversation of the new entries: the peer, the first and last `seq`, and how many
-    /// came from the peer.
-    conversations: Vec<(UserId, u64, u64, u64)>,
+    /// Per conversation of the new entries: the peer (a user or a group), the first and last
+    /// `seq`, and how many came from others.
+    conversations: Vec<(Address, u64, u64, u64)>,
 }
 
 #[derive(Default)]
@@ -30,7 +30,7 @@ pub(super) struct Draft {
     streams: Vec<StreamDraft>,
     index: HashMap<UserId, StreamIx>,
     acks: HashMap<UserId, u64>,
-    reads: HashMap<(UserId, UserId), u64>,
+    reads: HashMap<(UserId, Address), u64>,
 }
 
 impl Draft {
@@ -62,13 +62,13 @@ impl Draft {
     }
 
     /// Appends the payload at `slot` to stream `ix` and returns its `seq`. `conversation`
-    /// is the other user and whether they sent it; `origin`, for a message from another
-    /// user, the `seq` of that user's copy (else 0).
+    /// is the other user (or the group) and whether someone else sent it; `origin`, for a
+    /// message from another user, the `seq` of that user's copy (else 0).
     pub fn push(
         &mut self,
         ix: StreamIx,
         slot: Slot,
-        conversation: Option<(UserId, bool)>,
+        conversation: Option<(Address, bool)>,
         origin: u64,
     ) -> u64 {
         let stream = &mut self.streams[ix];
@@ -96,7 +96,7 @@ impl Draft {
     }
 
     /// `owner` has read the conversation with `peer` up to `seq`.
-    pub fn read(&mut self, owner: UserId, peer: UserId, seq: u64) {
+    pub fn read(&mut self, owner: UserId, peer: Address, seq: u64) {
         let read = self.reads.entry((owner, peer)).or_default();
         *read = (*read).max(seq);
     }
@@ -128,7 +128,7 @@ impl Draft {
                 let (o, c) = (s.owner.get(), &s.chunk);
                 chunk.execute(params![o, c.last_seq, c.first_seq, batch, c.entries])?;
                 for &(peer, first, last, received) in &s.conversations {
-                    conversation.execute(params![o, peer.get(), first, last, received])?;
+                    conversation.execute(params![o, peer.key(), first, last, received])?;
                 }
             }
             for s in &streams {
@@ -151,7 +151,7 @@ impl Draft {
                 "INSERT INTO read_positions (owner, peer, seq) VALUES (?1, ?2, ?3)
                  ON CONFLICT (owner, peer) DO UPDATE SET seq = max(seq, excluded.seq)",
             )?
-            .execute(params![owner.get(), peer.get(), seq])?;
+            .execute(params![owner.get(), peer.key(), seq])?;
         }
         Ok(())
     }

@@ -14,8 +14,10 @@
 //! - `writer`: the writer thread;
 //! - `reads`: the queries.
 
+mod append;
 mod chunk;
 mod draft;
+mod groups;
 mod ids;
 mod reads;
 mod schema;
@@ -31,15 +33,17 @@ use rusqlite::{Connection, OpenFlags};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use writer::{BatchLimits, Queued, Reply, Request, SocialOp, Writer};
 
+use self::groups::GroupOp;
+
 use super::cache::{ReadCache, Table};
 use super::{
-    Account, Accounts, Appends, BarrierHook, Conversation, FriendRequests, HistoryPage, Position,
-    RequestOutcome, Social, SocialError, Store, StoreError, StoreFuture, StoredEntry, Streams,
-    TokenHash, TokenRecord, Tokens, User,
+    Account, Accounts, Appends, BarrierHook, Conversation, FriendRequests, Group, GroupError,
+    Groups, HistoryPage, Position, RequestOutcome, Social, SocialError, Store, StoreError,
+    StoreFuture, StoredEntry, Streams, TokenHash, TokenRecord, Tokens, User,
 };
 use crate::config::{Durability, StoreConfig};
 use crate::delivery::Delivery;
-use crate::id::UserId;
+use crate::id::{Address, GroupId, UserId};
 use crate::workers::Workers;
 
 const DB_FILE: &str = "imserver.sqlite3";
@@ -256,6 +260,56 @@ impl Social for SqliteStore {
     }
 }
 
+impl Groups for SqliteStore {
+    fn create_group(
+        &self,
+        owner: UserId,
+        name: String,
+        members: Vec<UserId>,
+        max: usize,
+    ) -> StoreFuture<'_, Result<GroupId, GroupError>> {
+        self.write(move |tx| Request::CreateGroup(owner, name, members, max, tx))
+    }
+
+    fn group(&self, id: GroupId) -> StoreFuture<'_, Option<Arc<Group>>> {
+        cached(&self.cache.groups, id, |id| {
+            self.read(move |c| Ok(groups::load(c, id)?.map(Arc::new)))
+        })
+    }
+
+    fn groups_of(&self, user: UserId) -> StoreFuture<'_, Vec<GroupId>> {
+        self.read(move |c| groups::groups_of(c, user))
+    }
+
+    fn add_member(
+        &self,
+        actor: UserId,
+        group: GroupId,
+        user: UserId,
+        max: usize,
+    ) -> StoreFuture<'_, Result<(), GroupError>> {
+        self.write(move |tx| Request::Group(actor, group, GroupOp::Add(user), max, tx))
+    }
+
+    fn remove_member(
+        &self,
+        actor: UserId,
+        group: GroupId,
+        user: UserId,
+    ) -> StoreFuture<'_, Result<(), GroupError>> {
+        self.write(move |tx| Request::Group(actor, group, GroupOp::Remove(user), 0, tx))
+    }
+
+    fn rename_group(
+        &self,
+        actor: UserId,
+        group: GroupId,
+        name: String,
+    ) -> StoreFuture<'_, Result<(), GroupError>> {
+        self.write(move |tx| Request::Group(actor, group, GroupOp::Rename(name), 0, tx))
+    }
+}
+
 impl Streams for SqliteStore {
     fn append(&self, appends: Appends) -> StoreFuture<'_, ()> {
         let weight = appends.weight();
@@ -279,7 +333,7 @@ impl Streams for SqliteStore {
         self.enqueue(Request::Ack(owner, seq), 1)
     }
 
-    fn mark_read(&self, owner: UserId, peer: UserId, seq: u64) -> StoreFuture<'_, ()> {
+    fn mark_read(&self, owner: UserId, peer: Address, seq: u64) -> StoreFuture<'_, ()> {
         self.enqueue(Request::Read(owner, peer, seq), 1)
     }
 
@@ -290,7 +344,7 @@ impl Streams for SqliteStore {
     fn history(
         &self,
         owner: UserId,
-        peer: UserId,
+        peer: Address,
         before: Option<u64>,
         limit: usize,
     ) -> StoreFuture<'_, HistoryPage> {

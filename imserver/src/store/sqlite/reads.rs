@@ -7,7 +7,7 @@ use rusqlite::{Connection, MAIN_DB, OptionalExtension, params};
 
 use super::chunk::{CHUNK_AT, HEAD, Slot, conversation_of, entries};
 use super::writer::id;
-use crate::id::UserId;
+use crate::id::{Address, UserId};
 use crate::store::{
     Account, Conversation, FriendRequest, FriendRequests, HistoryPage, Position, StoredEntry,
     TokenHash, TokenRecord, User,
@@ -226,6 +226,11 @@ fn corrupt(e: &'static str) -> rusqlite::Error {
     rusqlite::Error::FromSqlConversionFailure(2, Type::Blob, e.into())
 }
 
+/// The peer of a conversation, as stored (see [`Address::key`]).
+fn peer(key: i64) -> rusqlite::Result<Address> {
+    Address::from_key(key).ok_or(rusqlite::Error::IntegralValueOutOfRange(0, key))
+}
+
 /// A `seq` bound for SQLite, whose integers are `i64`.
 fn bound(seq: u64) -> i64 {
     i64::try_from(seq).unwrap_or(i64::MAX)
@@ -234,7 +239,7 @@ fn bound(seq: u64) -> i64 {
 pub(super) fn history(
     c: &Connection,
     owner: UserId,
-    peer: UserId,
+    peer: Address,
     before: Option<u64>,
     limit: usize,
 ) -> rusqlite::Result<HistoryPage> {
@@ -243,7 +248,7 @@ pub(super) fn history(
         "SELECT first_seq, last_seq FROM conversation_chunks
          WHERE owner = ?1 AND peer = ?2 AND first_seq < ?3 ORDER BY first_seq DESC",
     )?;
-    let mut rows = stmt.query(params![owner.get(), peer.get(), bound(before)])?;
+    let mut rows = stmt.query(params![owner.get(), peer.key(), bound(before)])?;
     let mut payloads = Payloads::new(c);
     // Newest first until one more than the page, which tells whether there are more.
     let mut newest_first = Vec::with_capacity(limit + 1);
@@ -284,15 +289,15 @@ pub(super) fn conversations(
          SELECT peer FROM peers WHERE peer IS NOT NULL",
     )?;
     let peers = stmt
-        .query_map([owner.get()], |r| id(r.get(0)?))?
+        .query_map([owner.get()], |r| peer(r.get(0)?))?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     let mut newest = c.prepare_cached(
         "SELECT last_seq FROM conversation_chunks WHERE owner = ?1 AND peer = ?2
          ORDER BY first_seq DESC LIMIT 1",
     )?;
-    let mut latest: Vec<(UserId, u64)> = Vec::with_capacity(peers.len());
+    let mut latest: Vec<(Address, u64)> = Vec::with_capacity(peers.len());
     for peer in peers {
-        let last = newest.query_row(params![owner.get(), peer.get()], |r| r.get(0))?;
+        let last = newest.query_row(params![owner.get(), peer.key()], |r| r.get(0))?;
         latest.push((peer, last));
     }
     latest.sort_unstable_by_key(|&(_, last)| std::cmp::Reverse(last));
@@ -309,15 +314,16 @@ pub(super) fn conversations(
     Ok(out)
 }
 
-/// Messages from `peer` in `owner`'s stream after `owner`'s read position with `peer`.
-fn unread(payloads: &mut Payloads, owner: UserId, peer: UserId) -> rusqlite::Result<u64> {
+/// Messages from others in `owner`'s conversation with `peer` (a user or a group) after
+/// `owner`'s read position in it.
+fn unread(payloads: &mut Payloads, owner: UserId, peer: Address) -> rusqlite::Result<u64> {
     let c = payloads.conn;
     let read: u64 = c
         .prepare_cached("SELECT seq FROM read_positions WHERE owner = ?1 AND peer = ?2")?
-        .query_row(params![owner.get(), peer.get()], |r| r.get(0))
+        .query_row(params![owner.get(), peer.key()], |r| r.get(0))
         .optional()?
         .unwrap_or(0);
-    let (o, p, r) = (owner.get(), peer.get(), bound(read));
+    let (o, p, r) = (owner.get(), peer.key(), bound(read));
     // Whole chunks after the position, counted from their rows...
     let mut unread: u64 = c
         .prepare_cached(

@@ -23,6 +23,7 @@ pub(super) fn migrations() -> Migrations<'static> {
             include_str!("migrations/0005_payloads_once.sql"),
             payloads_once,
         ),
+        M::up(include_str!("migrations/0006_groups.sql")),
     ])
 }
 
@@ -51,11 +52,11 @@ fn streams(tx: &Transaction) -> HookResult {
         )?;
         let chunk = tx.last_insert_rowid();
         // Per peer: (first seq, last seq, received from the peer).
-        let mut peers: HashMap<UserId, (u64, u64, u64)> = HashMap::new();
+        let mut peers: HashMap<i64, (u64, u64, u64)> = HashMap::new();
         for entry in Frames::new(first, Bytes::from(frames)) {
             let (entry, _) = entry.map_err(|e| HookError::Hook(format!("inbox {owner}: {e}")))?;
             if let Some((peer, from_peer)) = conversation_of(&entry.payload, owner) {
-                let c = peers.entry(peer).or_insert((entry.seq, entry.seq, 0));
+                let c = peers.entry(peer.key()).or_insert((entry.seq, entry.seq, 0));
                 c.1 = entry.seq;
                 c.2 += u64::from(from_peer);
             }
@@ -64,7 +65,7 @@ fn streams(tx: &Transaction) -> HookResult {
             tx.execute(
                 "INSERT INTO conversation_chunks (owner, peer, first_seq, last_seq, received, chunk)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![owner.get(), peer.get(), first, last, received, chunk],
+                params![owner.get(), peer, first, last, received, chunk],
             )?;
         }
     }

@@ -30,16 +30,16 @@ use improto::EventKind;
 use rusqlite::{CachedStatement, Connection, Transaction, params};
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 
+use super::append::Answer;
 use super::chunk::HEAD;
 use super::draft::{Draft, StreamIx};
-use super::ids::{Ids, Key, Seen};
+use super::groups::GroupOp;
+use super::ids::Ids;
 use crate::delivery::{Delivery, Entry, EntryKind};
-use crate::id::UserId;
+use crate::id::{Address, GroupId, UserId};
 use crate::store::cache::ReadCache;
 use crate::store::social::{self, Change, Pair, Plan, RequestOutcome, Side, SocialError};
-use crate::store::{
-    Account, Appended, Appends, BarrierHook, Outcome, Replies, StoreError, TokenHash,
-};
+use crate::store::{Account, Appends, BarrierHook, Group, GroupError, StoreError, TokenHash};
 
 /// Where a request's answer goes.
 pub(super) type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
@@ -54,7 +54,7 @@ pub(super) enum Request {
     /// Queue-only: nobody waits for an acknowledgement to commit.
     Ack(UserId, u64),
     /// `(owner, peer, seq)`; queue-only.
-    Read(UserId, UserId, u64),
+    Read(UserId, Address, u64),
     Barrier(BarrierHook),
     CreateUser(Option<UserId>, Account, Reply<Option<UserId>>),
     CreateToken(TokenHash, UserId, i64, Reply<()>),
@@ -71,6 +71,22 @@ pub(super) enum Request {
     ),
     /// An operation of `a` on `b`.
     Social(SocialOp, UserId, UserId, Reply<Result<(), SocialError>>),
+    /// `(owner, name, members, max)`.
+    CreateGroup(
+        UserId,
+        String,
+        Vec<UserId>,
+        usize,
+        Reply<Result<GroupId, GroupError>>,
+    ),
+    /// `(actor, group, op, max)`.
+    Group(
+        UserId,
+        GroupId,
+        GroupOp,
+        usize,
+        Reply<Result<(), GroupError>>,
+    ),
     /// Stop after everything queued before it.
     Close(oneshot::Sender<()>),
 }
@@ -86,7 +102,7 @@ pub(super) enum SocialOp {
 }
 
 /// What to do once the batch has committed (or failed), in request order.
-enum Then {
+pub(super) enum Then {
     /// Hand a stream entry to the `Delivery`.
     Deliver(UserId, Entry),
     Appended(Answer),
@@ -96,6 +112,7 @@ enum Then {
     /// The read cache's copy of this user's friend list is stale.
     ForgetFriends(UserId),
     ForgetToken(TokenHash),
+    ForgetGroup(GroupId),
     Close(oneshot::Sender<()>),
 }
 
@@ -132,53 +149,9 @@ impl Then {
             Request::Befriend(.., reply) => never(reply),
             Request::Ask(.., reply) => never(reply),
             Request::Social(.., reply) => never(reply),
+            Request::CreateGroup(.., reply) => never(reply),
+            Request::Group(.., reply) => never(reply),
             Request::Close(tx) => Then::Close(tx),
-        }
-    }
-}
-
-/// What a request of appends is answered with after the commit.
-struct Answer {
-    replies: Arc<dyn Replies>,
-    outcomes: Vec<Outcome>,
-    /// Why the messages after those in `outcomes` were not stored.
-    failed: Option<StoreError>,
-    /// Per user, the entries appended to their stream, in order.
-    entries: Vec<(UserId, Vec<Entry>)>,
-}
-
-impl Answer {
-    fn new(replies: Arc<dyn Replies>) -> Self {
-        Answer {
-            replies,
-            outcomes: Vec::new(),
-            failed: None,
-            entries: Vec::new(),
-        }
-    }
-
-    /// Keeps `entry` of `to`'s stream for the delivery after the commit.
-    fn deliver(&mut self, to: UserId, entry: Entry) {
-        match self.entries.iter_mut().rev().find(|(user, _)| *user == to) {
-            Some((_, entries)) => entries.push(entry),
-            None => self.entries.push((to, vec![entry])),
-        }
-    }
-
-    /// After the commit (`Ok`), or the transaction's failure.
-    fn send(self, delivery: &dyn Delivery, committed: Result<(), StoreError>) {
-        if let Err(e) = committed {
-            self.replies.failed(e);
-            return;
-        }
-        if !self.outcomes.is_empty() {
-            self.replies.replied(self.outcomes);
-        }
-        if let Some(e) = self.failed {
-            self.replies.failed(e);
-        }
-        for (to, entries) in self.entries {
-            delivery.deliver(to, entries.into());
         }
     }
 }
@@ -197,6 +170,9 @@ pub(super) struct Writer {
     blocks: HashSet<(UserId, UserId)>,
     /// The stored client ids, for de-duplication.
     ids: Ids,
+    /// The groups looked up so far, exact (only this thread changes them); forgotten with
+    /// the heads.
+    groups: HashMap<GroupId, Arc<Group>>,
     /// Told of every change to what it caches, after the commit and before the answer.
     cache: Arc<ReadCache>,
     delivery: Arc<dyn Delivery>,
@@ -224,6 +200,7 @@ impl Writer {
             max_heads,
             blocks: HashSet::new(),
             ids: Ids::new(max_heads),
+            groups: HashMap::new(),
             cache,
             delivery,
         };
@@ -275,6 +252,9 @@ impl Writer {
         if self.heads.len() > self.max_heads {
             self.heads.clear();
         }
+        if self.groups.len() > self.max_heads {
+            self.groups.clear();
+        }
         let mut then = Vec::with_capacity(batch.len() * 3);
         let result = self.apply(batch.drain(..), &mut then);
         if let Err(e) = &result {
@@ -282,6 +262,7 @@ impl Writer {
             // The database rolled back; the in-memory copies did not.
             self.heads.clear();
             self.ids.forget();
+            self.groups.clear();
             if let Err(e) = self.load_blocks() {
                 tracing::error!(error = %e, "cannot reload the block list");
             }
@@ -299,7 +280,8 @@ impl Writer {
                 (Then::Reply(answer), r) => answer(r.as_ref().map(|_| ()).map_err(fail)),
                 (Then::ForgetFriends(user), Ok(())) => self.cache.friends.forget(&user),
                 (Then::ForgetToken(hash), Ok(())) => self.cache.tokens.forget(&hash),
-                (Then::ForgetFriends(_) | Then::ForgetToken(_), Err(_)) => {}
+                (Then::ForgetGroup(group), Ok(())) => self.cache.groups.forget(&group),
+                (Then::ForgetFriends(_) | Then::ForgetToken(_) | Then::ForgetGroup(_), Err(_)) => {}
                 (Then::Close(tx), _) => {
                     closing = true;
                     let _ = tx.send(());
@@ -327,6 +309,7 @@ impl Writer {
             heads: &mut self.heads,
             blocks: &mut self.blocks,
             ids: &mut self.ids,
+            groups: &mut self.groups,
             draft: Draft::default(),
         };
         let result = (|| {
@@ -357,9 +340,9 @@ impl Writer {
 
 /// The statements every append may run, looked up once per batch rather than once per
 /// message (a lookup hashes the statement's whole text).
-struct Statements<'t> {
-    head: CachedStatement<'t>,
-    are_friends: CachedStatement<'t>,
+pub(super) struct Statements<'t> {
+    pub head: CachedStatement<'t>,
+    pub are_friends: CachedStatement<'t>,
 }
 
 impl<'t> Statements<'t> {
@@ -372,11 +355,12 @@ impl<'t> Statements<'t> {
 }
 
 /// The writer's state as one batch sees it.
-struct State<'w> {
-    heads: &'w mut HashMap<UserId, u64>,
-    blocks: &'w mut HashSet<(UserId, UserId)>,
-    ids: &'w mut Ids,
-    draft: Draft,
+pub(super) struct State<'w> {
+    pub heads: &'w mut HashMap<UserId, u64>,
+    pub blocks: &'w mut HashSet<(UserId, UserId)>,
+    pub ids: &'w mut Ids,
+    pub groups: &'w mut HashMap<GroupId, Arc<Group>>,
+    pub draft: Draft,
 }
 
 impl State<'_> {
@@ -466,6 +450,14 @@ impl State<'_> {
                     }
                 }
             }
+            Request::CreateGroup(owner, name, members, max, reply) => {
+                let made = self.create_group(tx, owner, name, members, max, then);
+                return answered(then, reply, made);
+            }
+            Request::Group(actor, group, op, max, reply) => {
+                let changed = self.change_group(tx, actor, group, op, max, then);
+                return answered(then, reply, changed);
+            }
             Request::Social(op, a, b, reply) => {
                 let rules: fn(Pair) -> Plan<()> = match op {
                     SocialOp::Accept => |p| social::answer(p, true),
@@ -485,120 +477,6 @@ impl State<'_> {
             Request::Close(tx) => then.push(Then::Close(tx)),
         }
         Ok(())
-    }
-
-    /// Each message to its receiver's stream and a copy to its sender's, into `answer`. On
-    /// an error, the messages before it are appended and those from it on are not.
-    fn append(
-        &mut self,
-        tx: &Transaction,
-        st: &mut Statements,
-        a: Appends,
-        answer: &mut Answer,
-    ) -> rusqlite::Result<()> {
-        let sender = a.sender;
-        let own = self.draft.stream(self.heads, &mut st.head, sender)?;
-        // The receiver of the message before, as most requests have one.
-        let mut to: Option<Receiver> = None;
-        answer.outcomes.reserve(a.messages.len());
-        for m in a.messages {
-            // Everything that can fail comes first; nothing is changed until all of it
-            // passed. A retry is acknowledged as it was the first time, whatever the relay
-            // policy says now (the two may have stopped being friends since).
-            let id = match &m.client_id {
-                Some(id) => {
-                    let key = Key::new(id);
-                    match self.ids.check(tx, sender, &key)? {
-                        Seen::Stored(seq) => {
-                            let appended = Appended::Stored {
-                                seq,
-                                duplicate: true,
-                            };
-                            answer.outcomes.push(Outcome {
-                                client_id: m.client_id,
-                                appended,
-                            });
-                            continue;
-                        }
-                        new => Some((key, new)),
-                    }
-                }
-                None => None,
-            };
-            let r = match to {
-                Some(r) if r.user == m.receiver => r,
-                _ => self.receiver(st, sender, m.receiver, a.friends_only)?,
-            };
-            to = Some(r);
-            if !r.allowed {
-                answer.outcomes.push(Outcome {
-                    client_id: m.client_id,
-                    appended: Appended::NotFriends,
-                });
-                continue;
-            }
-            // From here on nothing fails, and the seqs become real.
-            let slot = self.draft.payload(&m.payload);
-            let seq = self.draft.push(own, slot, Some((m.receiver, false)), 0);
-            if let Some((key, new)) = id {
-                self.ids.record(sender, key, seq, new);
-            }
-            if let Some(stream) = r.stream {
-                let received = self.draft.push(stream, slot, Some((sender, true)), seq);
-                let entry = Entry {
-                    seq: received,
-                    payload: m.payload.clone(),
-                    kind: EntryKind::Received,
-                    origin: None,
-                };
-                answer.deliver(m.receiver, entry);
-            }
-            let copy = Entry {
-                seq,
-                payload: m.payload,
-                // A message to oneself is received, too (a v1 client is shown it).
-                kind: if m.receiver == sender {
-                    EntryKind::Received
-                } else {
-                    EntryKind::Sent
-                },
-                origin: a.origin,
-            };
-            answer.deliver(sender, copy);
-            answer.outcomes.push(Outcome {
-                client_id: m.client_id,
-                appended: Appended::Stored {
-                    seq,
-                    duplicate: false,
-                },
-            });
-        }
-        Ok(())
-    }
-
-    /// How `sender`'s messages to `user` are stored.
-    fn receiver(
-        &mut self,
-        st: &mut Statements,
-        sender: UserId,
-        user: UserId,
-        friends_only: bool,
-    ) -> rusqlite::Result<Receiver> {
-        let allowed = !friends_only
-            || user == sender
-            || st.are_friends.exists(params![sender.get(), user.get()])?;
-        // A receiver who blocks the sender gets nothing (the sender's copy is stored all the
-        // same); a message to oneself is stored once.
-        let stream = if user == sender || self.blocks.contains(&(user, sender)) {
-            None
-        } else {
-            Some(self.draft.stream(self.heads, &mut st.head, user)?)
-        };
-        Ok(Receiver {
-            user,
-            allowed,
-            stream,
-        })
     }
 
     /// Runs the social operation `rules` of `a` on `b` in a savepoint: reads how they stand,
@@ -684,22 +562,34 @@ impl State<'_> {
     }
 }
 
-/// Where one sender's messages to one receiver go.
-#[derive(Debug, Clone, Copy)]
-struct Receiver {
-    user: UserId,
-    /// Not refused by `--relay-policy friends`.
-    allowed: bool,
-    /// The receiver's stream; none for a message to oneself (stored once, as the sender's)
-    /// or to someone who blocks the sender.
-    stream: Option<StreamIx>,
-}
-
 /// Whether `?1` counts `?2` among their friends.
 const ARE_FRIENDS: &str = "SELECT 1 FROM friendships WHERE user_id = ?1 AND friend_id = ?2";
 
+/// Answers `reply` with `result`, a request's own outcome; an error is passed on (see
+/// [`State::apply`]).
+fn answered<T: Send + 'static>(
+    then: &mut Vec<Then>,
+    reply: Reply<T>,
+    result: rusqlite::Result<T>,
+) -> rusqlite::Result<()> {
+    match result {
+        Ok(answer) => {
+            then.push(Then::reply(reply, answer));
+            Ok(())
+        }
+        Err(e) => {
+            let failed = StoreError::Backend(e.to_string().into());
+            then.push(Then::failed(reply, failed));
+            Err(e)
+        }
+    }
+}
+
 /// Runs `f` inside a savepoint: all of its statements or none.
-fn savepoint<T>(tx: &Transaction, f: impl FnOnce() -> rusqlite::Result<T>) -> rusqlite::Result<T> {
+pub(super) fn savepoint<T>(
+    tx: &Transaction,
+    f: impl FnOnce() -> rusqlite::Result<T>,
+) -> rusqlite::Result<T> {
     tx.execute_batch("SAVEPOINT request")?;
     match f() {
         Ok(value) => {
