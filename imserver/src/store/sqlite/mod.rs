@@ -9,9 +9,11 @@
 //!
 //! - `schema`: the migrations;
 //! - `chunk`: how streams are stored (every payload once; a row per stream per transaction);
-//! - `ids`: client message ids, in runs, for de-duplication;
+//! - `ids`: client message ids, for de-duplication;
 //! - `draft`: what one transaction appends, gathered until its end;
-//! - `writer`: the writer thread;
+//! - `writer`: the writer thread, its batches and requests;
+//! - `append`: messages (one to one, and fanned out to a group's members);
+//! - `social`, `groups`: the social graph's and groups' changes, with their events;
 //! - `reads`: the queries.
 
 mod append;
@@ -21,6 +23,7 @@ mod groups;
 mod ids;
 mod reads;
 mod schema;
+mod social;
 mod writer;
 
 use std::hash::Hash;
