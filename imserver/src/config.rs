@@ -213,6 +213,17 @@ pub struct StoreConfig {
     #[arg(long, env = "IMSERVER_STORE_READERS", default_value_t = 4, value_parser = at_least_one)]
     pub store_readers: usize,
 
+    /// Whether a `Read` tells the senders of the messages read (an event of kind `read` in
+    /// their streams). `off`: read positions are kept, and nobody is told.
+    #[arg(long, env = "IMSERVER_READ_RECEIPTS", value_enum, default_value_t = Switch::On)]
+    pub read_receipts: Switch,
+
+    /// Newly read messages one `Read` looks through, newest first, to find whom to tell;
+    /// the senders of older ones get no receipt for it (a client that reads as it goes
+    /// never reaches it).
+    #[arg(long, env = "IMSERVER_READ_RECEIPT_SCAN", default_value_t = 1000, value_parser = at_least_one)]
+    pub read_receipt_scan: usize,
+
     /// Entries each in-memory cache holds at most: users, friend lists and tokens (what
     /// every HTTP request reads), and the writer's stream heads. Past it, a cache is emptied
     /// and fills again with what is used.
@@ -237,6 +248,13 @@ pub enum RelayPolicy {
     Any,
     /// Only friends may message each other.
     Friends,
+}
+
+/// A feature on or off.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Switch {
+    On,
+    Off,
 }
 
 /// What an acknowledged write survives; see `--durability`.

@@ -95,6 +95,11 @@ impl Draft {
         *acked = (*acked).max(seq);
     }
 
+    /// Where this batch moved `owner`'s read position with `peer` to, if it did.
+    pub fn read_position(&self, owner: UserId, peer: Address) -> Option<u64> {
+        self.reads.get(&(owner, peer)).copied()
+    }
+
     /// `owner` has read the conversation with `peer` up to `seq`.
     pub fn read(&mut self, owner: UserId, peer: Address, seq: u64) {
         let read = self.reads.entry((owner, peer)).or_default();

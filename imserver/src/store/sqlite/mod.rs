@@ -14,6 +14,7 @@
 //! - `writer`: the writer thread, its batches and requests;
 //! - `append`: messages (one to one, and fanned out to a group's members);
 //! - `social`, `groups`: the social graph's and groups' changes, with their events;
+//! - `receipts`: read positions and read receipts;
 //! - `reads`: the queries.
 
 mod append;
@@ -22,6 +23,7 @@ mod draft;
 mod groups;
 mod ids;
 mod reads;
+mod receipts;
 mod schema;
 mod social;
 mod writer;
@@ -44,7 +46,7 @@ use super::{
     Groups, HistoryPage, Position, RequestOutcome, Social, SocialError, Store, StoreError,
     StoreFuture, StoredEntry, Streams, TokenHash, TokenRecord, Tokens, User,
 };
-use crate::config::{Durability, StoreConfig};
+use crate::config::{Durability, StoreConfig, Switch};
 use crate::delivery::Delivery;
 use crate::id::{Address, GroupId, UserId};
 use crate::workers::Workers;
@@ -103,7 +105,17 @@ impl SqliteStore {
 
         let (writes, rx) = mpsc::unbounded_channel();
         let cache = Arc::new(ReadCache::new(config.cache_entries));
-        let writer = Writer::new(conn, config.cache_entries, cache.clone(), delivery)?;
+        let receipts = receipts::ReadReceipts {
+            on: config.read_receipts == Switch::On,
+            scan: config.read_receipt_scan,
+        };
+        let writer = Writer::new(
+            conn,
+            config.cache_entries,
+            receipts,
+            cache.clone(),
+            delivery,
+        )?;
         let limits = BatchLimits {
             writes: config.max_batch,
             bytes: config.max_batch_bytes,

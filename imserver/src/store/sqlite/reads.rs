@@ -152,18 +152,18 @@ pub(super) fn read_stream(
 }
 
 /// Reads payloads out of `batches` rows through one blob handle, moved from row to row.
-struct Payloads<'c> {
+pub(super) struct Payloads<'c> {
     conn: &'c Connection,
     open: Option<(i64, Blob<'c>)>,
 }
 
 impl<'c> Payloads<'c> {
-    fn new(conn: &'c Connection) -> Self {
+    pub fn new(conn: &'c Connection) -> Self {
         Payloads { conn, open: None }
     }
 
     /// The payload at `slot` of batch `batch`.
-    fn read(&mut self, batch: i64, slot: Slot) -> rusqlite::Result<Bytes> {
+    pub fn read(&mut self, batch: i64, slot: Slot) -> rusqlite::Result<Bytes> {
         let blob = match &mut self.open {
             Some((at, blob)) if *at == batch => blob,
             Some((at, blob)) => {
@@ -222,7 +222,7 @@ fn chunk_entries(
     Ok(out)
 }
 
-fn corrupt(e: &'static str) -> rusqlite::Error {
+pub(super) fn corrupt(e: &'static str) -> rusqlite::Error {
     rusqlite::Error::FromSqlConversionFailure(2, Type::Blob, e.into())
 }
 
@@ -232,7 +232,7 @@ fn peer(key: i64) -> rusqlite::Result<Address> {
 }
 
 /// A `seq` bound for SQLite, whose integers are `i64`.
-fn bound(seq: u64) -> i64 {
+pub(super) fn bound(seq: u64) -> i64 {
     i64::try_from(seq).unwrap_or(i64::MAX)
 }
 

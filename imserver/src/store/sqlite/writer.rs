@@ -34,6 +34,7 @@ use super::chunk::HEAD;
 use super::draft::Draft;
 use super::groups::GroupOp;
 use super::ids::Ids;
+use super::receipts::ReadReceipts;
 use super::social::apply_change;
 use crate::delivery::{Delivery, Entry};
 use crate::id::{Address, GroupId, UserId};
@@ -173,6 +174,8 @@ pub(super) struct Writer {
     /// The groups looked up so far, exact (only this thread changes them); forgotten with
     /// the heads.
     groups: HashMap<GroupId, Arc<Group>>,
+    /// `--read-receipts` and `--read-receipt-scan`.
+    receipts: ReadReceipts,
     /// Told of every change to what it caches, after the commit and before the answer.
     cache: Arc<ReadCache>,
     delivery: Arc<dyn Delivery>,
@@ -191,6 +194,7 @@ impl Writer {
     pub fn new(
         conn: Connection,
         max_heads: usize,
+        receipts: ReadReceipts,
         cache: Arc<ReadCache>,
         delivery: Arc<dyn Delivery>,
     ) -> rusqlite::Result<Self> {
@@ -201,6 +205,7 @@ impl Writer {
             blocks: HashSet::new(),
             ids: Ids::new(max_heads),
             groups: HashMap::new(),
+            receipts,
             cache,
             delivery,
         };
@@ -310,6 +315,7 @@ impl Writer {
             blocks: &mut self.blocks,
             ids: &mut self.ids,
             groups: &mut self.groups,
+            receipts: self.receipts,
             draft: Draft::default(),
         };
         let result = (|| {
@@ -360,6 +366,7 @@ pub(super) struct State<'w> {
     pub blocks: &'w mut HashSet<(UserId, UserId)>,
     pub ids: &'w mut Ids,
     pub groups: &'w mut HashMap<GroupId, Arc<Group>>,
+    pub receipts: ReadReceipts,
     pub draft: Draft,
 }
 
@@ -385,7 +392,13 @@ impl State<'_> {
                 appended?;
             }
             Request::Ack(owner, seq) => self.draft.ack(owner, seq),
-            Request::Read(owner, peer, seq) => self.draft.read(owner, peer, seq),
+            Request::Read(owner, peer, seq) => {
+                let receipts = self.receipts;
+                if let Err(e) = self.read(tx, owner, peer, seq, receipts, then) {
+                    tracing::error!(error = %e, "a read position could not be recorded");
+                    return Err(e);
+                }
+            }
             Request::Barrier(hook) => then.push(Then::Barrier(hook)),
             Request::CreateUser(id, account, reply) => match create_user(tx, id, &account) {
                 Ok(created) => then.push(Then::reply(reply, created)),
