@@ -20,6 +20,8 @@ struct Nobody;
 
 impl Delivery for Nobody {
     fn deliver(&self, _: UserId, _: Entries) {}
+
+    fn live(&self, _: UserId, _: bytes::Bytes) {}
 }
 
 /// Counts answered messages and wakes the round up when all of them are.

@@ -10,6 +10,7 @@
 //! Durations take a unit (`500ms`, `10s`, `5m`, `30days`); a bare number is seconds.
 
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -128,6 +129,16 @@ pub struct RelayConfig {
     /// Stored stream entries replayed per store read when a user reconnects.
     #[arg(long, env = "IMSERVER_REPLAY_BATCH", default_value_t = 512, value_parser = at_least_one)]
     pub replay_batch: usize,
+
+    /// `Typing` frames one connection may send per second (and at once); more are dropped
+    /// without a word.
+    #[arg(long, env = "IMSERVER_TYPING_LIMIT", default_value_t = NonZeroU32::new(2).expect("2"))]
+    pub typing_limit: NonZeroU32,
+
+    /// How long a user's connections coming or going waits before their friends are told
+    /// (`Presence`): a user back (or gone) again within it tells nobody anything.
+    #[arg(long, env = "IMSERVER_PRESENCE_DELAY", default_value = "2s", value_parser = duration)]
+    pub presence_delay: Duration,
 
     /// Who may send a message to whom. `any`: anyone to anyone, as the Go server did.
     /// `friends`: only between friends; a message to anyone else is refused (`not_friends`

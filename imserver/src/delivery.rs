@@ -1,5 +1,6 @@
 //! The seam between the store and live connections: after a transaction commits, the store
-//! hands every stream entry it appended to a [`Delivery`], in commit order.
+//! hands every stream entry it appended to a [`Delivery`], in commit order; and what is never
+//! stored (typing, presence) takes the same way, as a live frame.
 //!
 //! Today that is the relay's `LocalRouter`, which queues each entry on the user's
 //! connections on this node. A message bus (NATS) is another implementation of the same
@@ -70,6 +71,11 @@ pub trait Delivery: Send + Sync + 'static {
     /// after the commit, in commit order, so each user's entries arrive in `seq` order: it
     /// must not block.
     fn deliver(&self, to: UserId, entries: Entries);
+
+    /// Queues a frame that is never stored and has no `seq` (`Typing`, `Presence`) for the
+    /// version 2 connections of `to`. Best effort: a connection whose queue is full does
+    /// without it.
+    fn live(&self, to: UserId, payload: Bytes);
 }
 
 #[cfg(test)]

@@ -115,7 +115,18 @@ impl Server {
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
 
-        let state = Arc::new(http::AppState::new(store.clone(), hashers, &config));
+        let presence = Arc::new(relay::Presence::new(
+            router.clone(),
+            store.clone(),
+            config.relay.presence_delay,
+        ));
+        tasks.spawn(presence.clone().run(shutdown.clone()));
+        let state = Arc::new(http::AppState::new(
+            store.clone(),
+            hashers,
+            presence.clone(),
+            &config,
+        ));
         let stop = shutdown.clone();
         tasks.spawn(
             warp::serve(http::routes(state))
@@ -127,6 +138,7 @@ impl Server {
         let relay = Arc::new(relay::Relay::new(
             store.clone(),
             router,
+            presence,
             config.auth.auth,
             &config.relay,
         ));

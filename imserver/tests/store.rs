@@ -21,6 +21,8 @@ impl Delivery for Recorder {
         let mut seen = self.0.lock().unwrap();
         seen.extend(entries.iter().map(|e| (to, e.seq)));
     }
+
+    fn live(&self, _: UserId, _: Bytes) {}
 }
 
 /// Remembers every answer: the outcomes, or `None` for a failure.

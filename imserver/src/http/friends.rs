@@ -1,5 +1,5 @@
-//! The social graph: `/list/{id}` (the Go server's), friend requests, `/friends/{id}` and
-//! blocks. The rules themselves are in `store::social`.
+//! The social graph: `/list/{id}` (the Go server's), friend requests, `/friends/{id}`,
+//! blocks, and friends' presence. The rules themselves are in `store::social`.
 
 use std::sync::Arc;
 
@@ -131,6 +131,20 @@ pub async fn unblock(me: UserId, them: String, state: Arc<AppState>) -> ApiResul
     let them = existing_user(&state, &them).await?.id;
     state.store.unblock(me, them).await??;
     ok(&serde_json::json!({ "msg": "Unblocked" }))
+}
+
+/// `GET /presence/{id}`: whether a friend (or the caller) is online, and when they were last
+/// seen (now, if online); `403` for anyone else.
+pub async fn presence(me: UserId, id: String, state: Arc<AppState>) -> ApiResult {
+    let them = existing_user(&state, &id).await?.id;
+    if them != me {
+        let friends = state.store.friends(me).await?.unwrap_or_default();
+        if !friends.iter().any(|(f, _)| *f == them) {
+            return Err(ApiError::forbidden());
+        }
+    }
+    let (online, last_seen) = state.presence.of(them).await?;
+    ok(&serde_json::json!({ "online": online, "lastSeen": last_seen }))
 }
 
 /// `GET /blocks`.

@@ -30,6 +30,7 @@ use crate::Config;
 use crate::auth::PasswordHashers;
 use crate::config::AuthMode;
 use crate::id::UserId;
+use crate::relay::Presence;
 use crate::store::Store;
 
 /// What the handlers share.
@@ -51,12 +52,20 @@ pub struct AppState {
     pub max_group_members: usize,
     /// `--password-hashers` threads, for `/regist` and `/login`.
     pub hashers: PasswordHashers,
+    /// Who is online, for `/presence/{id}`.
+    pub presence: Arc<Presence>,
 }
 
 impl AppState {
-    pub fn new(store: Arc<dyn Store>, hashers: PasswordHashers, config: &Config) -> Self {
+    pub fn new(
+        store: Arc<dyn Store>,
+        hashers: PasswordHashers,
+        presence: Arc<Presence>,
+        config: &Config,
+    ) -> Self {
         AppState {
             hashers,
+            presence,
             store,
             auth: config.auth.auth,
             token_ttl: config.auth.token_ttl,
@@ -177,6 +186,11 @@ pub fn routes(
         .and(warp::query::raw().or(warp::any().map(String::new)).unify())
         .and(with(s))
         .then(|peer, me, q, s| async move { reply::finish(history::page(me, peer, q, s).await) });
+    let presence = warp::path!("presence" / String)
+        .and(warp::get())
+        .and(user(s.clone()))
+        .and(with(s))
+        .then(|id, me, s| async move { reply::finish(friends::presence(me, id, s).await) });
     let conversations = warp::path!("conversations")
         .and(warp::get())
         .and(user(s.clone()))
@@ -243,6 +257,8 @@ pub fn routes(
         .or(history)
         .unify()
         .or(conversations)
+        .unify()
+        .or(presence)
         .unify()
         .or(group_routes)
         .unify();

@@ -9,9 +9,11 @@
 //! - `outbox`: a connection's bounded send queue.
 //! - `router`: user id → live connections; the [`Delivery`](crate::delivery::Delivery) of
 //!   committed stream entries on this node.
+//! - `presence`: telling friends who came online or went offline, coalesced.
 
 mod listener;
 mod outbox;
+mod presence;
 mod router;
 mod session;
 mod transport;
@@ -22,6 +24,7 @@ use std::time::Duration;
 
 use governor::Quota;
 pub use listener::serve;
+pub use presence::Presence;
 pub use router::LocalRouter;
 
 use crate::config::{AuthMode, RelayConfig, RelayPolicy};
@@ -31,6 +34,7 @@ use crate::store::Store;
 pub struct Relay {
     pub store: Arc<dyn Store>,
     pub router: Arc<LocalRouter>,
+    pub presence: Arc<Presence>,
     pub auth: AuthMode,
     /// `--relay-policy friends`.
     pub friends_only: bool,
@@ -41,12 +45,14 @@ impl Relay {
     pub fn new(
         store: Arc<dyn Store>,
         router: Arc<LocalRouter>,
+        presence: Arc<Presence>,
         auth: AuthMode,
         c: &RelayConfig,
     ) -> Self {
         Relay {
             store,
             router,
+            presence,
             auth,
             friends_only: c.relay_policy == RelayPolicy::Friends,
             limits: Limits::new(c),
@@ -69,6 +75,8 @@ pub struct Limits {
     pub regist_deadline: Duration,
     /// `None` when off.
     pub idle_timeout: Option<Duration>,
+    /// `--typing-limit`, per connection.
+    pub typing: Quota,
 }
 
 impl Limits {
@@ -88,6 +96,7 @@ impl Limits {
             max_connections_per_user: c.max_connections_per_user,
             regist_deadline: c.regist_deadline,
             idle_timeout: (!c.idle_timeout.is_zero()).then_some(c.idle_timeout),
+            typing: Quota::per_second(c.typing_limit).allow_burst(c.typing_limit),
         }
     }
 }

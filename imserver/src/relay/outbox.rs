@@ -9,6 +9,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use bytes::Bytes;
 use flume::TrySendError;
 use tokio_util::sync::CancellationToken;
 
@@ -23,6 +24,8 @@ pub enum Outbound {
     /// What became of messages this connection sent, in the order it sent them: v2 answers
     /// each with an `Ack` (stored, its copy at `seq` of the sender's stream) or an `Error`.
     Replies(Vec<Outcome>),
+    /// A frame that is not a stream entry (`Typing`, `Presence`), for v2 only.
+    Live(Bytes),
     /// v2: the answer to a `Ping`, once the frames before it have taken effect.
     Pong,
 }
@@ -91,6 +94,11 @@ impl Outbox {
             return false;
         }
         self.push(Outbound::Entries(entries.clone()))
+    }
+
+    /// Queues a live frame, unless the queue is full: it is not worth a disconnection.
+    pub fn live(&self, payload: &Bytes) {
+        let _ = self.queue.try_send(Outbound::Live(payload.clone()));
     }
 
     /// Queues a reply; a full queue closes the connection. False when the connection is

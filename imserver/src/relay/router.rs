@@ -9,6 +9,8 @@ use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use bytes::Bytes;
+
 use super::outbox::Outbox;
 use crate::delivery::{ConnId, Delivery, Entries, EntryKind};
 use crate::id::UserId;
@@ -40,27 +42,36 @@ impl LocalRouter {
         self.shards[i].lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Adds a connection of `user`, unless the user already has `max` of them; false then.
-    pub fn subscribe(&self, user: UserId, conn: Arc<Outbox>, max: usize) -> bool {
+    /// Adds a connection of `user`, unless the user already has `max` of them: how many
+    /// the user has now, or `None` when refused.
+    pub fn subscribe(&self, user: UserId, conn: Arc<Outbox>, max: usize) -> Option<usize> {
         let mut shard = self.shard(user);
         let conns = shard.entry(user).or_default();
         if conns.len() >= max {
-            return false;
+            return None;
         }
         conns.push(conn);
-        true
+        Some(conns.len())
     }
 
     /// Removes connection `id` of `user` (and nothing else: the user's other connections,
-    /// say a newer one that reconnected, stay).
-    pub fn unsubscribe(&self, user: UserId, id: ConnId) {
+    /// say a newer one that reconnected, stay). Returns how many the user has left.
+    pub fn unsubscribe(&self, user: UserId, id: ConnId) -> usize {
         let mut shard = self.shard(user);
-        if let Some(conns) = shard.get_mut(&user) {
-            conns.retain(|c| c.id != id);
-            if conns.is_empty() {
-                shard.remove(&user);
-            }
+        let Some(conns) = shard.get_mut(&user) else {
+            return 0;
+        };
+        conns.retain(|c| c.id != id);
+        let left = conns.len();
+        if left == 0 {
+            shard.remove(&user);
         }
+        left
+    }
+
+    /// Whether `user` has a connection on this node.
+    pub fn online(&self, user: UserId) -> bool {
+        self.shard(user).contains_key(&user)
     }
 }
 
@@ -83,6 +94,14 @@ impl Delivery for LocalRouter {
         });
         if conns.is_empty() {
             shard.remove(&to);
+        }
+    }
+
+    fn live(&self, to: UserId, payload: Bytes) {
+        if let Some(conns) = self.shard(to).get(&to) {
+            for c in conns {
+                c.live(&payload);
+            }
         }
     }
 }

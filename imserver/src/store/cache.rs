@@ -10,7 +10,7 @@
 //! database, as its answer may predate that write. Misses are not cached: the keys come
 //! from clients, and each table holds at most `--cache-entries` entries.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::Hash;
 use std::sync::Mutex;
 
@@ -26,6 +26,8 @@ pub(crate) struct ReadCache {
     /// Groups with their members: every group message's typing frame and every group route
     /// reads one.
     pub groups: Table<GroupId, Arc<Group>>,
+    /// Whom each user blocks: every typing frame is checked against it.
+    pub blocked: Table<UserId, Arc<HashSet<UserId>>>,
 }
 
 impl ReadCache {
@@ -36,6 +38,7 @@ impl ReadCache {
             friends: Table::new(entries),
             tokens: Table::new(entries),
             groups: Table::new(entries),
+            blocked: Table::new(entries),
         }
     }
 }

@@ -223,6 +223,12 @@ pub trait Accounts {
 
     /// A user by id.
     fn user(&self, id: UserId) -> StoreFuture<'_, Option<User>>;
+
+    /// `user`'s last connection closed at `at` (Unix seconds). Returns once queued.
+    fn seen(&self, user: UserId, at: i64) -> StoreFuture<'_, ()>;
+
+    /// When `user`'s last connection closed, if ever (Unix seconds).
+    fn last_seen(&self, user: UserId) -> StoreFuture<'_, Option<i64>>;
 }
 
 /// Login tokens, by hash.
@@ -277,6 +283,9 @@ pub trait Social {
 
     /// The users `me` blocks, as `(id, name)`, in id order.
     fn blocks(&self, me: UserId) -> StoreFuture<'_, Vec<(UserId, String)>>;
+
+    /// Whether `blocker` blocks `blocked` (from the store's cache when it can).
+    fn blocks_user(&self, blocker: UserId, blocked: UserId) -> StoreFuture<'_, bool>;
 }
 
 /// Groups and their members. The rules are in [`groups`]; every change appends its events to

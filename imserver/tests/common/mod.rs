@@ -37,7 +37,9 @@ impl TestServer {
     }
 
     /// The demo users, `--auth open`, the per-IP, per-user and per-connection rate limits
-    /// off (the tests of those limits turn them on), then `adjust` applied.
+    /// off (the tests of those limits turn them on), friends never told of presence (a live
+    /// frame at a time of its own; the tests of presence shorten the delay), then `adjust`
+    /// applied.
     pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut config = Config::local(dir.path());
@@ -46,6 +48,7 @@ impl TestServer {
         config.auth.regist_limit = 0;
         config.auth.login_limit = 0;
         config.relay.rate_limit = 0;
+        config.relay.presence_delay = Duration::from_secs(24 * 3600);
         adjust(&mut config);
         let server = Server::start(config.clone()).await.expect("server starts");
         TestServer {

@@ -39,6 +39,7 @@ use governor::DefaultDirectRateLimiter;
 use governor::clock::Clock;
 use improto::{
     Ack, Envelope, ErrorCode, ErrorPacket, Packet, PacketKind, ProtoError, Regist, Registered,
+    Typing,
 };
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
@@ -51,7 +52,7 @@ use super::Relay;
 use super::outbox::{self, Inbox, Outbound, Outbox, QueueLimits, Untold};
 use super::transport::{Transport, spliceable};
 use crate::auth;
-use crate::delivery::ConnId;
+use crate::delivery::{ConnId, Delivery};
 use crate::id::{Address, UserId};
 use crate::store::{Appended, Appends, NewMessage, Outcome, Replies, StoreError};
 
@@ -155,6 +156,8 @@ struct Session<T> {
     pending: Vec<NewMessage>,
     /// v2: messages handed to the store (or pending) and not yet answered.
     unacked: usize,
+    /// `--typing-limit`, made at the connection's first `Typing`.
+    typing: Option<Box<DefaultDirectRateLimiter>>,
     /// Half the send queue, so that the `Ack`s of a fast sender's own messages can never fill
     /// its queue while the store is slow: at it, no more frames are read until answers come
     /// (and TCP slows the sender down).
@@ -191,6 +194,7 @@ pub(super) async fn run<T: Transport>(
         transport,
         last_frame: now,
         replies: None,
+        typing: None,
         pending: Vec::new(),
         unacked: 0,
         max_unacked: (limits.frames / 2).max(1),
@@ -243,8 +247,10 @@ pub(super) async fn run<T: Transport>(
         }
     };
 
-    if let Some(user) = s.user {
-        s.relay.router.unsubscribe(user, id);
+    if let Some(user) = s.user
+        && s.relay.router.unsubscribe(user, id) == 0
+    {
+        s.relay.presence.left(user).await;
     }
     if s.dialect.answers()
         && let Some(error) = stop.farewell()
@@ -365,6 +371,10 @@ impl<T: Transport> Session<T> {
                 self.read(peer, env.seq().unwrap_or_default()).await
             }
             PacketKind::Ping => self.ping().await,
+            PacketKind::Typing => {
+                let receiver = parse_address("receiver", env.receiver());
+                self.typing(receiver).await
+            }
             other => {
                 let reason = format!("{other:?} is sent by the server, not to it");
                 self.reject(ErrorCode::BadPacket, reason, None).await
@@ -437,11 +447,15 @@ impl<T: Transport> Session<T> {
         }
         // Subscribe before reading the store: see the module docs.
         let max = self.relay.limits.max_connections_per_user;
-        if !self.relay.router.subscribe(user, self.outbox.clone(), max) {
-            return Err(Stop::refused(
-                ErrorCode::TooManyConnections,
-                format!("this user already has {max} connections"),
-            ));
+        match self.relay.router.subscribe(user, self.outbox.clone(), max) {
+            None => {
+                return Err(Stop::refused(
+                    ErrorCode::TooManyConnections,
+                    format!("this user already has {max} connections"),
+                ));
+            }
+            Some(1) => self.relay.presence.changed(user),
+            Some(_) => {}
         }
         info!(
             conn = self.id,
@@ -578,6 +592,61 @@ impl<T: Transport> Session<T> {
         }
     }
 
+    /// `Typing` from the client: passed on, live, to the receiver's connections (every other
+    /// member's, for a group), as far as the relay policy, blocks and membership allow. Past
+    /// `--typing-limit`, or where a block stands, it is dropped without a word.
+    async fn typing(&mut self, receiver: Result<Address, String>) -> Result<(), Stop> {
+        let Some(user) = self.registered().await? else {
+            return Ok(());
+        };
+        let receiver = match receiver {
+            Ok(receiver) => receiver,
+            Err(reason) => return self.reject(ErrorCode::BadPacket, reason, None).await,
+        };
+        let limits = &self.relay.limits;
+        let limiter = self
+            .typing
+            .get_or_insert_with(|| Box::new(DefaultDirectRateLimiter::direct(limits.typing)));
+        if limiter.check().is_err() {
+            return Ok(());
+        }
+        let store = self.relay.store.clone();
+        let to: Vec<UserId> = match receiver {
+            Address::User(to) if to == user => return Ok(()),
+            Address::User(to) => {
+                if self.relay.friends_only {
+                    let friends = store.friends(user).await?.unwrap_or_default();
+                    if !friends.iter().any(|(f, _)| *f == to) {
+                        let reason = "this server relays between friends only".to_owned();
+                        return self.reject(ErrorCode::NotFriends, reason, None).await;
+                    }
+                }
+                if store.blocks_user(to, user).await? {
+                    return Ok(());
+                }
+                vec![to]
+            }
+            Address::Group(g) => match store.group(g).await? {
+                Some(group) if group.has(user) => group
+                    .members
+                    .iter()
+                    .copied()
+                    .filter(|&m| m != user)
+                    .collect(),
+                _ => {
+                    let reason = "you are not a member of this group".to_owned();
+                    return self.reject(ErrorCode::NotMember, reason, None).await;
+                }
+            },
+        };
+        let frame = Packet::from(Typing::from(user.to_string(), receiver.to_string()));
+        let payload: Bytes = frame.to_json().expect("typing frames encode").into();
+        for member in to {
+            self.relay.router.live(member, payload.clone());
+        }
+        Ok(())
+    }
+
     /// `Pong` once every earlier frame has taken effect. A v1 client gets nothing (the frame
     /// still keeps its connection alive).
     async fn ping(&mut self) -> Result<(), Stop> {
@@ -611,6 +680,11 @@ impl<T: Transport> Session<T> {
                     }
                 }
                 Outbound::Replies(outcomes) => last = self.answer(outcomes).max(last),
+                Outbound::Live(payload) => {
+                    if self.dialect.answers() {
+                        self.transport.push_payload(&payload);
+                    }
+                }
                 Outbound::Pong => self.transport.push_packet(&Packet::Pong),
             }
             item = if self.transport.buffered() < COALESCE_BYTES {

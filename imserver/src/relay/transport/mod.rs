@@ -30,6 +30,9 @@ pub trait Transport: Send + 'static {
     /// Gathers a packet the server made (`Registered`, `Ack`, `Error`, `Pong`).
     fn push_packet(&mut self, packet: &Packet);
 
+    /// Gathers a payload as it is (a live frame: `Typing`, `Presence`).
+    fn push_payload(&mut self, payload: &[u8]);
+
     /// Bytes gathered and not yet written.
     fn buffered(&self) -> usize;
 

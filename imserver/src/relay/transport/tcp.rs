@@ -78,6 +78,12 @@ impl Transport for TcpTransport {
         self.out[start..start + 4].copy_from_slice(&len.to_be_bytes());
     }
 
+    fn push_payload(&mut self, payload: &[u8]) {
+        // Payloads are bounded by the frame limit, far below 4 GiB.
+        self.out.put_u32(payload.len() as u32);
+        self.out.put_slice(payload);
+    }
+
     fn buffered(&self) -> usize {
         self.out.len()
     }

@@ -1,6 +1,7 @@
 //! What one transaction appends, gathered in memory and written at its end: its payloads
 //! (once each), one chunk per stream it touched, one `conversation_chunks` row per
-//! conversation in each chunk, and the acknowledgements and read marks it took.
+//! conversation in each chunk, and the acknowledgements, read marks and last-seen times it
+//! took.
 //!
 //! Streams are numbered as the batch first touches them, so that appending a message looks
 //! up its two streams once per request rather than hashing user ids per message.
@@ -31,6 +32,8 @@ pub(super) struct Draft {
     index: HashMap<UserId, StreamIx>,
     acks: HashMap<UserId, u64>,
     reads: HashMap<(UserId, Address), u64>,
+    /// When users' last connections closed.
+    seen: HashMap<UserId, i64>,
 }
 
 impl Draft {
@@ -95,6 +98,12 @@ impl Draft {
         *acked = (*acked).max(seq);
     }
 
+    /// `user`'s last connection closed at `at`.
+    pub fn seen(&mut self, user: UserId, at: i64) {
+        let seen = self.seen.entry(user).or_default();
+        *seen = (*seen).max(at);
+    }
+
     /// Where this batch moved `owner`'s read position with `peer` to, if it did.
     pub fn read_position(&self, owner: UserId, peer: Address) -> Option<u64> {
         self.reads.get(&(owner, peer)).copied()
@@ -157,6 +166,12 @@ impl Draft {
                  ON CONFLICT (owner, peer) DO UPDATE SET seq = max(seq, excluded.seq)",
             )?
             .execute(params![owner.get(), peer.key(), seq])?;
+        }
+        for (user, at) in self.seen {
+            tx.prepare_cached(
+                "UPDATE users SET last_seen = max(coalesce(last_seen, 0), ?2) WHERE id = ?1",
+            )?
+            .execute(params![user.get(), at])?;
         }
         Ok(())
     }

@@ -199,6 +199,14 @@ impl Accounts for SqliteStore {
             self.read(move |c| reads::user(c, id))
         })
     }
+
+    fn seen(&self, user: UserId, at: i64) -> StoreFuture<'_, ()> {
+        self.enqueue(Request::Seen(user, at), 1)
+    }
+
+    fn last_seen(&self, user: UserId) -> StoreFuture<'_, Option<i64>> {
+        self.read(move |c| reads::last_seen(c, user))
+    }
 }
 
 impl Tokens for SqliteStore {
@@ -272,6 +280,13 @@ impl Social for SqliteStore {
 
     fn blocks(&self, me: UserId) -> StoreFuture<'_, Vec<(UserId, String)>> {
         self.read(move |c| reads::blocks(c, me))
+    }
+
+    fn blocks_user(&self, blocker: UserId, blocked: UserId) -> StoreFuture<'_, bool> {
+        let whom = cached(&self.cache.blocked, blocker, |id| {
+            self.read(move |c| Ok(Some(Arc::new(reads::blocked_by(c, id)?))))
+        });
+        async move { Ok(whom.await?.is_some_and(|set| set.contains(&blocked))) }.boxed()
     }
 }
 

@@ -32,6 +32,14 @@ pub(super) fn user(c: &Connection, user: UserId) -> rusqlite::Result<Option<User
     .optional()
 }
 
+pub(super) fn last_seen(c: &Connection, user: UserId) -> rusqlite::Result<Option<i64>> {
+    let seen: Option<Option<i64>> = c
+        .prepare_cached("SELECT last_seen FROM users WHERE id = ?1")?
+        .query_row([user.get()], |r| r.get(0))
+        .optional()?;
+    Ok(seen.flatten())
+}
+
 pub(super) fn friends(
     c: &Connection,
     user: UserId,
@@ -58,6 +66,16 @@ pub(super) fn blocks(c: &Connection, user: UserId) -> rusqlite::Result<Vec<(User
          WHERE b.blocker = ?1 ORDER BY u.id",
         user,
     )
+}
+
+/// The users `user` blocks.
+pub(super) fn blocked_by(
+    c: &Connection,
+    user: UserId,
+) -> rusqlite::Result<std::collections::HashSet<UserId>> {
+    let mut stmt = c.prepare_cached("SELECT blocked FROM blocks WHERE blocker = ?1")?;
+    let rows = stmt.query_map([user.get()], |r| id(r.get(0)?))?;
+    rows.collect()
 }
 
 /// `(id, name)` rows of `sql`, which takes `user` as `?1`.

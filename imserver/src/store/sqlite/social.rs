@@ -55,9 +55,11 @@ impl State<'_> {
                 }
                 Change::Block => {
                     self.blocks.insert((a, b));
+                    then.push(Then::ForgetBlocks(a));
                 }
                 Change::Unblock => {
                     self.blocks.remove(&(a, b));
+                    then.push(Then::ForgetBlocks(a));
                 }
                 Change::Ask | Change::DropRequests | Change::DropIncoming => {}
             }

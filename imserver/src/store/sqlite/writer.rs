@@ -56,6 +56,8 @@ pub(super) enum Request {
     Ack(UserId, u64),
     /// `(owner, peer, seq)`; queue-only.
     Read(UserId, Address, u64),
+    /// `(user, at)`: the user's last connection closed; queue-only.
+    Seen(UserId, i64),
     Barrier(BarrierHook),
     CreateUser(Option<UserId>, Account, Reply<Option<UserId>>),
     CreateToken(TokenHash, UserId, i64, Reply<()>),
@@ -114,6 +116,8 @@ pub(super) enum Then {
     ForgetFriends(UserId),
     ForgetToken(TokenHash),
     ForgetGroup(GroupId),
+    /// The read cache's copy of whom this user blocks is stale.
+    ForgetBlocks(UserId),
     Close(oneshot::Sender<()>),
 }
 
@@ -142,7 +146,9 @@ impl Then {
         }
         match request {
             Request::Append(a) => Then::Appended(Answer::new(a.replies)),
-            Request::Ack(..) | Request::Read(..) => Then::Reply(Box::new(|_| {})),
+            Request::Ack(..) | Request::Read(..) | Request::Seen(..) => {
+                Then::Reply(Box::new(|_| {}))
+            }
             Request::Barrier(hook) => Then::Barrier(hook),
             Request::CreateUser(.., reply) => never(reply),
             Request::CreateToken(.., reply) => never(reply),
@@ -286,7 +292,14 @@ impl Writer {
                 (Then::ForgetFriends(user), Ok(())) => self.cache.friends.forget(&user),
                 (Then::ForgetToken(hash), Ok(())) => self.cache.tokens.forget(&hash),
                 (Then::ForgetGroup(group), Ok(())) => self.cache.groups.forget(&group),
-                (Then::ForgetFriends(_) | Then::ForgetToken(_) | Then::ForgetGroup(_), Err(_)) => {}
+                (Then::ForgetBlocks(user), Ok(())) => self.cache.blocked.forget(&user),
+                (
+                    Then::ForgetFriends(_)
+                    | Then::ForgetToken(_)
+                    | Then::ForgetGroup(_)
+                    | Then::ForgetBlocks(_),
+                    Err(_),
+                ) => {}
                 (Then::Close(tx), _) => {
                     closing = true;
                     let _ = tx.send(());
@@ -392,6 +405,7 @@ impl State<'_> {
                 appended?;
             }
             Request::Ack(owner, seq) => self.draft.ack(owner, seq),
+            Request::Seen(user, at) => self.draft.seen(user, at),
             Request::Read(owner, peer, seq) => {
                 let receipts = self.receipts;
                 if let Err(e) = self.read(tx, owner, peer, seq, receipts, then) {

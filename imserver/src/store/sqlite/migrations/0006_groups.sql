@@ -1,4 +1,4 @@
--- Groups (issue 11). A group's messages are appended to every member's stream (see
+-- Groups (issue 11), and when users were last seen. A group's messages are appended to every member's stream (see
 -- `writer.rs`); in `conversation_chunks` and `read_positions` a group is the peer `-id`, so
 -- that it never meets a user's id.
 
@@ -19,3 +19,6 @@ CREATE TABLE group_members (
     PRIMARY KEY (group_id, user_id)
 ) WITHOUT ROWID;
 CREATE INDEX group_members_user ON group_members (user_id, group_id);
+
+-- When a user's last connection closed (Unix seconds), for `GET /presence`.
+ALTER TABLE users ADD COLUMN last_seen INTEGER;
