@@ -5,7 +5,7 @@
 # prints the median of each figure. Stops only the processes it started, by PID.
 #
 #   benches/run.sh                 # everything, 3 runs each (about 5 minutes)
-#   RUNS=5 benches/run.sh relay    # some scenarios only: relay latency v2 conns offline http
+#   RUNS=5 benches/run.sh relay    # some: relay latency v2 group conns offline http
 #   IMSERVER_EXTRA="--max-batch 4096" benches/run.sh v2   # server flags to try
 #
 # Needs Python 3 (for the medians) and wrk (for `http`; installed with apt-get when
@@ -18,7 +18,7 @@ MESSAGES=${MESSAGES:-1000000}
 CONNS=${CONNS:-19000}
 HOLD=${HOLD:-10}
 OUT=${OUT:-target/bench}
-SCENARIOS=${*:-relay latency v2 conns offline http}
+SCENARIOS=${*:-relay latency v2 group conns offline http}
 BIN=target/release
 
 cargo build --release -p imserver -p imbench
@@ -126,6 +126,17 @@ for run in $(seq "$RUNS"); do
             bench relay-v2 --tcp "$TCP" --http "$HTTP" relay --proto 2 --messages "$MESSAGES"
             stop
             ;;
+        group)
+            # 10 groups of 100 online members, then 2 of 1000: what a delivered copy
+            # costs. Compared with refrelay's relayed message (run it in the same call:
+            # `benches/run.sh relay group`).
+            start_imserver
+            bench group-100 --tcp "$TCP" --http "$HTTP" group --groups 10 --members 100 --messages 40000
+            stop
+            start_imserver
+            bench group-1000 --tcp "$TCP" --http "$HTTP" group --groups 2 --members 1000 --messages 4000
+            stop
+            ;;
         latency)
             start_refrelay
             bench latency-ref --tcp "$TCP" relay --pairs 1 --window 1 --messages 20000
@@ -190,7 +201,7 @@ for line in open(sys.argv[1]):
         except ValueError:
             pass
 
-shown = ["msgs_per_s", "cpu_us_per_msg", "missing", "out_of_order", "p50_us", "p99_us",
+shown = ["msgs_per_s", "cpu_us_per_msg", "copies_per_s", "cpu_us_per_copy", "missing", "out_of_order", "p50_us", "p99_us",
          "rss_bytes_per_conn", "probes_delivered", "dropped", "connects_per_s",
          "store_per_s", "drain_per_s", "cpu_us_per_store", "cpu_us_per_drain",
          "req_per_s", "cpu_us_per_req", "non_2xx", "rss_mib"]
@@ -208,9 +219,12 @@ for label, ref, keys in [
     ("relay-v1", "relay-ref", ["cpu_us_per_msg", "msgs_per_s"]),
     ("relay-v2", "relay-ref", ["cpu_us_per_msg", "msgs_per_s"]),
     ("latency-v1", "latency-ref", ["p50_us", "p99_us"]),
+    ("group-100", "relay-ref", [("cpu_us_per_copy", "cpu_us_per_msg")]),
+    ("group-1000", "relay-ref", [("cpu_us_per_copy", "cpu_us_per_msg")]),
     ("conns", "conns-ref", ["rss_bytes_per_conn"]),
 ]:
-    pairs = [(k, median(label, k), median(ref, k)) for k in keys]
+    keys = [k if isinstance(k, tuple) else (k, k) for k in keys]
+    pairs = [(k, median(label, k), median(ref, r)) for k, r in keys]
     text = [f"{k} x{a / b:.2f}" for k, a, b in pairs if a is not None and b]
     if text:
         print(f"{label:14} / {ref:12} " + " ".join(text))

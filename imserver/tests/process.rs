@@ -435,3 +435,167 @@ async fn a_friend_acceptance_killed_mid_way_is_on_both_sides_or_neither() {
         "every confirmed acceptance survived the kill"
     );
 }
+
+/// Every entry of `user`'s stream from the start, as (`seq`, the message's client id, or
+/// the event's kind).
+async fn stream_of(tcp: SocketAddr, user: &str, token: &str) -> Vec<(u64, String)> {
+    let mut c = timeout(WAIT, Client::connect(tcp)).await.unwrap().unwrap();
+    let regist = Regist::v2(user, token).resume_after(0);
+    let head = timeout(WAIT, c.handshake(regist))
+        .await
+        .unwrap()
+        .unwrap()
+        .seq;
+    let mut entries = Vec::new();
+    while (entries.len() as u64) < head {
+        match timeout(WAIT, c.recv()).await.unwrap().unwrap() {
+            Some(Packet::Message(m)) => entries.push((m.seq.unwrap(), m.id.unwrap())),
+            Some(Packet::Event(e)) => entries.push((e.seq.unwrap(), e.kind.to_string())),
+            other => panic!("{other:?}"),
+        }
+    }
+    entries
+}
+
+#[tokio::test]
+async fn a_group_message_retried_after_kill_9_is_in_every_members_stream_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let flags = ["--demo", "--rate-limit", "0", "--regist-limit", "0"];
+    let mut p = spawn(dir.path(), None, &flags);
+    let http = reqwest::Client::builder().timeout(WAIT).build().unwrap();
+    let account = serde_json::json!({"password": "pw", "name": "Neo", "sex": "-",
+        "email": "-", "signature": "-"});
+    let neo = post(&http, format!("http://{}/regist", p.http), account).await;
+    let neo = neo["user"].as_str().unwrap().to_owned();
+    let tokens = [
+        ("1".to_owned(), login(&http, p.http, "1", "123").await),
+        ("2".to_owned(), login(&http, p.http, "2", "123").await),
+        (neo.clone(), login(&http, p.http, &neo, "pw").await),
+    ];
+    let made: serde_json::Value = http
+        .post(format!("http://{}/groups", p.http))
+        .bearer_auth(&tokens[0].1)
+        .json(&serde_json::json!({"name": "crash", "members": ["2", neo]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let group = made["group"].as_str().unwrap().to_owned();
+
+    // User 1 streams messages to the group, at most 200 unacknowledged; the server is killed
+    // in the middle.
+    let send_all = |tcp: SocketAddr, count: Option<u64>| {
+        let (token, group) = (tokens[0].1.clone(), group.clone());
+        async move {
+            let mut c = timeout(WAIT, Client::connect(tcp)).await.unwrap().unwrap();
+            timeout(WAIT, c.handshake(Regist::v2("1", token)))
+                .await
+                .unwrap()
+                .unwrap();
+            let (mut tx, mut rx) = c.split();
+            let acked = Arc::new(Mutex::new(Vec::<(String, u64)>::new()));
+            let acks = acked.clone();
+            let in_group = group.clone();
+            let closed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let gone = closed.clone();
+            let collector = tokio::spawn(async move {
+                while let Ok(Some(packet)) = rx.recv().await {
+                    match packet {
+                        Packet::Ack(a) => {
+                            assert_eq!(a.group.as_deref(), Some(in_group.as_str()));
+                            let id = a.id.expect("ids are echoed");
+                            acks.lock().unwrap().push((id, a.seq));
+                        }
+                        // Its stream replayed: the group_added, copies stored before.
+                        Packet::Event(_) | Packet::Message(_) => {}
+                        other => panic!("{other:?}"),
+                    }
+                }
+                gone.store(true, std::sync::atomic::Ordering::SeqCst);
+            });
+            let window = acked.clone();
+            let streamer = tokio::spawn(async move {
+                for i in 0u64.. {
+                    if count == Some(i) {
+                        // Open until the acks are in: a client's close ends its connection.
+                        return (i, Some(tx));
+                    }
+                    while i >= window.lock().unwrap().len() as u64 + 200 {
+                        if closed.load(std::sync::atomic::Ordering::SeqCst) {
+                            return (i, None); // the server is gone
+                        }
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                    let m = Message::new("1", group.as_str(), format!("in the group {i}"))
+                        .with_id(format!("c-{i}"));
+                    if tx.send(m).await.is_err() {
+                        return (i, None); // the server is gone
+                    }
+                }
+                unreachable!()
+            });
+            (acked, collector, streamer)
+        }
+    };
+    let (acked, collector, streamer) = send_all(p.tcp, None).await;
+    timeout(WAIT, async {
+        while acked.lock().unwrap().len() < 300 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("acks arrive");
+    p.child.kill().unwrap(); // SIGKILL, mid-stream
+    p.child.wait().unwrap();
+    let (sent, _) = timeout(WAIT, streamer).await.unwrap().unwrap();
+    timeout(WAIT, collector).await.unwrap().unwrap();
+    let before: Vec<(String, u64)> = acked.lock().unwrap().clone();
+    assert!(
+        sent as usize > before.len(),
+        "killed with messages in flight"
+    );
+
+    // After the restart, the sender sends every message again, with the same ids (a client
+    // that kept what it sent would send only the unacknowledged ones; this is the harder
+    // case): each is acknowledged, those acknowledged before at the same seq.
+    let p2 = spawn(dir.path(), Some((p.http, p.tcp)), &flags);
+    let (acked, collector, streamer) = send_all(p2.tcp, Some(sent)).await;
+    let (resent, _tx) = timeout(WAIT, streamer).await.unwrap().unwrap();
+    assert_eq!(resent, sent);
+    timeout(WAIT, async {
+        while (acked.lock().unwrap().len() as u64) < sent {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("every retry is acknowledged");
+    collector.abort();
+    let after: std::collections::HashMap<String, u64> =
+        acked.lock().unwrap().iter().cloned().collect();
+    for (id, seq) in &before {
+        assert_eq!(after[id], *seq, "{id} acknowledged again at the same seq");
+    }
+
+    // Every member's stream holds its group_added, then every message once, in order, at
+    // gapless seqs; the sender's acks name its own copies.
+    let ids: Vec<String> = (0..sent).map(|i| format!("c-{i}")).collect();
+    for (user, token) in &tokens {
+        let stream = stream_of(p2.tcp, user, token).await;
+        let seqs: Vec<u64> = stream.iter().map(|e| e.0).collect();
+        assert_eq!(seqs, (1..=sent + 1).collect::<Vec<_>>(), "{user}: gapless");
+        assert_eq!(stream[0].1, "group_added", "{user}");
+        let got: Vec<&String> = stream[1..].iter().map(|e| &e.1).collect();
+        assert_eq!(
+            got,
+            ids.iter().collect::<Vec<_>>(),
+            "{user}: each message once"
+        );
+        if user == "1" {
+            for (id, seq) in &after {
+                assert_eq!(&stream[*seq as usize - 1].1, id, "the Ack names the copy");
+            }
+        }
+    }
+}

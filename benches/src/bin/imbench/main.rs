@@ -10,11 +10,12 @@
 //!
 //! - `peer`: connecting, registering, accounts and tokens, the benchmark's messages;
 //! - `flow`: the windowed sender and the counting receiver, shared by the modes;
-//! - `relay`, `conns`, `offline`: the modes;
+//! - `relay`, `group`, `conns`, `offline`: the modes;
 //! - `server`: `/proc/<pid>` readings; `report`: the output.
 
 mod conns;
 mod flow;
+mod group;
 mod offline;
 mod peer;
 mod relay;
@@ -56,6 +57,8 @@ struct Cli {
 enum Mode {
     /// P sender→receiver pairs: throughput, latency, missing and out-of-order messages.
     Relay(relay::Opts),
+    /// G groups of M online members, one sender each: the cost of a delivered copy.
+    Group(group::Opts),
     /// N idle registered connections: connect rate, memory per connection, probes.
     Conns(conns::Opts),
     /// Messages to offline users, then their drain: store and replay rates.
@@ -80,6 +83,7 @@ fn main() -> anyhow::Result<()> {
         let idle = Duration::from_secs(cli.idle);
         let report = match cli.mode {
             Mode::Relay(o) => relay::run(cli.tcp, cli.http, &server, idle, o).await?,
+            Mode::Group(o) => group::run(cli.tcp, cli.http, &server, idle, o).await?,
             Mode::Conns(o) => conns::run(cli.tcp, &server, idle, o).await?,
             Mode::Offline(o) => offline::run(cli.tcp, cli.http, &server, idle, o).await?,
             Mode::Token { user, password } => {
