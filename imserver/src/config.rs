@@ -235,6 +235,13 @@ pub struct StoreConfig {
     #[arg(long, env = "IMSERVER_READ_RECEIPT_SCAN", default_value_t = 1000, value_parser = at_least_one)]
     pub read_receipt_scan: usize,
 
+    /// How often acknowledgement positions are written to the database (they are kept in
+    /// memory in between, and always written at shutdown). A crash forgets at most this
+    /// much of them: those entries are replayed again to a device that connects without
+    /// `lastSeq`, never lost.
+    #[arg(long, env = "IMSERVER_ACK_FLUSH", default_value = "1s", value_parser = duration)]
+    pub ack_flush: Duration,
+
     /// Entries each in-memory cache holds at most: users, friend lists and tokens (what
     /// every HTTP request reads), and the writer's stream heads. Past it, a cache is emptied
     /// and fills again with what is used.

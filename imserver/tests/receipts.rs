@@ -165,3 +165,34 @@ async fn with_read_receipts_off_positions_move_and_nobody_is_told() {
     assert_eq!(list[0]["unread"], json!(0));
     assert_eq!(receipts(&mut a_dev).await, []);
 }
+
+#[tokio::test]
+async fn a_sender_who_blocks_the_reader_is_not_told() {
+    let (srv, [a, b, c]) = three_users().await;
+    let (status, g) = srv
+        .post_as(
+            "/groups",
+            &a.1,
+            json!({"name": "Club", "members": [b.0, c.0]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{g}");
+    let g = g["group"].as_str().unwrap().to_owned();
+    let mut a_dev = device(&srv, &a).await;
+    let mut c_dev = device(&srv, &c).await;
+    send(&mut a_dev, &a.0, &g, "a1").await;
+    let c1 = send(&mut c_dev, &c.0, &g, "c1").await;
+    let (status, _) = srv
+        .post_as(&format!("/blocks/{}", b.0), &a.1, json!({}))
+        .await;
+    assert_eq!(status, 200);
+    let b_seqs = seqs_of(&srv, &b, &["a1", "c1"]).await;
+    let mut b_dev = device(&srv, &b).await;
+    b_dev.read(&g, b_seqs[1]).await.unwrap();
+    sync(&mut b_dev).await;
+    assert_eq!(
+        receipts(&mut c_dev).await,
+        [(b.0.clone(), Some(g.clone()), c1)]
+    );
+    assert_eq!(receipts(&mut a_dev).await, []);
+}

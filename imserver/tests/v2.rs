@@ -5,8 +5,10 @@ mod common;
 
 use common::{TestServer, WAIT, expect_eof, expect_error, frame, recv_message, recv_packet, sync};
 use improto::{Ack, ErrorCode, Message, Packet, Regist};
+use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+
 use tokio::time::timeout;
 
 /// A server in token mode, and tokens for users 1 and 2.
@@ -169,6 +171,57 @@ async fn without_last_seq_the_unacknowledged_are_replayed() {
     // lastSeq wins over the stored position.
     let (mut again, _) = srv.v2("2", &t2, Some(1)).await;
     assert_eq!(sync(&mut again).await.len(), 3);
+}
+
+/// A server that writes acknowledgement positions only when it stops (`--ack-flush` of an
+/// hour): in between, they are in memory.
+async fn acks_in_memory() -> (TestServer, String, String) {
+    with_tokens(|c| {
+        c.auth.auth = imserver::config::AuthMode::Token;
+        c.store.ack_flush = Duration::from_secs(3600);
+    })
+    .await
+}
+
+#[tokio::test]
+async fn acknowledged_positions_survive_a_restart() {
+    let (mut srv, t1, t2) = acks_in_memory().await;
+    send_acked(&srv, &t1, &["m1", "m2", "m3"]).await;
+    let (mut phone, _) = srv.v2("2", &t2, None).await;
+    assert_eq!(sync(&mut phone).await.len(), 3);
+    phone.ack(2).await.unwrap();
+    sync(&mut phone).await;
+    drop(phone);
+    srv.restart().await;
+    let t2 = srv.login("2", "123").await;
+    let (mut desktop, _) = srv.v2("2", &t2, None).await;
+    match &sync(&mut desktop).await[..] {
+        [Packet::Message(m)] => assert_eq!(m.seq, Some(3)),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn an_acknowledgement_past_the_head_hides_nothing_sent_later() {
+    let (mut srv, t1, t2) = acks_in_memory().await;
+    send_acked(&srv, &t1, &["m1"]).await;
+    let (mut phone, _) = srv.v2("2", &t2, None).await;
+    phone.ack(1000).await.unwrap();
+    assert_eq!(sync(&mut phone).await.len(), 1);
+    drop(phone);
+    send_acked(&srv, &t1, &["m2"]).await;
+    // In memory, then written: either way the position stops at the head it had.
+    for restart in [false, true] {
+        if restart {
+            srv.restart().await;
+        }
+        let t2 = srv.login("2", "123").await;
+        let (mut desktop, _) = srv.v2("2", &t2, None).await;
+        match &sync(&mut desktop).await[..] {
+            [Packet::Message(m)] => assert_eq!(m.message, "m2"),
+            other => panic!("{other:?}"),
+        }
+    }
 }
 
 #[tokio::test]

@@ -574,11 +574,13 @@ impl<T: Transport> Session<T> {
     }
 
     /// `Ack` from the client: everything up to `seq` is processed (on any of its devices).
+    /// A device cannot have processed more than it was shown (or told of, in an `Ack`), so
+    /// a larger `seq` counts as that much: it must not pass over entries still to come.
     async fn ack(&mut self, seq: u64) -> Result<(), Stop> {
         let Some(user) = self.registered().await? else {
             return Ok(());
         };
-        Ok(self.relay.store.ack(user, seq).await?)
+        Ok(self.relay.store.ack(user, seq.min(self.last_sent)).await?)
     }
 
     /// `Read` from the client: the conversation with `peer` is read up to `seq`.

@@ -11,12 +11,14 @@
 //! - `chunk`: how streams are stored (every payload once; a row per stream per transaction);
 //! - `ids`: client message ids, for de-duplication;
 //! - `draft`: what one transaction appends, gathered until its end;
+//! - `acks`: acknowledgement positions, in memory and written now and then;
 //! - `writer`: the writer thread, its batches and requests;
 //! - `append`: messages (one to one, and fanned out to a group's members);
 //! - `social`, `groups`: the social graph's and groups' changes, with their events;
 //! - `receipts`: read positions and read receipts;
 //! - `reads`: the queries.
 
+mod acks;
 mod append;
 mod chunk;
 mod draft;
@@ -32,6 +34,7 @@ use std::hash::Hash;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use acks::AckBook;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use rusqlite::{Connection, OpenFlags};
@@ -52,6 +55,38 @@ use crate::id::{Address, GroupId, UserId};
 use crate::workers::Workers;
 
 const DB_FILE: &str = "imserver.sqlite3";
+
+/// Starts the thread that asks the writer, every `interval`, to write the acknowledgement
+/// positions that moved. It ends with the writer.
+fn flush_acks_every(
+    interval: std::time::Duration,
+    acks: &Arc<AckBook>,
+    writes: &mpsc::UnboundedSender<Queued>,
+    places: &Arc<Semaphore>,
+) -> std::io::Result<()> {
+    let interval = interval.max(std::time::Duration::from_millis(10));
+    let (acks, writes, places) = (acks.clone(), writes.downgrade(), places.clone());
+    std::thread::Builder::new()
+        .name("sqlite-acks".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(interval);
+                let Some(writes) = writes.upgrade() else {
+                    return;
+                };
+                if acks.is_empty() {
+                    continue;
+                }
+                // A full queue is a busy writer: it is asked again next time.
+                if let Ok(place) = places.clone().try_acquire_owned()
+                    && writes.send((Request::FlushAcks, place)).is_err()
+                {
+                    return;
+                }
+            }
+        })?;
+    Ok(())
+}
 
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
@@ -76,6 +111,8 @@ pub struct SqliteStore {
     /// `--store-readers` threads, each with a read-only connection.
     readers: Workers<Connection>,
     cache: Arc<ReadCache>,
+    /// Where an `Ack` goes: written by the writer every `--ack-flush`.
+    acks: Arc<AckBook>,
 }
 
 impl SqliteStore {
@@ -109,11 +146,13 @@ impl SqliteStore {
             on: config.read_receipts == Switch::On,
             scan: config.read_receipt_scan,
         };
+        let acks = Arc::new(AckBook::default());
         let writer = Writer::new(
             conn,
             config.cache_entries,
             receipts,
             cache.clone(),
+            acks.clone(),
             delivery,
         )?;
         let limits = BatchLimits {
@@ -123,12 +162,15 @@ impl SqliteStore {
         std::thread::Builder::new()
             .name("sqlite-writer".into())
             .spawn(move || writer.run(rx, limits))?;
+        let places = Arc::new(Semaphore::new(config.store_queue));
+        flush_acks_every(config.ack_flush, &acks, &writes, &places)?;
         Ok(SqliteStore {
             writes,
-            places: Arc::new(Semaphore::new(config.store_queue)),
+            places,
             queue: config.store_queue,
             cache,
             readers: Workers::new("sqlite-reader", read_connections)?,
+            acks,
         })
     }
 
@@ -347,7 +389,15 @@ impl Streams for SqliteStore {
     }
 
     fn position(&self, owner: UserId) -> StoreFuture<'_, Position> {
-        self.read(move |c| reads::position(c, owner))
+        let acks = self.acks.clone();
+        self.read(move |c| {
+            // The book first: a position written after this is in the table.
+            let unwritten = acks.get(owner);
+            let mut p = reads::position(c, owner)?;
+            // Never past the head (a client may acknowledge more than it got).
+            p.acked = p.acked.max(unwritten.unwrap_or(0)).min(p.head);
+            Ok(p)
+        })
     }
 
     fn read_stream(
@@ -360,7 +410,8 @@ impl Streams for SqliteStore {
     }
 
     fn ack(&self, owner: UserId, seq: u64) -> StoreFuture<'_, ()> {
-        self.enqueue(Request::Ack(owner, seq), 1)
+        self.acks.record(owner, seq);
+        futures::future::ready(Ok(())).boxed()
     }
 
     fn mark_read(&self, owner: UserId, peer: Address, seq: u64) -> StoreFuture<'_, ()> {

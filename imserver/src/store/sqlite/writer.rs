@@ -29,6 +29,7 @@ use std::sync::Arc;
 use rusqlite::{CachedStatement, Connection, Transaction, params};
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 
+use super::acks::AckBook;
 use super::append::Answer;
 use super::chunk::HEAD;
 use super::draft::Draft;
@@ -52,8 +53,8 @@ pub(super) type Queued = (Request, OwnedSemaphorePermit);
 /// A request to the writer thread.
 pub(super) enum Request {
     Append(Appends),
-    /// Queue-only: nobody waits for an acknowledgement to commit.
-    Ack(UserId, u64),
+    /// Write the acknowledgement positions that moved (see `acks`); queue-only.
+    FlushAcks,
     /// `(owner, peer, seq)`; queue-only.
     Read(UserId, Address, u64),
     /// `(user, at)`: the user's last connection closed; queue-only.
@@ -118,6 +119,8 @@ pub(super) enum Then {
     ForgetGroup(GroupId),
     /// The read cache's copy of whom this user blocks is stale.
     ForgetBlocks(UserId),
+    /// These acknowledgement positions are written.
+    AcksWritten(Vec<(UserId, u64)>),
     Close(oneshot::Sender<()>),
 }
 
@@ -146,7 +149,7 @@ impl Then {
         }
         match request {
             Request::Append(a) => Then::Appended(Answer::new(a.replies)),
-            Request::Ack(..) | Request::Read(..) | Request::Seen(..) => {
+            Request::FlushAcks | Request::Read(..) | Request::Seen(..) => {
                 Then::Reply(Box::new(|_| {}))
             }
             Request::Barrier(hook) => Then::Barrier(hook),
@@ -184,6 +187,8 @@ pub(super) struct Writer {
     receipts: ReadReceipts,
     /// Told of every change to what it caches, after the commit and before the answer.
     cache: Arc<ReadCache>,
+    /// The acknowledgement positions not written yet.
+    acks: Arc<AckBook>,
     delivery: Arc<dyn Delivery>,
 }
 
@@ -202,6 +207,7 @@ impl Writer {
         max_heads: usize,
         receipts: ReadReceipts,
         cache: Arc<ReadCache>,
+        acks: Arc<AckBook>,
         delivery: Arc<dyn Delivery>,
     ) -> rusqlite::Result<Self> {
         let mut w = Writer {
@@ -213,6 +219,7 @@ impl Writer {
             groups: HashMap::new(),
             receipts,
             cache,
+            acks,
             delivery,
         };
         w.load_blocks()?;
@@ -251,9 +258,11 @@ impl Writer {
             }
             if self.commit(&mut batch) {
                 rx.close();
-                break;
+                return;
             }
         }
+        // Every sender is gone without a `Close`: the positions still in memory go now.
+        self.commit(&mut vec![Request::FlushAcks]);
         // Dropping the connection checkpoints the WAL when it is the last one.
     }
 
@@ -293,11 +302,13 @@ impl Writer {
                 (Then::ForgetToken(hash), Ok(())) => self.cache.tokens.forget(&hash),
                 (Then::ForgetGroup(group), Ok(())) => self.cache.groups.forget(&group),
                 (Then::ForgetBlocks(user), Ok(())) => self.cache.blocked.forget(&user),
+                (Then::AcksWritten(acks), Ok(())) => self.acks.written(&acks),
                 (
                     Then::ForgetFriends(_)
                     | Then::ForgetToken(_)
                     | Then::ForgetGroup(_)
-                    | Then::ForgetBlocks(_),
+                    | Then::ForgetBlocks(_)
+                    | Then::AcksWritten(_),
                     Err(_),
                 ) => {}
                 (Then::Close(tx), _) => {
@@ -329,6 +340,7 @@ impl Writer {
             ids: &mut self.ids,
             groups: &mut self.groups,
             receipts: self.receipts,
+            acks: &self.acks,
             draft: Draft::default(),
         };
         let result = (|| {
@@ -380,10 +392,23 @@ pub(super) struct State<'w> {
     pub ids: &'w mut Ids,
     pub groups: &'w mut HashMap<GroupId, Arc<Group>>,
     pub receipts: ReadReceipts,
+    pub acks: &'w AckBook,
     pub draft: Draft,
 }
 
 impl State<'_> {
+    /// Writes the acknowledgement positions that moved; they are forgotten from the book
+    /// once committed.
+    fn flush_acks(&mut self, then: &mut Vec<Then>) {
+        let acks = self.acks.unwritten();
+        for &(owner, seq) in &acks {
+            self.draft.ack(owner, seq);
+        }
+        if !acks.is_empty() {
+            then.push(Then::AcksWritten(acks));
+        }
+    }
+
     /// Applies one request. An `Err` means its rows were not written (and `then` holds its
     /// failure); the caller tells whether the transaction survived it.
     fn apply(
@@ -404,7 +429,7 @@ impl State<'_> {
                 then.push(Then::Appended(answer));
                 appended?;
             }
-            Request::Ack(owner, seq) => self.draft.ack(owner, seq),
+            Request::FlushAcks => self.flush_acks(then),
             Request::Seen(user, at) => self.draft.seen(user, at),
             Request::Read(owner, peer, seq) => {
                 let receipts = self.receipts;
@@ -501,7 +526,10 @@ impl State<'_> {
                     }
                 }
             }
-            Request::Close(tx) => then.push(Then::Close(tx)),
+            Request::Close(tx) => {
+                self.flush_acks(then);
+                then.push(Then::Close(tx));
+            }
         }
         Ok(())
     }
