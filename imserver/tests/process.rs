@@ -46,6 +46,17 @@ fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
     }
 }
 
+/// Waits until `acked` holds `n` acknowledgements.
+async fn until_acked(acked: &Mutex<Vec<(String, u64)>>, n: usize) {
+    timeout(WAIT, async {
+        while acked.lock().unwrap().len() < n {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{n} acknowledgements arrive"));
+}
+
 async fn client(tcp: SocketAddr, user: &str) -> Client {
     let mut c = timeout(WAIT, Client::connect(tcp)).await.unwrap().unwrap();
     c.send(Regist::new(user)).await.unwrap();
@@ -183,13 +194,7 @@ async fn acknowledged_messages_survive_kill_9_exactly_once_and_in_order() {
     });
 
     // Kill the server in the middle of the stream, once a good number is acknowledged.
-    timeout(WAIT, async {
-        while acked.lock().unwrap().len() < 300 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await
-    .expect("acks arrive");
+    until_acked(&acked, 300).await;
     p.child.kill().unwrap(); // SIGKILL, mid-stream
     p.child.wait().unwrap();
     let sent = timeout(WAIT, streamer).await.unwrap().unwrap();
@@ -540,13 +545,7 @@ async fn a_group_message_retried_after_kill_9_is_in_every_members_stream_once() 
         }
     };
     let (acked, collector, streamer) = send_all(p.tcp, None).await;
-    timeout(WAIT, async {
-        while acked.lock().unwrap().len() < 300 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await
-    .expect("acks arrive");
+    until_acked(&acked, 300).await;
     p.child.kill().unwrap(); // SIGKILL, mid-stream
     p.child.wait().unwrap();
     let (sent, _) = timeout(WAIT, streamer).await.unwrap().unwrap();
@@ -564,13 +563,7 @@ async fn a_group_message_retried_after_kill_9_is_in_every_members_stream_once() 
     let (acked, collector, streamer) = send_all(p2.tcp, Some(sent)).await;
     let (resent, _tx) = timeout(WAIT, streamer).await.unwrap().unwrap();
     assert_eq!(resent, sent);
-    timeout(WAIT, async {
-        while (acked.lock().unwrap().len() as u64) < sent {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await
-    .expect("every retry is acknowledged");
+    until_acked(&acked, sent as usize).await;
     collector.abort();
     let after: std::collections::HashMap<String, u64> =
         acked.lock().unwrap().iter().cloned().collect();

@@ -1,4 +1,4 @@
-//! The two ends of a message stream, shared by the `relay` and `offline` modes: a sender
+//! The two ends of a message stream, shared by the `relay`, `group` and `offline` modes: a sender
 //! that keeps at most a window of messages in flight, and the counters at the other end
 //! (deliveries at a receiver, `Ack`s at a v2 sender).
 
@@ -80,6 +80,46 @@ pub struct Received {
     pub latency: Histogram<u64>,
     /// When the last message arrived.
     pub done_at: Instant,
+}
+
+/// What a run's receivers and `Ack` counters counted, summed for its report.
+pub struct Totals {
+    pub delivered: u64,
+    pub out_of_order: u64,
+    pub duplicates: u64,
+    /// The receivers' (a sender's are the mode's to add).
+    pub errors: u64,
+    pub acks: u64,
+    /// From the start to the last message or `Ack`.
+    pub secs: f64,
+    /// Every message's send-to-receive time, in nanoseconds.
+    pub latency: Histogram<u64>,
+}
+
+impl Totals {
+    /// Sums what `got` and `acked` counted since `epoch`.
+    pub fn of(got: &[Received], acked: &[Acked], epoch: Instant) -> anyhow::Result<Self> {
+        let end = got
+            .iter()
+            .map(|r| r.done_at)
+            .chain(acked.iter().map(|a| a.done_at))
+            .max()
+            .unwrap_or(epoch);
+        let mut latency = Histogram::<u64>::new_with_bounds(1, 600_000_000_000, 3)?;
+        for r in got {
+            latency.add(&r.latency)?;
+        }
+        let sum = |f: fn(&Received) -> u64| got.iter().map(f).sum::<u64>();
+        Ok(Totals {
+            delivered: sum(|r| r.delivered),
+            out_of_order: sum(|r| r.out_of_order),
+            duplicates: sum(|r| r.duplicates),
+            errors: sum(|r| r.errors),
+            acks: acked.iter().map(|a| a.acks).sum(),
+            secs: end.duration_since(epoch).as_secs_f64(),
+            latency,
+        })
+    }
 }
 
 /// Reads messages `0..expect` of a pair until all arrived, the stream ends, or nothing came

@@ -8,9 +8,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use futures::{StreamExt, TryStreamExt};
-use hdrhistogram::Histogram;
 
-use crate::flow::{self, Acked, Received};
+use crate::flow::{self, Acked, Received, Totals};
 use crate::peer::{self, MessageFrames, Proto};
 use crate::report::Report;
 use crate::server::Server;
@@ -133,20 +132,8 @@ pub async fn run(
         }
     }
     let after = server.sample()?;
-    let end = got
-        .iter()
-        .map(|r| r.done_at)
-        .chain(acked.iter().map(|a| a.done_at))
-        .max()
-        .unwrap_or(epoch);
-    let secs = end.duration_since(epoch).as_secs_f64();
-
-    let mut latency = Histogram::<u64>::new_with_bounds(1, 600_000_000_000, 3)?;
-    for r in &got {
-        latency.add(&r.latency)?;
-    }
-    let sum = |f: fn(&Received) -> u64| got.iter().map(f).sum::<u64>();
-    let copies = sum(|r| r.delivered);
+    let t = Totals::of(&got, &acked, epoch)?;
+    let copies = t.delivered;
     let expected = per_group * o.groups as u64 * (o.members as u64 - 1);
     let mut report = Report::new("group");
     report
@@ -157,12 +144,12 @@ pub async fn run(
         .param("window", o.window)
         .int("copies", copies)
         .int("missing", expected - copies.min(expected))
-        .int("out_of_order", sum(|r| r.out_of_order))
-        .int("duplicates", sum(|r| r.duplicates))
-        .int("errors", sum(|r| r.errors) + send_errors)
-        .int("acks", acked.iter().map(|a| a.acks).sum())
-        .float("copies_per_s", copies as f64 / secs)
-        .latency(&latency);
+        .int("out_of_order", t.out_of_order)
+        .int("duplicates", t.duplicates)
+        .int("errors", t.errors + send_errors)
+        .int("acks", t.acks)
+        .float("copies_per_s", copies as f64 / t.secs)
+        .latency(&t.latency);
     if server.measured() {
         report.float("cpu_us_per_copy", before.cpu_us_per(&after, copies));
         report.float("rss_mib", after.rss_bytes as f64 / (1 << 20) as f64);

@@ -5,9 +5,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use hdrhistogram::Histogram;
 
-use crate::flow::{self, Acked, Received};
+use crate::flow::{self, Acked, Received, Totals};
 use crate::peer::{self, MessageFrames, Proto};
 use crate::report::Report;
 use crate::server::Server;
@@ -103,20 +102,8 @@ pub async fn run(
         }
     }
     let after = server.sample()?;
-    let end = got
-        .iter()
-        .map(|r| r.done_at)
-        .chain(acked.iter().map(|a| a.done_at))
-        .max()
-        .unwrap_or(epoch);
-    let secs = end.duration_since(epoch).as_secs_f64();
-
-    let mut latency = Histogram::<u64>::new_with_bounds(1, 600_000_000_000, 3)?;
-    for r in &got {
-        latency.add(&r.latency)?;
-    }
-    let sum = |f: fn(&Received) -> u64| got.iter().map(f).sum::<u64>();
-    let delivered = sum(|r| r.delivered);
+    let t = Totals::of(&got, &acked, epoch)?;
+    let delivered = t.delivered;
     let mut report = Report::new("relay");
     report
         .param("pairs", o.pairs)
@@ -126,13 +113,13 @@ pub async fn run(
         .param("proto", o.proto as u8 + 1)
         .int("delivered", delivered)
         .int("missing", per_pair * o.pairs as u64 - delivered)
-        .int("out_of_order", sum(|r| r.out_of_order))
-        .int("duplicates", sum(|r| r.duplicates))
-        .int("errors", sum(|r| r.errors) + send_errors)
-        .float("msgs_per_s", delivered as f64 / secs)
-        .latency(&latency);
+        .int("out_of_order", t.out_of_order)
+        .int("duplicates", t.duplicates)
+        .int("errors", t.errors + send_errors)
+        .float("msgs_per_s", delivered as f64 / t.secs)
+        .latency(&t.latency);
     if o.proto == Proto::V2 {
-        report.int("acks", acked.iter().map(|a| a.acks).sum());
+        report.int("acks", t.acks);
     }
     report.server(server, &before, &after, delivered);
     Ok(report)
