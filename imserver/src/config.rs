@@ -235,6 +235,12 @@ pub struct StoreConfig {
     #[arg(long, env = "IMSERVER_READ_RECEIPT_SCAN", default_value_t = 1000, value_parser = at_least_one)]
     pub read_receipt_scan: usize,
 
+    /// Chunk rows (one per stream per transaction) written in the order they come, before
+    /// the writer moves them, sorted, into the streams' tables. More make a transaction that
+    /// appends to many streams (a group message) cheaper, and reads look through more.
+    #[arg(long, env = "IMSERVER_FOLD_ROWS", default_value_t = 16_384, value_parser = at_least_one)]
+    pub fold_rows: usize,
+
     /// How often acknowledgement positions are written to the database (they are kept in
     /// memory in between, and always written at shutdown). A crash forgets at most this
     /// much of them: those entries are replayed again to a device that connects without

@@ -21,12 +21,27 @@ use integer_encoding::VarInt;
 use crate::id::{Address, UserId};
 use crate::store::StoredEntry;
 
-/// The head of `?1`'s stream: the highest `last_seq` of its chunks (`NULL` when it has none).
-pub(super) const HEAD: &str = "SELECT max(last_seq) FROM stream_chunks WHERE owner = ?1";
+/// The head of `?1`'s stream: the highest `last_seq` of its chunks (`NULL` when it has
+/// none), folded or not (see `fold`).
+pub(super) const HEAD: &str = "SELECT max(m) FROM (
+     SELECT max(last_seq) AS m FROM stream_chunks WHERE owner = ?1
+     UNION ALL SELECT max(last_seq) FROM recent_stream_chunks WHERE owner = ?1)";
 
-/// The chunk of `?1`'s stream that holds entry `?2`.
-pub(super) const CHUNK_AT: &str = "SELECT first_seq, batch, entries FROM stream_chunks
-     WHERE owner = ?1 AND last_seq >= ?2 ORDER BY last_seq LIMIT 1";
+/// The chunk of `?1`'s stream that holds entry `?2`: the first at or after it in either
+/// table, each looked up through its own index.
+pub(super) const CHUNK_AT: &str = "SELECT first_seq, batch, entries FROM (
+     SELECT * FROM (SELECT last_seq, first_seq, batch, entries FROM stream_chunks
+                    WHERE owner = ?1 AND last_seq >= ?2 ORDER BY last_seq LIMIT 1)
+     UNION ALL
+     SELECT * FROM (SELECT last_seq, first_seq, batch, entries FROM recent_stream_chunks
+                    WHERE owner = ?1 AND last_seq >= ?2 ORDER BY last_seq LIMIT 1))
+     ORDER BY last_seq LIMIT 1";
+
+/// The tables a stream's rows are in, in `seq` order: folded first, then recent (see
+/// `fold`). Queries that walk a stream or a conversation in order run once on each.
+pub(super) const CHUNK_TABLES: [&str; 2] = ["stream_chunks", "recent_stream_chunks"];
+pub(super) const CONVERSATION_TABLES: [&str; 2] =
+    ["conversation_chunks", "recent_conversation_chunks"];
 
 /// The conversation a stored entry of `owner`'s stream belongs to (the other user, or the
 /// group), and whether someone else sent it; `None` for an event. A message to oneself is

@@ -1,7 +1,7 @@
 //! What one transaction appends, gathered in memory and written at its end: its payloads
-//! (once each), one chunk per stream it touched, one `conversation_chunks` row per
-//! conversation in each chunk, and the acknowledgements, read marks and last-seen times it
-//! took.
+//! (once each), one chunk per stream it touched (among the recent ones: see `fold`), one
+//! conversation row per conversation in each chunk, and the acknowledgements, read marks
+//! and last-seen times it took.
 //!
 //! Streams are numbered as the batch first touches them, so that appending a message looks
 //! up its two streams once per request rather than hashing user ids per message.
@@ -115,12 +115,13 @@ impl Draft {
         *read = (*read).max(seq);
     }
 
-    /// Writes everything gathered, and moves `heads` past what it appended.
+    /// Writes everything gathered (its chunks among the recent ones: see `fold`), and moves
+    /// `heads` past what it appended. Returns how many chunk rows it wrote.
     pub fn finish(
         self,
         tx: &Transaction,
         heads: &mut HashMap<UserId, u64>,
-    ) -> rusqlite::Result<()> {
+    ) -> rusqlite::Result<usize> {
         let streams: Vec<_> = self
             .streams
             .into_iter()
@@ -131,11 +132,12 @@ impl Draft {
                 .execute(params![self.payloads.frames, streams.len()])?;
             let batch = tx.last_insert_rowid();
             let mut chunk = tx.prepare_cached(
-                "INSERT INTO stream_chunks (owner, last_seq, first_seq, batch, entries)
+                "INSERT INTO recent_stream_chunks (owner, last_seq, first_seq, batch, entries)
                  VALUES (?1, ?2, ?3, ?4, ?5)",
             )?;
             let mut conversation = tx.prepare_cached(
-                "INSERT INTO conversation_chunks (owner, peer, first_seq, last_seq, received)
+                "INSERT INTO recent_conversation_chunks
+                 (owner, peer, first_seq, last_seq, received)
                  VALUES (?1, ?2, ?3, ?4, ?5)",
             )?;
             for s in &streams {
@@ -149,6 +151,7 @@ impl Draft {
                 heads.insert(s.owner, s.chunk.last_seq);
             }
         }
+        let chunks = streams.len();
         let mut head = tx.prepare_cached(super::chunk::HEAD)?;
         for (owner, seq) in self.acks {
             // Never backwards, never past the head.
@@ -173,7 +176,7 @@ impl Draft {
             )?
             .execute(params![user.get(), at])?;
         }
-        Ok(())
+        Ok(chunks)
     }
 }
 

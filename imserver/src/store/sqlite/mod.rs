@@ -11,6 +11,7 @@
 //! - `chunk`: how streams are stored (every payload once; a row per stream per transaction);
 //! - `ids`: client message ids, for de-duplication;
 //! - `draft`: what one transaction appends, gathered until its end;
+//! - `fold`: a transaction's chunk rows written in order, moved to the streams' tables in bulk;
 //! - `acks`: acknowledgement positions, in memory and written now and then;
 //! - `writer`: the writer thread, its batches and requests;
 //! - `append`: messages (one to one, and fanned out to a group's members);
@@ -22,6 +23,7 @@ mod acks;
 mod append;
 mod chunk;
 mod draft;
+mod fold;
 mod groups;
 mod ids;
 mod reads;
@@ -150,6 +152,7 @@ impl SqliteStore {
         let writer = Writer::new(
             conn,
             config.cache_entries,
+            config.fold_rows,
             receipts,
             cache.clone(),
             acks.clone(),
@@ -174,14 +177,23 @@ impl SqliteStore {
         })
     }
 
-    /// Runs `f` on a read connection, off the async threads, once one is free.
+    /// Runs `f` on a read connection, off the async threads, once one is free, in one read
+    /// transaction: every statement of it sees the same snapshot (a fold, see `fold`, moves
+    /// rows from one table to another).
     fn read<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> StoreFuture<'static, T> {
         let readers = self.readers.clone();
         async move {
-            let read = readers.run(move |conn| f(conn)).await;
+            let read = readers
+                .run(move |conn| {
+                    let snapshot = conn.unchecked_transaction()?;
+                    let value = f(&snapshot)?;
+                    snapshot.commit()?;
+                    Ok::<_, rusqlite::Error>(value)
+                })
+                .await;
             Ok(read.map_err(|_| StoreError::Closed)??)
         }
         .boxed()

@@ -1,11 +1,15 @@
 //! Queries on a read-only connection (each runs on one of the `--store-readers` threads).
 
+use std::collections::BTreeSet;
+
 use bytes::Bytes;
 use rusqlite::blob::Blob;
 use rusqlite::types::Type;
 use rusqlite::{Connection, MAIN_DB, OptionalExtension, params};
 
-use super::chunk::{CHUNK_AT, HEAD, Slot, conversation_of, entries};
+use super::chunk::{
+    CHUNK_AT, CHUNK_TABLES, CONVERSATION_TABLES, HEAD, Slot, conversation_of, entries,
+};
 use super::writer::id;
 use crate::id::{Address, UserId};
 use crate::store::{
@@ -141,27 +145,29 @@ pub(super) fn read_stream(
     after: u64,
     limit: usize,
 ) -> rusqlite::Result<Vec<StoredEntry>> {
-    let mut stmt = c.prepare_cached(
-        "SELECT first_seq, batch, entries FROM stream_chunks WHERE owner = ?1 AND last_seq > ?2
-         ORDER BY last_seq",
-    )?;
-    let mut rows = stmt.query(params![owner.get(), bound(after)])?;
     let mut payloads = Payloads::new(c);
     let mut out = Vec::new();
-    while out.len() < limit
-        && let Some(row) = rows.next()?
-    {
-        let (first, batch) = (row.get(0)?, row.get(1)?);
-        for entry in entries(first, row.get_ref(2)?.as_blob()?) {
-            let e = entry.map_err(corrupt)?;
-            if e.seq > after {
-                let payload = payloads.read(batch, e.slot)?;
-                out.push(StoredEntry {
-                    seq: e.seq,
-                    payload,
-                });
-                if out.len() == limit {
-                    break;
+    for table in CHUNK_TABLES {
+        let mut stmt = c.prepare_cached(&format!(
+            "SELECT first_seq, batch, entries FROM {table} WHERE owner = ?1 AND last_seq > ?2
+             ORDER BY last_seq"
+        ))?;
+        let mut rows = stmt.query(params![owner.get(), bound(after)])?;
+        while out.len() < limit
+            && let Some(row) = rows.next()?
+        {
+            let (first, batch) = (row.get(0)?, row.get(1)?);
+            for entry in entries(first, row.get_ref(2)?.as_blob()?) {
+                let e = entry.map_err(corrupt)?;
+                if e.seq > after {
+                    let payload = payloads.read(batch, e.slot)?;
+                    out.push(StoredEntry {
+                        seq: e.seq,
+                        payload,
+                    });
+                    if out.len() == limit {
+                        break;
+                    }
                 }
             }
         }
@@ -262,22 +268,25 @@ pub(super) fn history(
     limit: usize,
 ) -> rusqlite::Result<HistoryPage> {
     let before = before.unwrap_or(u64::MAX);
-    let mut stmt = c.prepare_cached(
-        "SELECT first_seq, last_seq FROM conversation_chunks
-         WHERE owner = ?1 AND peer = ?2 AND first_seq < ?3 ORDER BY first_seq DESC",
-    )?;
-    let mut rows = stmt.query(params![owner.get(), peer.key(), bound(before)])?;
     let mut payloads = Payloads::new(c);
-    // Newest first until one more than the page, which tells whether there are more.
+    // Newest first until one more than the page, which tells whether there are more: the
+    // recent rows, then the folded ones.
     let mut newest_first = Vec::with_capacity(limit + 1);
-    'rows: while let Some(row) = rows.next()? {
-        let in_chunk = chunk_entries(&mut payloads, owner, row.get(0)?, row.get(1)?, |e| {
-            e.seq < before && conversation_of(&e.payload, owner).is_some_and(|(p, _)| p == peer)
-        })?;
-        for entry in in_chunk.into_iter().rev() {
-            newest_first.push(entry);
-            if newest_first.len() > limit {
-                break 'rows;
+    'tables: for table in CONVERSATION_TABLES.into_iter().rev() {
+        let mut stmt = c.prepare_cached(&format!(
+            "SELECT first_seq, last_seq FROM {table}
+         WHERE owner = ?1 AND peer = ?2 AND first_seq < ?3 ORDER BY first_seq DESC"
+        ))?;
+        let mut rows = stmt.query(params![owner.get(), peer.key(), bound(before)])?;
+        while let Some(row) = rows.next()? {
+            let in_chunk = chunk_entries(&mut payloads, owner, row.get(0)?, row.get(1)?, |e| {
+                e.seq < before && conversation_of(&e.payload, owner).is_some_and(|(p, _)| p == peer)
+            })?;
+            for entry in in_chunk.into_iter().rev() {
+                newest_first.push(entry);
+                if newest_first.len() > limit {
+                    break 'tables;
+                }
             }
         }
     }
@@ -296,27 +305,40 @@ pub(super) fn conversations(
     limit: usize,
 ) -> rusqlite::Result<Vec<Conversation>> {
     // Each peer once, by skipping from one to the next in the primary key (SQLite has no
-    // loose index scan of its own).
-    let mut stmt = c.prepare_cached(
-        "WITH RECURSIVE peers(peer) AS (
-             SELECT min(peer) FROM conversation_chunks WHERE owner = ?1
-             UNION ALL
-             SELECT (SELECT min(peer) FROM conversation_chunks WHERE owner = ?1 AND peer > p.peer)
-             FROM peers p WHERE p.peer IS NOT NULL
-         )
-         SELECT peer FROM peers WHERE peer IS NOT NULL",
-    )?;
-    let peers = stmt
-        .query_map([owner.get()], |r| peer(r.get(0)?))?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
-    let mut newest = c.prepare_cached(
-        "SELECT last_seq FROM conversation_chunks WHERE owner = ?1 AND peer = ?2
-         ORDER BY first_seq DESC LIMIT 1",
-    )?;
+    // loose index scan of its own), in both tables.
+    let mut peers = BTreeSet::new();
+    for table in CONVERSATION_TABLES {
+        let mut stmt = c.prepare_cached(&format!(
+            "WITH RECURSIVE peers(peer) AS (
+                 SELECT min(peer) FROM {table} WHERE owner = ?1
+                 UNION ALL
+                 SELECT (SELECT min(peer) FROM {table} WHERE owner = ?1 AND peer > p.peer)
+                 FROM peers p WHERE p.peer IS NOT NULL
+             )
+             SELECT peer FROM peers WHERE peer IS NOT NULL"
+        ))?;
+        for key in stmt.query_map([owner.get()], |r| r.get::<_, i64>(0))? {
+            peers.insert(key?);
+        }
+    }
     let mut latest: Vec<(Address, u64)> = Vec::with_capacity(peers.len());
-    for peer in peers {
-        let last = newest.query_row(params![owner.get(), peer.key()], |r| r.get(0))?;
-        latest.push((peer, last));
+    for key in peers {
+        // The newest chunk is recent if any is.
+        let mut last = None;
+        for table in CONVERSATION_TABLES.into_iter().rev() {
+            last = c
+                .prepare_cached(&format!(
+                    "SELECT last_seq FROM {table} WHERE owner = ?1 AND peer = ?2
+                     ORDER BY first_seq DESC LIMIT 1"
+                ))?
+                .query_row(params![owner.get(), key], |r| r.get(0))
+                .optional()?;
+            if last.is_some() {
+                break;
+            }
+        }
+        let last = last.ok_or(rusqlite::Error::QueryReturnedNoRows)?;
+        latest.push((peer(key)?, last));
     }
     latest.sort_unstable_by_key(|&(_, last)| std::cmp::Reverse(last));
     latest.truncate(limit);
@@ -343,21 +365,30 @@ fn unread(payloads: &mut Payloads, owner: UserId, peer: Address) -> rusqlite::Re
         .unwrap_or(0);
     let (o, p, r) = (owner.get(), peer.key(), bound(read));
     // Whole chunks after the position, counted from their rows...
-    let mut unread: u64 = c
-        .prepare_cached(
-            "SELECT coalesce(sum(received), 0) FROM conversation_chunks
-             WHERE owner = ?1 AND peer = ?2 AND first_seq > ?3",
-        )?
-        .query_row(params![o, p, r], |row| row.get(0))?;
-    // ...and the one the position falls inside, entry by entry.
-    let straddling: Option<u64> = c
-        .prepare_cached(
-            "SELECT last_seq FROM conversation_chunks
-             WHERE owner = ?1 AND peer = ?2 AND first_seq <= ?3
-             ORDER BY first_seq DESC LIMIT 1",
-        )?
-        .query_row(params![o, p, r], |row| row.get(0))
-        .optional()?;
+    let mut unread: u64 = 0;
+    for table in CONVERSATION_TABLES {
+        unread += c
+            .prepare_cached(&format!(
+                "SELECT coalesce(sum(received), 0) FROM {table}
+                 WHERE owner = ?1 AND peer = ?2 AND first_seq > ?3"
+            ))?
+            .query_row(params![o, p, r], |row| row.get::<_, u64>(0))?;
+    }
+    // ...and the one the position falls inside, entry by entry (a recent one if any is).
+    let mut straddling: Option<u64> = None;
+    for table in CONVERSATION_TABLES.into_iter().rev() {
+        straddling = c
+            .prepare_cached(&format!(
+                "SELECT last_seq FROM {table}
+                 WHERE owner = ?1 AND peer = ?2 AND first_seq <= ?3
+                 ORDER BY first_seq DESC LIMIT 1"
+            ))?
+            .query_row(params![o, p, r], |row| row.get(0))
+            .optional()?;
+        if straddling.is_some() {
+            break;
+        }
+    }
     if let Some(last) = straddling
         && last > read
     {

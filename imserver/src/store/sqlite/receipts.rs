@@ -12,7 +12,7 @@ use std::collections::HashSet;
 use improto::{Envelope, Event, EventKind, Packet};
 use rusqlite::{OptionalExtension, Transaction, params};
 
-use super::chunk::{CHUNK_AT, HEAD, conversation_of, entries};
+use super::chunk::{CHUNK_AT, CONVERSATION_TABLES, HEAD, conversation_of, entries};
 use super::draft::load_head;
 use super::reads::{Payloads, bound, corrupt};
 use super::writer::{State, Then};
@@ -104,17 +104,22 @@ fn senders_read(
     upto: u64,
     scan: usize,
 ) -> rusqlite::Result<Vec<(UserId, u64)>> {
-    let mut rows = tx.prepare_cached(
-        "SELECT first_seq, last_seq FROM conversation_chunks
-         WHERE owner = ?1 AND peer = ?2 AND first_seq <= ?3 AND last_seq > ?4
-         ORDER BY first_seq DESC",
-    )?;
-    let ranges: Vec<(u64, u64)> = rows
-        .query_map(
+    // Newest first: the recent rows, then the folded ones (see `fold`).
+    let mut ranges: Vec<(u64, u64)> = Vec::new();
+    for table in CONVERSATION_TABLES.into_iter().rev() {
+        let mut rows = tx.prepare_cached(&format!(
+            "SELECT first_seq, last_seq FROM {table}
+             WHERE owner = ?1 AND peer = ?2 AND first_seq <= ?3 AND last_seq > ?4
+             ORDER BY first_seq DESC"
+        ))?;
+        let found = rows.query_map(
             params![owner.get(), peer.key(), bound(upto), bound(before)],
             |r| Ok((r.get(0)?, r.get(1)?)),
-        )?
-        .collect::<rusqlite::Result<_>>()?;
+        )?;
+        for range in found {
+            ranges.push(range?);
+        }
+    }
     let mut payloads = Payloads::new(tx);
     let mut newest: Vec<(UserId, u64)> = Vec::new();
     let mut seen = HashSet::new();

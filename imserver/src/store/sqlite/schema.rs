@@ -24,6 +24,7 @@ pub(super) fn migrations() -> Migrations<'static> {
             payloads_once,
         ),
         M::up(include_str!("migrations/0006_groups.sql")),
+        M::up(include_str!("migrations/0007_recent_chunks.sql")),
     ])
 }
 

@@ -33,6 +33,7 @@ use super::acks::AckBook;
 use super::append::Answer;
 use super::chunk::HEAD;
 use super::draft::Draft;
+use super::fold::{fold, waiting};
 use super::groups::GroupOp;
 use super::ids::Ids;
 use super::receipts::ReadReceipts;
@@ -183,6 +184,10 @@ pub(super) struct Writer {
     /// The groups looked up so far, exact (only this thread changes them); forgotten with
     /// the heads.
     groups: HashMap<GroupId, Arc<Group>>,
+    /// Chunk rows waiting to be folded (see `fold`), read at startup and after a failed
+    /// transaction; past `fold_rows` (`--fold-rows`), the writer folds them.
+    recent: usize,
+    fold_rows: usize,
     /// `--read-receipts` and `--read-receipt-scan`.
     receipts: ReadReceipts,
     /// Told of every change to what it caches, after the commit and before the answer.
@@ -205,11 +210,13 @@ impl Writer {
     pub fn new(
         conn: Connection,
         max_heads: usize,
+        fold_rows: usize,
         receipts: ReadReceipts,
         cache: Arc<ReadCache>,
         acks: Arc<AckBook>,
         delivery: Arc<dyn Delivery>,
     ) -> rusqlite::Result<Self> {
+        let recent = waiting(&conn)?;
         let mut w = Writer {
             conn,
             heads: HashMap::new(),
@@ -217,6 +224,8 @@ impl Writer {
             blocks: HashSet::new(),
             ids: Ids::new(max_heads),
             groups: HashMap::new(),
+            recent,
+            fold_rows,
             receipts,
             cache,
             acks,
@@ -286,6 +295,10 @@ impl Writer {
             if let Err(e) = self.load_blocks() {
                 tracing::error!(error = %e, "cannot reload the block list");
             }
+            match waiting(&self.conn) {
+                Ok(n) => self.recent = n,
+                Err(e) => tracing::error!(error = %e, "cannot count the rows to fold"),
+            }
         }
         let mut closing = false;
         let fail = |e: &rusqlite::Error| StoreError::Transaction(e.to_string());
@@ -339,6 +352,8 @@ impl Writer {
             blocks: &mut self.blocks,
             ids: &mut self.ids,
             groups: &mut self.groups,
+            recent: &mut self.recent,
+            fold_rows: self.fold_rows,
             receipts: self.receipts,
             acks: &self.acks,
             draft: Draft::default(),
@@ -357,7 +372,13 @@ impl Writer {
             }
             drop(st);
             state.ids.finish(&tx)?;
-            state.draft.finish(&tx, state.heads)
+            let chunks = state.draft.finish(&tx, state.heads)?;
+            *state.recent += chunks;
+            if *state.recent >= state.fold_rows {
+                fold(&tx)?;
+                *state.recent = 0;
+            }
+            Ok(())
         })();
         match result {
             Ok(()) => tx.commit(),
@@ -391,6 +412,9 @@ pub(super) struct State<'w> {
     pub blocks: &'w mut HashSet<(UserId, UserId)>,
     pub ids: &'w mut Ids,
     pub groups: &'w mut HashMap<GroupId, Arc<Group>>,
+    /// The writer's count of chunk rows waiting to be folded, and `--fold-rows`.
+    pub recent: &'w mut usize,
+    pub fold_rows: usize,
     pub receipts: ReadReceipts,
     pub acks: &'w AckBook,
     pub draft: Draft,
