@@ -36,8 +36,8 @@ pub(super) fn fold(tx: &Transaction) -> rusqlite::Result<()> {
 }
 
 /// How many stream rows wait to be folded.
-pub(super) fn waiting(tx: &rusqlite::Connection) -> rusqlite::Result<usize> {
-    tx.query_row("SELECT count(*) FROM recent_stream_chunks", [], |r| {
+pub(super) fn waiting(c: &rusqlite::Connection) -> rusqlite::Result<usize> {
+    c.query_row("SELECT count(*) FROM recent_stream_chunks", [], |r| {
         r.get(0)
     })
 }
