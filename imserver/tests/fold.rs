@@ -4,26 +4,12 @@
 
 mod common;
 
-use common::{TestServer, WAIT, device, recv_packet, sync};
-use improto::{EventKind, Message, Packet};
+use common::{TestServer, WAIT, device, send_for_ack, sync};
+use improto::{EventKind, Packet};
 use serde_json::Value;
 use tokio::time::timeout;
 
 type Account = (String, String);
-
-/// Sends `text` from `c` (user `from`) to `to` and waits for its `Ack`'s seq.
-async fn send(c: &mut improto::Client, from: &str, to: &str, text: &str) -> u64 {
-    c.send(Message::new(from, to, text).with_id(text))
-        .await
-        .unwrap();
-    loop {
-        match recv_packet(c).await {
-            Packet::Ack(a) => return a.seq,
-            Packet::Event(_) | Packet::Message(_) => {}
-            other => panic!("expected an Ack, got {other:?}"),
-        }
-    }
-}
 
 /// The texts of `user`'s stream from the start, with their seqs.
 async fn stream(srv: &TestServer, (user, token): &Account) -> Vec<(u64, String)> {
@@ -60,7 +46,7 @@ async fn scenario(fold_rows: usize) {
     let mut a_dev = device(&srv, &a).await;
     let mut acked = Vec::new();
     for i in 0..12 {
-        acked.push(send(&mut a_dev, &a.0, &b.0, &format!("m{i}")).await);
+        acked.push(send_for_ack(&mut a_dev, &a.0, &b.0, &format!("m{i}")).await);
     }
     let expected: Vec<(u64, String)> = (0..12).map(|i| (i + 1, format!("m{i}"))).collect();
     assert_eq!(acked, (1..=12).collect::<Vec<_>>(), "fold_rows {fold_rows}");
@@ -122,7 +108,7 @@ async fn scenario(fold_rows: usize) {
     let a = (a.0, token);
     let mut a_dev = device(&srv, &a).await;
     assert_eq!(
-        send(&mut a_dev, &a.0, &b.0, "after").await,
+        send_for_ack(&mut a_dev, &a.0, &b.0, "after").await,
         14,
         "after the receipt"
     );

@@ -3,26 +3,11 @@
 
 mod common;
 
-use common::{TestServer, device, recv_packet, sync, three_users};
-use improto::{Client, EventKind, Message, Packet};
+use common::{TestServer, device, recv_packet, send_for_ack, sync, three_users};
+use improto::{Client, EventKind, Packet};
 use serde_json::json;
 
 type Account = (String, String);
-
-/// Sends `text` (id `text`) on `c` and returns its `Ack`'s seq, passing over what comes
-/// before it.
-async fn send(c: &mut Client, from: &str, to: &str, text: &str) -> u64 {
-    c.send(Message::new(from, to, text).with_id(text))
-        .await
-        .unwrap();
-    loop {
-        match recv_packet(c).await {
-            Packet::Ack(a) => return a.seq,
-            Packet::Event(_) | Packet::Message(_) => continue,
-            other => panic!("expected an Ack, got {other:?}"),
-        }
-    }
-}
 
 /// The seqs `who`'s stream gave the messages with these texts, read from the start.
 async fn seqs_of(srv: &TestServer, who: &Account, texts: &[&str]) -> Vec<u64> {
@@ -62,11 +47,11 @@ async fn a_receipt_names_the_senders_own_seq_when_the_streams_interleave() {
     let mut a_dev = device(&srv, &a).await;
     let mut c_dev = device(&srv, &c).await;
     // a's stream and b's interleave differently: a also talks with c.
-    let m1 = send(&mut a_dev, &a.0, &b.0, "m1").await;
-    send(&mut c_dev, &c.0, &a.0, "from c").await;
-    send(&mut a_dev, &a.0, &c.0, "to c").await;
-    let m2 = send(&mut a_dev, &a.0, &b.0, "m2").await;
-    let m3 = send(&mut a_dev, &a.0, &b.0, "m3").await;
+    let m1 = send_for_ack(&mut a_dev, &a.0, &b.0, "m1").await;
+    send_for_ack(&mut c_dev, &c.0, &a.0, "from c").await;
+    send_for_ack(&mut a_dev, &a.0, &c.0, "to c").await;
+    let m2 = send_for_ack(&mut a_dev, &a.0, &b.0, "m2").await;
+    let m3 = send_for_ack(&mut a_dev, &a.0, &b.0, "m3").await;
     assert_eq!((m1, m2, m3), (1, 4, 5), "seqs in a's own stream");
     let b_seqs = seqs_of(&srv, &b, &["m1", "m2", "m3"]).await;
     assert_eq!(b_seqs, [1, 2, 3]);
@@ -93,7 +78,7 @@ async fn reading_only_ones_own_messages_tells_nobody() {
     let (srv, [a, b, _]) = three_users().await;
     let mut a_dev = device(&srv, &a).await;
     let mut b_dev = device(&srv, &b).await;
-    let mine = send(&mut b_dev, &b.0, &a.0, "from b").await;
+    let mine = send_for_ack(&mut b_dev, &b.0, &a.0, "from b").await;
     b_dev.read(&a.0, mine).await.unwrap();
     sync(&mut b_dev).await;
     let before = sync(&mut a_dev).await;
@@ -117,10 +102,10 @@ async fn in_a_group_each_sender_of_newly_read_messages_is_told_in_their_own_term
     let g = g["group"].as_str().unwrap().to_owned();
     let mut a_dev = device(&srv, &a).await;
     let mut c_dev = device(&srv, &c).await;
-    let a1 = send(&mut a_dev, &a.0, &g, "a1").await;
-    let c1 = send(&mut c_dev, &c.0, &g, "c1").await;
-    let a2 = send(&mut a_dev, &a.0, &g, "a2").await;
-    let c2 = send(&mut c_dev, &c.0, &g, "c2").await;
+    let a1 = send_for_ack(&mut a_dev, &a.0, &g, "a1").await;
+    let c1 = send_for_ack(&mut c_dev, &c.0, &g, "c1").await;
+    let a2 = send_for_ack(&mut a_dev, &a.0, &g, "a2").await;
+    let c2 = send_for_ack(&mut c_dev, &c.0, &g, "c2").await;
     let b_seqs = seqs_of(&srv, &b, &["a1", "c1", "a2", "c2"]).await;
     let mut b_dev = device(&srv, &b).await;
     // b reads up to a2: a is told a2 (its own seq), c is told c1.
@@ -155,7 +140,7 @@ async fn with_read_receipts_off_positions_move_and_nobody_is_told() {
     let a = srv.user("Ann").await;
     let b = srv.user("Bob").await;
     let mut a_dev = device(&srv, &a).await;
-    send(&mut a_dev, &a.0, &b.0, "m1").await;
+    send_for_ack(&mut a_dev, &a.0, &b.0, "m1").await;
     let mut b_dev = device(&srv, &b).await;
     let (_, list) = srv.get_as("/conversations", &b.1).await;
     assert_eq!(list[0]["unread"], json!(1));
@@ -180,8 +165,8 @@ async fn a_sender_who_blocks_the_reader_is_not_told() {
     let g = g["group"].as_str().unwrap().to_owned();
     let mut a_dev = device(&srv, &a).await;
     let mut c_dev = device(&srv, &c).await;
-    send(&mut a_dev, &a.0, &g, "a1").await;
-    let c1 = send(&mut c_dev, &c.0, &g, "c1").await;
+    send_for_ack(&mut a_dev, &a.0, &g, "a1").await;
+    let c1 = send_for_ack(&mut c_dev, &c.0, &g, "c1").await;
     let (status, _) = srv
         .post_as(&format!("/blocks/{}", b.0), &a.1, json!({}))
         .await;

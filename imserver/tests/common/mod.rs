@@ -256,6 +256,21 @@ async fn split(r: reqwest::Response) -> (u16, serde_json::Value) {
     (status, json)
 }
 
+/// Sends `text` (client id `text`) from `c`, registered as `from`, to `to`, and returns its
+/// `Ack`'s seq, passing over the entries that come before it.
+pub async fn send_for_ack(c: &mut Client, from: &str, to: &str, text: &str) -> u64 {
+    c.send(Message::new(from, to, text).with_id(text))
+        .await
+        .expect("sent");
+    loop {
+        match recv_packet(c).await {
+            Packet::Ack(a) => return a.seq,
+            Packet::Event(_) | Packet::Message(_) => continue,
+            other => panic!("expected an Ack, got {other:?}"),
+        }
+    }
+}
+
 /// The next packet, which must be a `Message`.
 pub async fn recv_message(c: &mut Client) -> Message {
     match timeout(WAIT, c.recv()).await.expect("a message in time") {

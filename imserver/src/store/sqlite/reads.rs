@@ -275,7 +275,7 @@ pub(super) fn history(
     'tables: for table in CONVERSATION_TABLES.into_iter().rev() {
         let mut stmt = c.prepare_cached(&format!(
             "SELECT first_seq, last_seq FROM {table}
-         WHERE owner = ?1 AND peer = ?2 AND first_seq < ?3 ORDER BY first_seq DESC"
+             WHERE owner = ?1 AND peer = ?2 AND first_seq < ?3 ORDER BY first_seq DESC"
         ))?;
         let mut rows = stmt.query(params![owner.get(), peer.key(), bound(before)])?;
         while let Some(row) = rows.next()? {
