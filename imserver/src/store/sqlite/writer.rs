@@ -15,8 +15,9 @@
 //! the table; only this thread assigns them, so the copies stay exact, as long as they are
 //! forgotten whenever a transaction fails (the database rolled back, the copies did not).
 //! Each batch writes one `batches` row with every payload it appended, once (see `chunk`),
-//! one chunk per stream it touched, one `conversation_chunks` row per conversation in it
-//! (see `draft`), and the client ids it stored (see `ids`).
+//! one chunk per stream it touched and one conversation row per conversation in it, among
+//! the recent ones that it folds into the streams' tables every `--fold-rows` (see `draft`
+//! and `fold`), and the client ids it stored (see `ids`).
 //!
 //! A request of appends (the messages one connection sent in one go) is answered with one
 //! call to its `Replies` and one delivery per user it appended to: the per-message work is
