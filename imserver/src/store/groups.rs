@@ -16,7 +16,7 @@
 //!   `group_renamed` to every member.
 
 use bytes::Bytes;
-use improto::{Event, EventKind, Packet};
+use improto::{Event, EventKind};
 
 use crate::id::{GroupId, UserId};
 
@@ -243,11 +243,7 @@ pub fn event_payload(group: &Group, e: &GroupEvent) -> Bytes {
         event.name = Some(group.name.clone());
     }
     event.owner = e.owner.map(|o| o.to_string());
-    // Events carry no time, and nothing else fails to encode.
-    Packet::from(event)
-        .to_json()
-        .expect("events always encode")
-        .into()
+    super::event_bytes(event)
 }
 
 #[cfg(test)]

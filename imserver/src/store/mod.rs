@@ -35,6 +35,15 @@ use futures::future::BoxFuture;
 
 use crate::delivery::ConnId;
 use crate::id::{Address, GroupId, UserId};
+
+/// An event as it is stored in a stream: its frame's payload.
+pub(crate) fn event_bytes(event: improto::Event) -> Bytes {
+    // Events carry no time, and nothing else fails to encode.
+    improto::Packet::from(event)
+        .to_json()
+        .expect("events always encode")
+        .into()
+}
 pub use groups::{Group, GroupError};
 pub use social::{RequestOutcome, SocialError};
 pub use sqlite::SqliteStore;

@@ -12,7 +12,7 @@
 //! - declining is silent.
 
 use bytes::Bytes;
-use improto::{Event, EventKind, Packet};
+use improto::{Event, EventKind};
 
 use crate::id::UserId;
 
@@ -197,11 +197,7 @@ fn befriend<T>(answer: Result<T, SocialError>) -> Plan<T> {
 pub fn event_payload(kind: EventKind, user: UserId, name: &str, message: Option<&str>) -> Bytes {
     let mut event = Event::new(kind, user.to_string(), name);
     event.message = message.map(str::to_owned);
-    // Events carry no time, and nothing else fails to encode.
-    Packet::from(event)
-        .to_json()
-        .expect("events always encode")
-        .into()
+    super::event_bytes(event)
 }
 
 #[cfg(test)]

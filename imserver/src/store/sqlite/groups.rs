@@ -10,7 +10,6 @@ use std::sync::Arc;
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use super::writer::{State, Then, id, savepoint};
-use crate::delivery::{Entry, EntryKind};
 use crate::id::{GroupId, UserId};
 use crate::store::groups::{self, Group, GroupError, GroupEvent, Plan};
 
@@ -144,15 +143,7 @@ impl State<'_> {
     ) {
         for (event, &stream) in events.iter().zip(streams) {
             let payload = groups::event_payload(group, event);
-            let slot = self.draft.payload(&payload);
-            let seq = self.draft.push(stream, slot, None, 0);
-            let entry = Entry {
-                seq,
-                payload,
-                kind: EntryKind::Event,
-                origin: None,
-            };
-            then.push(Then::Deliver(event.to, entry));
+            self.append_event(event.to, stream, payload, then);
         }
     }
 }

@@ -323,21 +323,13 @@ pub(super) fn conversations(
     }
     let mut latest: Vec<(Address, u64)> = Vec::with_capacity(peers.len());
     for key in peers {
-        // The newest chunk is recent if any is.
-        let mut last = None;
-        for table in CONVERSATION_TABLES.into_iter().rev() {
-            last = c
-                .prepare_cached(&format!(
-                    "SELECT last_seq FROM {table} WHERE owner = ?1 AND peer = ?2
-                     ORDER BY first_seq DESC LIMIT 1"
-                ))?
-                .query_row(params![owner.get(), key], |r| r.get(0))
-                .optional()?;
-            if last.is_some() {
-                break;
-            }
-        }
-        let last = last.ok_or(rusqlite::Error::QueryReturnedNoRows)?;
+        let last = newest(
+            c,
+            "SELECT last_seq FROM {table} WHERE owner = ?1 AND peer = ?2
+             ORDER BY first_seq DESC LIMIT 1",
+            params![owner.get(), key],
+        )?
+        .ok_or(rusqlite::Error::QueryReturnedNoRows)?;
         latest.push((peer(key)?, last));
     }
     latest.sort_unstable_by_key(|&(_, last)| std::cmp::Reverse(last));
@@ -352,6 +344,26 @@ pub(super) fn conversations(
         out.push(Conversation { peer, last, unread });
     }
     Ok(out)
+}
+
+/// The value `sql` (a query of one row from the conversation rows in `{table}`, newest
+/// first) finds among the recent rows, else among the folded ones: in a conversation every
+/// recent row is newer than every folded one (see `fold`).
+fn newest<T: rusqlite::types::FromSql>(
+    c: &Connection,
+    sql: &str,
+    params: &[&dyn rusqlite::ToSql],
+) -> rusqlite::Result<Option<T>> {
+    for table in CONVERSATION_TABLES.into_iter().rev() {
+        let found = c
+            .prepare_cached(&sql.replace("{table}", table))?
+            .query_row(params, |r| r.get(0))
+            .optional()?;
+        if found.is_some() {
+            return Ok(found);
+        }
+    }
+    Ok(None)
 }
 
 /// Messages from others in `owner`'s conversation with `peer` (a user or a group) after
@@ -374,21 +386,13 @@ fn unread(payloads: &mut Payloads, owner: UserId, peer: Address) -> rusqlite::Re
             ))?
             .query_row(params![o, p, r], |row| row.get::<_, u64>(0))?;
     }
-    // ...and the one the position falls inside, entry by entry (a recent one if any is).
-    let mut straddling: Option<u64> = None;
-    for table in CONVERSATION_TABLES.into_iter().rev() {
-        straddling = c
-            .prepare_cached(&format!(
-                "SELECT last_seq FROM {table}
-                 WHERE owner = ?1 AND peer = ?2 AND first_seq <= ?3
-                 ORDER BY first_seq DESC LIMIT 1"
-            ))?
-            .query_row(params![o, p, r], |row| row.get(0))
-            .optional()?;
-        if straddling.is_some() {
-            break;
-        }
-    }
+    // ...and the one the position falls inside, entry by entry.
+    let straddling: Option<u64> = newest(
+        c,
+        "SELECT last_seq FROM {table} WHERE owner = ?1 AND peer = ?2 AND first_seq <= ?3
+         ORDER BY first_seq DESC LIMIT 1",
+        params![o, p, r],
+    )?;
     if let Some(last) = straddling
         && last > read
     {

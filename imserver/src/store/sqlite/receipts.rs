@@ -9,14 +9,13 @@
 
 use std::collections::HashSet;
 
-use improto::{Envelope, Event, EventKind, Packet};
+use improto::{Envelope, Event, EventKind};
 use rusqlite::{OptionalExtension, Transaction, params};
 
 use super::chunk::{CHUNK_AT, CONVERSATION_TABLES, HEAD, conversation_of, entries};
 use super::draft::load_head;
 use super::reads::{Payloads, bound, corrupt};
 use super::writer::{State, Then};
-use crate::delivery::{Entry, EntryKind};
 use crate::id::{Address, UserId};
 
 /// What a `Read` may do.
@@ -55,29 +54,18 @@ impl State<'_> {
         } else {
             Vec::new()
         };
-        let mut streams = Vec::with_capacity(newest.len());
-        for &(sender, _) in &newest {
+        let mut told = Vec::with_capacity(newest.len());
+        for (sender, up_to) in newest {
             // A user who blocks the reader is not told of their reading.
             if !self.blocks.contains(&(sender, owner)) {
-                streams.push(self.draft.stream(self.heads, &mut head, sender)?);
+                let stream = self.draft.stream(self.heads, &mut head, sender)?;
+                told.push((sender, up_to, stream));
             }
         }
         // Nothing fails from here on.
         self.draft.read(owner, peer, seq);
-        let told = newest
-            .iter()
-            .filter(|(sender, _)| !self.blocks.contains(&(*sender, owner)));
-        for (&(sender, up_to), stream) in told.zip(streams) {
-            let payload = receipt(owner, peer, up_to);
-            let slot = self.draft.payload(&payload);
-            let seq = self.draft.push(stream, slot, None, 0);
-            let entry = Entry {
-                seq,
-                payload,
-                kind: EntryKind::Event,
-                origin: None,
-            };
-            then.push(Then::Deliver(sender, entry));
+        for (sender, up_to, stream) in told {
+            self.append_event(sender, stream, receipt(owner, peer, up_to), then);
         }
         Ok(())
     }
@@ -179,9 +167,5 @@ fn receipt(reader: UserId, peer: Address, up_to: u64) -> bytes::Bytes {
     if let Address::Group(g) = peer {
         event.group = Some(g.to_string());
     }
-    // Events carry no time, and nothing else fails to encode.
-    Packet::from(event)
-        .to_json()
-        .expect("events always encode")
-        .into()
+    crate::store::event_bytes(event)
 }

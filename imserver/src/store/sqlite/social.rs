@@ -7,7 +7,6 @@ use rusqlite::{Transaction, params};
 use super::chunk::HEAD;
 use super::draft::StreamIx;
 use super::writer::{ARE_FRIENDS, State, Then, savepoint};
-use crate::delivery::{Entry, EntryKind};
 use crate::id::UserId;
 use crate::store::social::{self, Change, Pair, Plan, Side, SocialError};
 
@@ -76,22 +75,12 @@ impl State<'_> {
                 _ => None,
             };
             let payload = social::event_payload(kind, user, name, message);
-            let slot = self.draft.payload(&payload);
             let stream = streams
                 .iter()
                 .find(|(o, _)| *o == owner)
                 .map(|(_, ix)| *ix)
                 .expect("every event's stream was looked up in the savepoint");
-            let seq = self.draft.push(stream, slot, None, 0);
-            then.push(Then::Deliver(
-                owner,
-                Entry {
-                    seq,
-                    payload,
-                    kind: EntryKind::Event,
-                    origin: None,
-                },
-            ));
+            self.append_event(owner, stream, payload, then);
         }
         Ok(plan.answer)
     }

@@ -27,19 +27,20 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
+use bytes::Bytes;
 use rusqlite::{CachedStatement, Connection, Transaction, params};
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 
 use super::acks::AckBook;
 use super::append::Answer;
 use super::chunk::HEAD;
-use super::draft::Draft;
+use super::draft::{Draft, StreamIx};
 use super::fold::{fold, waiting};
 use super::groups::GroupOp;
 use super::ids::Ids;
 use super::receipts::ReadReceipts;
 use super::social::apply_change;
-use crate::delivery::{Delivery, Entry};
+use crate::delivery::{Delivery, Entry, EntryKind};
 use crate::id::{Address, GroupId, UserId};
 use crate::store::cache::ReadCache;
 use crate::store::social::{self, Change, Pair, Plan, RequestOutcome, SocialError};
@@ -422,6 +423,26 @@ pub(super) struct State<'w> {
 }
 
 impl State<'_> {
+    /// Appends event `payload` to `owner`'s stream (`stream` in this batch), to be
+    /// delivered once the batch commits.
+    pub(super) fn append_event(
+        &mut self,
+        owner: UserId,
+        stream: StreamIx,
+        payload: Bytes,
+        then: &mut Vec<Then>,
+    ) {
+        let slot = self.draft.payload(&payload);
+        let seq = self.draft.push(stream, slot, None, 0);
+        let entry = Entry {
+            seq,
+            payload,
+            kind: EntryKind::Event,
+            origin: None,
+        };
+        then.push(Then::Deliver(owner, entry));
+    }
+
     /// Writes the acknowledgement positions that moved; they are forgotten from the book
     /// once committed.
     fn flush_acks(&mut self, then: &mut Vec<Then>) {
