@@ -57,6 +57,13 @@ pub struct HttpConfig {
     /// Largest HTTP request body, in bytes; larger ones get 413.
     #[arg(long, env = "IMSERVER_MAX_BODY_BYTES", default_value_t = 64 * 1024)]
     pub max_body_bytes: usize,
+    /// Web origins whose pages may open a WebSocket on `/ws`, comma-separated
+    /// (`https://chat.example.com`), or `*` for any. Pages served by this server itself are
+    /// always allowed; an upgrade that names any other origin gets `403`, so that another
+    /// site cannot act for a logged-in user. Clients that are not browsers send no origin
+    /// and are not affected.
+    #[arg(long, env = "IMSERVER_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
 }
 
 /// The relay: connections, their limits, and what may be relayed.
@@ -87,7 +94,7 @@ pub struct RelayConfig {
     #[arg(long, env = "IMSERVER_RATE_BURST", default_value_t = 500)]
     pub rate_burst: u32,
 
-    /// Relay connections open at once, in all. Over it, a connection is refused with
+    /// Relay connections open at once, in all (TCP and WebSocket together). Over it, a connection is refused with
     /// `too_many_connections` at its `Regist`. Each takes a file descriptor; keep it below the
     /// process's open-file limit.
     #[arg(long, env = "IMSERVER_MAX_CONNECTIONS", default_value_t = 16 * 1024)]
@@ -112,6 +119,11 @@ pub struct RelayConfig {
     /// it is closed; 0: never.
     #[arg(long, env = "IMSERVER_IDLE_TIMEOUT", default_value = "300s", value_parser = duration)]
     pub idle_timeout: Duration,
+    /// How often the server pings a WebSocket connection (browsers cannot send WebSocket
+    /// pings of their own); a peer that has sent nothing, not even a pong, for two of these
+    /// is closed. 0: never.
+    #[arg(long, env = "IMSERVER_WS_PING_INTERVAL", default_value = "30s", value_parser = duration)]
+    pub ws_ping_interval: Duration,
 
     /// Frames that may wait in one connection's send queue. A reader that falls this far
     /// behind is disconnected; its messages stay in the store and are sent when it

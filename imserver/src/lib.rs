@@ -121,12 +121,16 @@ impl Server {
             config.relay.presence_delay,
         ));
         tasks.spawn(presence.clone().run(shutdown.clone()));
-        let state = Arc::new(http::AppState::new(
+        let relay = Arc::new(relay::Relay::new(
             store.clone(),
-            hashers,
-            presence.clone(),
-            &config,
+            router,
+            presence,
+            config.auth.auth,
+            &config.relay,
+            tasks.clone(),
+            shutdown.clone(),
         ));
+        let state = Arc::new(http::AppState::new(relay.clone(), hashers, &config));
         let stop = shutdown.clone();
         tasks.spawn(
             warp::serve(http::routes(state))
@@ -134,20 +138,7 @@ impl Server {
                 .graceful(async move { stop.cancelled().await })
                 .run(),
         );
-
-        let relay = Arc::new(relay::Relay::new(
-            store.clone(),
-            router,
-            presence,
-            config.auth.auth,
-            &config.relay,
-        ));
-        tasks.spawn(relay::serve(
-            tcp_listener,
-            relay,
-            shutdown.clone(),
-            tasks.clone(),
-        ));
+        tasks.spawn(relay::serve(tcp_listener, relay));
 
         let data_dir = config.store.data_dir.display();
         tracing::info!(%http_addr, %tcp_addr, %data_dir, "imserver listening");

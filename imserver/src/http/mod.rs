@@ -5,6 +5,8 @@
 //! - `friends`: `/list/{id}`, friend requests, `/friends/{id}`, blocks.
 //! - `groups`: `/groups` and what is below it.
 //! - `history`: `/history/{peer}` and `/conversations`.
+//! - `ws`: `/ws`, the relay over WebSocket (the upgrade; the rest is the relay's).
+//! - `web`: the web chat's files, embedded, at `/` and `/web/{file}`.
 //! - `guard`: the bearer token as filters, and per-key rate limits.
 //! - `body`: request bodies (JSON or form), capped.
 //! - `reply`: JSON replies and the error type.
@@ -16,6 +18,8 @@ mod guard;
 mod history;
 mod reply;
 mod users;
+mod web;
+mod ws;
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
@@ -30,7 +34,7 @@ use crate::Config;
 use crate::auth::PasswordHashers;
 use crate::config::AuthMode;
 use crate::id::UserId;
-use crate::relay::Presence;
+use crate::relay::{Presence, Relay};
 use crate::store::Store;
 
 /// What the handlers share.
@@ -54,19 +58,20 @@ pub struct AppState {
     pub hashers: PasswordHashers,
     /// Who is online, for `/presence/{id}`.
     pub presence: Arc<Presence>,
+    /// The relay, for connections upgraded on `/ws`.
+    pub relay: Arc<Relay>,
+    /// `--allowed-origins`, for `/ws`.
+    origins: ws::Origins,
 }
 
 impl AppState {
-    pub fn new(
-        store: Arc<dyn Store>,
-        hashers: PasswordHashers,
-        presence: Arc<Presence>,
-        config: &Config,
-    ) -> Self {
+    pub fn new(relay: Arc<Relay>, hashers: PasswordHashers, config: &Config) -> Self {
         AppState {
             hashers,
-            presence,
-            store,
+            presence: relay.presence.clone(),
+            store: relay.store.clone(),
+            origins: ws::Origins::new(&config.http.allowed_origins),
+            relay,
             auth: config.auth.auth,
             token_ttl: config.auth.token_ttl,
             max_body_bytes: config.http.max_body_bytes,
@@ -230,6 +235,13 @@ pub fn routes(
         .and(user(s.clone()))
         .and(with(s))
         .then(|g, u, me, s| async move { reply::finish(groups::remove(me, g, u, s).await) });
+    let websocket = warp::path!("ws")
+        .and(warp::get())
+        .and(warp::header::headers_cloned())
+        .and(warp::ext::optional::<hyper::upgrade::OnUpgrade>())
+        .and(warp::addr::remote())
+        .and(with(s))
+        .map(|h, up, peer, s| reply::finish(ws::upgrade(h, up, peer, s)));
     let group_routes = new_group
         .or(my_groups)
         .unify()
@@ -261,9 +273,26 @@ pub fn routes(
         .or(presence)
         .unify()
         .or(group_routes)
+        .unify()
+        .or(websocket)
         .unify();
 
+    let page = warp::path::end()
+        .and(warp::get())
+        .and(warp::header::headers_cloned())
+        .map(|h: warp::http::HeaderMap| reply::finish(web::file(web::PAGE, &h)));
+    let web_files = warp::path("web")
+        .and(warp::path::tail())
+        .and(warp::get())
+        .and(warp::header::headers_cloned())
+        .map(|t: warp::path::Tail, h: warp::http::HeaderMap| {
+            reply::finish(web::file(t.as_str(), &h))
+        });
     seed.or(messenger)
+        .unify()
+        .or(page)
+        .unify()
+        .or(web_files)
         .unify()
         .recover(|r| async move { Ok::<_, Infallible>(rejected(r)) })
         .unify()

@@ -1,54 +1,94 @@
-//! The TCP accept loop, and the server-wide connection limit.
+//! Admission, shared by every transport: the server-wide connection limit, the line of
+//! connections over it that wait to be refused, and connection ids; and the TCP accept loop.
+//! (WebSocket connections arrive through the HTTP server's `/ws`: see `http/ws.rs`.)
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
-use super::transport::TcpTransport;
+use super::transport::{TcpTransport, Transport};
 use super::{Relay, session};
+use crate::delivery::ConnId;
 
-/// Accepts connections until `shutdown`, serving each in its own task on `tasks`.
-pub async fn serve(
-    listener: TcpListener,
-    relay: Arc<Relay>,
-    shutdown: CancellationToken,
-    tasks: TaskTracker,
-) {
-    let ids = AtomicU64::new(1);
-    let open = Arc::new(Semaphore::new(relay.limits.max_connections));
-    // `--refusal-backlog`: the connections over the limit that wait for their `Regist` to be
-    // told `too_many_connections` (a v1 client cannot be told, so the answer waits for the
-    // version).
-    let refusals = Arc::new(Semaphore::new(relay.limits.refusal_backlog));
+/// The connection slots of every transport together.
+pub struct Gate {
+    /// `--max-connections`: a permit is a connection slot.
+    open: Arc<Semaphore>,
+    /// `--refusal-backlog`: the connections over the limit that wait for their `Regist` to be
+    /// told `too_many_connections` (a v1 client cannot be told, so the answer waits for the
+    /// version).
+    refusals: Arc<Semaphore>,
+    ids: AtomicU64,
+}
+
+/// A connection let in: its id and its place (within the limit, or waiting to be refused).
+pub struct Admitted {
+    pub(super) id: ConnId,
+    pub(super) slot: session::Slot,
+}
+
+impl Gate {
+    pub fn new(max_connections: usize, refusal_backlog: usize) -> Self {
+        Gate {
+            open: Arc::new(Semaphore::new(max_connections)),
+            refusals: Arc::new(Semaphore::new(refusal_backlog)),
+            ids: AtomicU64::new(1),
+        }
+    }
+
+    /// A place for a new connection; `None` when even the line of refusals is full, and the
+    /// connection is to be closed at once.
+    pub fn admit(&self) -> Option<Admitted> {
+        let slot = match self.open.clone().try_acquire_owned() {
+            Ok(_permit) => session::Slot::Open { _permit },
+            Err(_) => match self.refusals.clone().try_acquire_owned() {
+                Ok(_permit) => session::Slot::Refused { _permit },
+                Err(_) => return None,
+            },
+        };
+        let id = self.ids.fetch_add(1, Ordering::Relaxed);
+        Some(Admitted { id, slot })
+    }
+}
+
+impl Relay {
+    /// Serves one admitted connection in its own task, until it closes or the server shuts
+    /// down. `transport` is the connection once it is ready to carry frames (a WebSocket,
+    /// once the HTTP upgrade is done), or `None` if it was lost before.
+    pub fn spawn<T: Transport>(
+        self: &Arc<Self>,
+        admitted: Admitted,
+        peer: SocketAddr,
+        transport: impl Future<Output = Option<T>> + Send + 'static,
+    ) {
+        let relay = self.clone();
+        self.tasks.spawn(async move {
+            if let Some(transport) = transport.await {
+                session::run(relay, transport, peer, admitted).await;
+            }
+        });
+    }
+}
+
+/// Accepts TCP connections until the server shuts down.
+pub async fn serve(listener: TcpListener, relay: Arc<Relay>) {
     loop {
         let accepted = tokio::select! {
-            _ = shutdown.cancelled() => return,
+            _ = relay.shutdown.cancelled() => return,
             accepted = listener.accept() => accepted,
         };
         match accepted {
             Ok((stream, peer)) => {
-                // A permit from `open` is a connection slot; one from `refusals` is a place in
-                // the line of connections that are only waiting to be refused.
-                let permit = match open.clone().try_acquire_owned() {
-                    Ok(_permit) => session::Slot::Open { _permit },
-                    Err(_) => match refusals.clone().try_acquire_owned() {
-                        Ok(_permit) => session::Slot::Refused { _permit },
-                        Err(_) => {
-                            tracing::warn!(%peer, "connection limit reached; closed at once");
-                            continue;
-                        }
-                    },
+                let Some(admitted) = relay.gate.admit() else {
+                    tracing::warn!(%peer, "connection limit reached; closed at once");
+                    continue;
                 };
-                let id = ids.fetch_add(1, Ordering::Relaxed);
                 let transport = TcpTransport::new(stream, relay.limits.max_frame_bytes);
-                let fut =
-                    session::run(relay.clone(), transport, peer, id, permit, shutdown.clone());
-                tasks.spawn(fut);
+                relay.spawn(admitted, peer, std::future::ready(Some(transport)));
             }
             Err(e) => {
                 // Usually out of file descriptors. Back off instead of spinning; connections

@@ -2,8 +2,10 @@
 //! every stream entry live or on reconnect, for version 1 (Go-server) and version 2 clients
 //! alike, over any transport.
 //!
-//! - `listener`: the TCP accept loop and the server-wide connection limit.
-//! - `transport/`: frame I/O behind a trait (`tcp.rs` today).
+//! - `listener`: admission (the connection slots every transport shares) and the TCP accept
+//!   loop.
+//! - `transport/`: frame I/O behind a trait: `tcp.rs`, `ws.rs` (WebSocket, upgraded by the
+//!   HTTP server's `/ws`).
 //! - `session/`: one connection, from its first frame to its close (`dialect.rs`: what the
 //!   protocol version decides).
 //! - `outbox`: a connection's bounded send queue.
@@ -23,9 +25,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use governor::Quota;
-pub use listener::serve;
+pub use listener::{Admitted, Gate, serve};
 pub use presence::Presence;
 pub use router::LocalRouter;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+pub use transport::WsTransport;
 
 use crate::config::{AuthMode, RelayConfig, RelayPolicy};
 use crate::store::Store;
@@ -39,6 +44,12 @@ pub struct Relay {
     /// `--relay-policy friends`.
     pub friends_only: bool,
     pub limits: Limits,
+    /// Connection slots, shared by TCP and WebSocket.
+    pub gate: Gate,
+    /// Every connection's task, so that shutdown can wait for them.
+    tasks: TaskTracker,
+    /// The server's shutdown: every connection watches it.
+    shutdown: CancellationToken,
 }
 
 impl Relay {
@@ -48,8 +59,13 @@ impl Relay {
         presence: Arc<Presence>,
         auth: AuthMode,
         c: &RelayConfig,
+        tasks: TaskTracker,
+        shutdown: CancellationToken,
     ) -> Self {
         Relay {
+            gate: Gate::new(c.max_connections, c.refusal_backlog),
+            tasks,
+            shutdown,
             store,
             router,
             presence,
@@ -69,14 +85,14 @@ pub struct Limits {
     pub replay_batch: usize,
     /// `--rate-limit` and `--rate-burst`; `None` when off.
     pub rate: Option<Quota>,
-    pub max_connections: usize,
-    pub refusal_backlog: usize,
     pub max_connections_per_user: usize,
     pub regist_deadline: Duration,
     /// `None` when off.
     pub idle_timeout: Option<Duration>,
     /// `--typing-limit`, per connection.
     pub typing: Quota,
+    /// `--ws-ping-interval`; `None` when off.
+    pub ws_ping: Option<Duration>,
 }
 
 impl Limits {
@@ -91,12 +107,11 @@ impl Limits {
             send_queue_bytes: c.send_queue_bytes,
             replay_batch: c.replay_batch,
             rate,
-            max_connections: c.max_connections,
-            refusal_backlog: c.refusal_backlog,
             max_connections_per_user: c.max_connections_per_user,
             regist_deadline: c.regist_deadline,
             idle_timeout: (!c.idle_timeout.is_zero()).then_some(c.idle_timeout),
             typing: Quota::per_second(c.typing_limit).allow_burst(c.typing_limit),
+            ws_ping: (!c.ws_ping_interval.is_zero()).then_some(c.ws_ping_interval),
         }
     }
 }

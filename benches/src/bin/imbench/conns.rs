@@ -1,24 +1,27 @@
 //! `imbench conns`: N registered idle connections, held for T seconds, then probe messages
 //! to a random sample of them. Measures what an idle connection costs the server.
 //!
-//! Each connection is a different user with no token, so the server must run with
-//! `--auth open` (logging in tens of thousands of users would measure password hashing).
+//! Over TCP each connection is a different user with no token (protocol 1), so the server
+//! must run with `--auth open` (logging in tens of thousands of users would measure
+//! password hashing). Over WebSocket (protocol 2, tokens) `--per-user` connections share
+//! each account, and the server needs `--max-connections-per-user` at least that.
 //! One client address has about 28,000 ephemeral ports; connections are spread over
 //! several source addresses of 127.0.0.0/8 so that N is limited by file descriptors only.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use bytes::BytesMut;
 use futures::StreamExt;
 use improto::{Envelope, Message, PacketKind};
-use tokio::io::AsyncWriteExt;
 
 use crate::peer::{self, Account, Proto};
 use crate::report::Report;
 use crate::server::Server;
+use crate::wire::{Endpoint, Transport};
 
 #[derive(clap::Args, Debug)]
 pub struct Opts {
@@ -37,6 +40,9 @@ pub struct Opts {
     /// Connections being opened at once.
     #[arg(long, default_value_t = 256)]
     parallel: usize,
+    /// Over WebSocket: connections per account.
+    #[arg(long, default_value_t = 100)]
+    per_user: usize,
 }
 
 /// Counters shared by the tasks that hold the connections.
@@ -51,11 +57,30 @@ struct Held {
 const BASE_ID: u64 = 1_000_000;
 
 pub async fn run(
-    tcp: SocketAddr,
+    ep: &Endpoint,
     server: &Server,
     idle: Duration,
     o: Opts,
 ) -> anyhow::Result<Report> {
+    // Who each connection is, and who probes them.
+    let (accounts, proto, per_user) = match ep.transport {
+        Transport::Tcp => {
+            let ids = (0..=o.conns as u64).map(|i| Account {
+                id: (BASE_ID + i).to_string(),
+                token: None,
+            });
+            (ids.collect::<Vec<_>>(), Proto::V1, 1)
+        }
+        Transport::Ws => {
+            let per_user = o.per_user.max(1);
+            let users = o.conns.div_ceil(per_user);
+            let accounts = peer::accounts(ep.http, users + 1, 0)
+                .await
+                .context("accounts (the server needs --regist-limit 0)")?;
+            (accounts, Proto::V2, per_user)
+        }
+    };
+    let (prober, accounts) = accounts.split_last().context("no accounts")?;
     let idle_server = server.sample()?;
     let held = Arc::new(Held::default());
     let start = Instant::now();
@@ -63,14 +88,10 @@ pub async fn run(
     let opened: Vec<anyhow::Result<()>> = futures::stream::iter(0..o.conns)
         .map(|i| {
             let held = held.clone();
+            let account = accounts[i / per_user].clone();
             async move {
                 let ip = Ipv4Addr::new(127, 0, 0, 1 + (i % sources as usize) as u8);
-                let stream = peer::connect(tcp, Some(ip)).await?;
-                let account = Account {
-                    id: (BASE_ID + i as u64).to_string(),
-                    token: None,
-                };
-                let (mut frames, write) = peer::register(stream, &account, Proto::V1, 64).await?;
+                let (mut frames, write) = peer::open(ep, Some(ip), &account, proto, 64).await?;
                 tokio::spawn(async move {
                     // Keep the write half: dropping it would half-close the connection.
                     let _write = write;
@@ -102,21 +123,20 @@ pub async fn run(
     let after_hold = server.sample()?;
     let dropped = held.dropped.load(Ordering::Relaxed);
 
-    // Probes to a random sample of the connections (each is its own user).
-    let sample = rand::seq::index::sample(&mut rand::rng(), o.conns, o.probes.min(o.conns));
-    let prober = Account {
-        id: (BASE_ID + o.conns as u64).to_string(),
-        token: None,
-    };
-    let (_frames, mut write) =
-        peer::register(peer::connect(tcp, None).await?, &prober, Proto::V1, 64).await?;
+    // Probes to a random sample of the users: each reaches every connection of its user.
+    let users = accounts.len();
+    let sample = rand::seq::index::sample(&mut rand::rng(), users, o.probes.min(users));
+    let (_frames, mut write) = peer::open(ep, None, prober, proto, 64).await?;
     let mut buf = BytesMut::new();
     for i in sample.iter() {
-        let to = (BASE_ID + i as u64).to_string();
+        let to = &accounts[i].id;
         peer::push_packet(&mut buf, &Message::new(&prober.id, to, "probe").into());
     }
     write.write_all(&buf).await?;
-    let probes = sample.len() as u64;
+    let probes = sample
+        .iter()
+        .map(|i| (o.conns - i * per_user).min(per_user) as u64)
+        .sum::<u64>();
     let deadline = Instant::now() + idle;
     while held.probes.load(Ordering::Relaxed) < probes && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;

@@ -7,14 +7,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use bytes::{Bytes, BytesMut};
-use futures::StreamExt;
 use hdrhistogram::Histogram;
 use improto::{Ack, Envelope, PacketKind};
-use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::Semaphore;
 
-use crate::peer::{Frames, MessageFrames, Proto, parse_text, push_packet, since};
+use crate::peer::{MessageFrames, Proto, parse_text, push_packet, since};
+use crate::wire::{Reader, Writer};
 
 /// At most this many messages go out in one write.
 const SEND_BATCH: usize = 64;
@@ -25,12 +23,12 @@ const ACK_EVERY: u64 = 64;
 /// Sends messages `0..count` of a pair, each taking a permit of `window` (given back by
 /// whatever end counts them), several per write when permits allow.
 pub async fn send(
-    mut write: OwnedWriteHalf,
+    mut write: Writer,
     frames: MessageFrames,
     count: u64,
     window: Arc<Semaphore>,
     epoch: Instant,
-) -> anyhow::Result<OwnedWriteHalf> {
+) -> anyhow::Result<Writer> {
     let mut buf = BytesMut::with_capacity(SEND_BATCH * 128);
     let mut k = 0;
     while k < count {
@@ -125,8 +123,8 @@ impl Totals {
 /// Reads messages `0..expect` of a pair until all arrived, the stream ends, or nothing came
 /// for `idle`. A v2 receiver acknowledges what it read, as a real client would.
 pub async fn receive(
-    mut frames: Frames,
-    mut write: OwnedWriteHalf,
+    mut frames: Reader,
+    mut write: Writer,
     expect: u64,
     proto: Proto,
     window: Option<Arc<Semaphore>>,
@@ -181,7 +179,7 @@ pub async fn receive(
         if proto == Proto::V2 {
             max_seq = env.seq().unwrap_or(max_seq);
             unacked += 1;
-            if unacked >= ACK_EVERY || r.delivered == expect || frames.read_buffer().is_empty() {
+            if unacked >= ACK_EVERY || r.delivered == expect || frames.drained() {
                 push_packet(&mut buf, &Ack::new(max_seq).into());
                 write.write_all(&buf).await?;
                 buf.clear();
@@ -202,7 +200,7 @@ pub struct Acked {
 /// Counts the `Ack`s of a v2 sender's messages until `expect` arrived, the stream ended, or
 /// nothing came for `idle`; each gives a permit back to `window` when there is one.
 pub async fn count_acks(
-    mut frames: Frames,
+    mut frames: Reader,
     expect: u64,
     window: Option<Arc<Semaphore>>,
     idle: Duration,
@@ -236,7 +234,7 @@ pub async fn count_acks(
 }
 
 /// The next frame, or `None` when the stream ended or nothing came for `idle`.
-async fn next_within(frames: &mut Frames, idle: Duration) -> anyhow::Result<Option<Bytes>> {
+async fn next_within(frames: &mut Reader, idle: Duration) -> anyhow::Result<Option<Bytes>> {
     match tokio::time::timeout(idle, frames.next()).await {
         Ok(Some(frame)) => Ok(Some(frame.context("receiving")?)),
         Ok(None) | Err(_) => Ok(None),

@@ -3,7 +3,6 @@
 //! What it measures is the cost of a delivered copy: one message becomes M - 1 of them,
 //! each stored in its member's stream and written to its member's connection.
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -13,6 +12,7 @@ use crate::flow::{self, Acked, Received, Totals};
 use crate::peer::{self, MessageFrames, Proto};
 use crate::report::Report;
 use crate::server::Server;
+use crate::wire::Endpoint;
 
 #[derive(clap::Args, Debug)]
 pub struct Opts {
@@ -34,13 +34,12 @@ pub struct Opts {
 }
 
 pub async fn run(
-    tcp: SocketAddr,
-    http: Option<SocketAddr>,
+    ep: &Endpoint,
     server: &Server,
     idle: Duration,
     o: Opts,
 ) -> anyhow::Result<Report> {
-    let Some(http) = http else {
+    let Some(http) = ep.http else {
         bail!("group needs --http: groups are made over the HTTP API, and protocol 2 needs tokens");
     };
     if o.members < 2 {
@@ -73,16 +72,12 @@ pub async fn run(
     let mut senders = Vec::new();
     for (id, owner, others) in &groups {
         let conns = futures::stream::iter(others.iter())
-            .map(|m| async move {
-                let stream = peer::connect(tcp, None).await?;
-                peer::register(stream, m, Proto::V2, 64 * 1024).await
-            })
+            .map(|m| peer::open(ep, None, m, Proto::V2, 64 * 1024))
             .buffered(16)
             .try_collect::<Vec<_>>()
             .await?;
         receivers.push(conns);
-        let stream = peer::connect(tcp, None).await?;
-        let (frames, write) = peer::register(stream, owner, Proto::V2, 64 * 1024).await?;
+        let (frames, write) = peer::open(ep, None, owner, Proto::V2, 64 * 1024).await?;
         let messages = MessageFrames::new(&owner.id, id, o.size, Proto::V2);
         senders.push((messages, frames, write));
     }

@@ -8,7 +8,8 @@
 //!
 //! ## Layout
 //!
-//! - `peer`: connecting, registering, accounts and tokens, the benchmark's messages;
+//! - `wire`: TCP or WebSocket (`--transport`);
+//! - `peer`: registering, accounts and tokens, the benchmark's messages;
 //! - `flow`: the windowed sender and the counting receiver, shared by the modes;
 //! - `relay`, `group`, `conns`, `offline`: the modes;
 //! - `server`: `/proc/<pid>` readings; `report`: the output.
@@ -21,6 +22,7 @@ mod peer;
 mod relay;
 mod report;
 mod server;
+mod wire;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -40,6 +42,10 @@ struct Cli {
     /// with `--auth open`.
     #[arg(long, global = true)]
     http: Option<SocketAddr>,
+    /// How the connections reach the relay: `tcp` (`--tcp`), or `ws`: WebSocket on the HTTP
+    /// port's `/ws` (`--http`; version 2 only).
+    #[arg(long, global = true, value_enum, default_value = "tcp")]
+    transport: wire::Transport,
     /// The server's PID, to report its CPU time per message and its memory.
     #[arg(long, global = true)]
     pid: Option<u32>,
@@ -81,11 +87,16 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async move {
         let server = server::Server::new(cli.pid)?;
         let idle = Duration::from_secs(cli.idle);
+        let ep = wire::Endpoint {
+            transport: cli.transport,
+            tcp: cli.tcp,
+            http: cli.http,
+        };
         let report = match cli.mode {
-            Mode::Relay(o) => relay::run(cli.tcp, cli.http, &server, idle, o).await?,
-            Mode::Group(o) => group::run(cli.tcp, cli.http, &server, idle, o).await?,
-            Mode::Conns(o) => conns::run(cli.tcp, &server, idle, o).await?,
-            Mode::Offline(o) => offline::run(cli.tcp, cli.http, &server, idle, o).await?,
+            Mode::Relay(o) => relay::run(&ep, &server, idle, o).await?,
+            Mode::Group(o) => group::run(&ep, &server, idle, o).await?,
+            Mode::Conns(o) => conns::run(&ep, &server, idle, o).await?,
+            Mode::Offline(o) => offline::run(&ep, &server, idle, o).await?,
             Mode::Token { user, password } => {
                 let http = cli
                     .http

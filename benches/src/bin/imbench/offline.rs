@@ -2,7 +2,6 @@
 //! count the server's `Ack`s (an `Ack` means stored); then the receivers connect and drain
 //! their inboxes. Measures the store's write and replay rates.
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -11,6 +10,7 @@ use crate::flow;
 use crate::peer::{self, MessageFrames, Proto};
 use crate::report::Report;
 use crate::server::Server;
+use crate::wire::Endpoint;
 
 #[derive(clap::Args, Debug)]
 pub struct Opts {
@@ -29,18 +29,17 @@ pub struct Opts {
 }
 
 pub async fn run(
-    tcp: SocketAddr,
-    http: Option<SocketAddr>,
+    ep: &Endpoint,
     server: &Server,
     idle: Duration,
     o: Opts,
 ) -> anyhow::Result<Report> {
-    if http.is_none() {
+    if ep.http.is_none() {
         bail!("offline mode acknowledges with protocol 2, which needs tokens: pass --http");
     }
     let per_user = o.messages / o.users as u64;
     let total = per_user * o.users as u64;
-    let accounts = peer::accounts(http, 2 * o.users, 0).await?;
+    let accounts = peer::accounts(ep.http, 2 * o.users, 0).await?;
     let (senders, receivers): (Vec<_>, Vec<_>) = accounts
         .chunks(2)
         .map(|p| (p[0].clone(), p[1].clone()))
@@ -49,8 +48,7 @@ pub async fn run(
     // Store: every sender sends its share to its (offline) receiver.
     let mut conns = Vec::new();
     for (from, to) in senders.iter().zip(&receivers) {
-        let (frames, write) =
-            peer::register(peer::connect(tcp, None).await?, from, Proto::V2, 4096).await?;
+        let (frames, write) = peer::open(ep, None, from, Proto::V2, 4096).await?;
         conns.push((
             MessageFrames::new(&from.id, &to.id, o.size, Proto::V2),
             frames,
@@ -87,9 +85,9 @@ pub async fn run(
     let drain_start = Instant::now();
     let mut tasks = Vec::new();
     for to in receivers {
+        let ep = *ep;
         tasks.push(tokio::spawn(async move {
-            let (frames, write) =
-                peer::register(peer::connect(tcp, None).await?, &to, Proto::V2, 64 * 1024).await?;
+            let (frames, write) = peer::open(&ep, None, &to, Proto::V2, 64 * 1024).await?;
             flow::receive(frames, write, per_user, Proto::V2, None, epoch, idle).await
         }));
     }

@@ -2,20 +2,15 @@
 //! the messages it sends: each carries its number in the pair's sequence and the time it
 //! was written, so the receiving end can count gaps and measure latency.
 
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Instant;
 
 use anyhow::{Context, bail};
 use bytes::{BufMut, BytesMut};
 use futures::{StreamExt, TryStreamExt};
-use improto::{Envelope, FrameCodec, Packet, PacketKind, Regist};
-use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::{TcpSocket, TcpStream};
-use tokio_util::codec::FramedRead;
+use improto::{Envelope, Packet, PacketKind, Regist};
 
-/// The receiving half of a connection, frame by frame.
-pub type Frames = FramedRead<OwnedReadHalf, FrameCodec>;
+use crate::wire::{Endpoint, Reader, Writer};
 
 /// Protocol version 1 (the Go server's) or 2 (acknowledged, sequenced).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -112,26 +107,16 @@ async fn post(
     Ok(body)
 }
 
-/// Connects to `tcp`, from `source` (an address of 127.0.0.0/8) when given.
-pub async fn connect(tcp: SocketAddr, source: Option<Ipv4Addr>) -> std::io::Result<TcpStream> {
-    let socket = TcpSocket::new_v4()?;
-    if let Some(ip) = source {
-        socket.bind(SocketAddrV4::new(ip, 0).into())?;
-    }
-    let stream = socket.connect(tcp).await?;
-    stream.set_nodelay(true)?;
-    Ok(stream)
-}
-
-/// Sends `Regist` for `account` on `stream`; a v2 connection also waits for `Registered`.
-pub async fn register(
-    stream: TcpStream,
+/// A connection to `endpoint` (from `source`, an address of 127.0.0.0/8, when given) that
+/// has sent `Regist` for `account`; a v2 connection has also been answered `Registered`.
+pub async fn open(
+    endpoint: &Endpoint,
+    source: Option<Ipv4Addr>,
     account: &Account,
     proto: Proto,
     read_buffer: usize,
-) -> anyhow::Result<(Frames, OwnedWriteHalf)> {
-    let (read, mut write) = stream.into_split();
-    let mut frames = FramedRead::with_capacity(read, FrameCodec::new(), read_buffer);
+) -> anyhow::Result<(Reader, Writer)> {
+    let (mut frames, mut write) = endpoint.connect(source, read_buffer).await?;
     let mut regist = match (&account.token, proto) {
         (Some(token), Proto::V2) => Regist::v2(&account.id, token),
         (None, Proto::V2) => bail!("protocol 2 needs tokens: pass --http"),

@@ -1,7 +1,6 @@
 //! `imbench relay`: P sender→receiver pairs, each sending its share of M messages through
 //! the server with at most W in flight; counts what arrived and how late.
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -10,6 +9,7 @@ use crate::flow::{self, Acked, Received, Totals};
 use crate::peer::{self, MessageFrames, Proto};
 use crate::report::Report;
 use crate::server::Server;
+use crate::wire::{Endpoint, Transport};
 
 #[derive(clap::Args, Debug)]
 pub struct Opts {
@@ -31,21 +31,18 @@ pub struct Opts {
 }
 
 pub async fn run(
-    tcp: SocketAddr,
-    http: Option<SocketAddr>,
+    ep: &Endpoint,
     server: &Server,
     idle: Duration,
     o: Opts,
 ) -> anyhow::Result<Report> {
     let per_pair = o.messages / o.pairs as u64;
-    let accounts = peer::accounts(http, 2 * o.pairs, 100_000).await?;
+    let accounts = peer::accounts(ep.http, 2 * o.pairs, 100_000).await?;
     let mut pairs = Vec::with_capacity(o.pairs);
     for pair in accounts.chunks(2) {
         let (from, to) = (&pair[0], &pair[1]);
-        let (s_frames, s_write) =
-            peer::register(peer::connect(tcp, None).await?, from, o.proto, 4096).await?;
-        let (r_frames, r_write) =
-            peer::register(peer::connect(tcp, None).await?, to, o.proto, 64 * 1024).await?;
+        let (s_frames, s_write) = peer::open(ep, None, from, o.proto, 4096).await?;
+        let (r_frames, r_write) = peer::open(ep, None, to, o.proto, 64 * 1024).await?;
         let frames = MessageFrames::new(&from.id, &to.id, o.size, o.proto);
         pairs.push((frames, s_frames, s_write, r_frames, r_write));
     }
@@ -111,6 +108,13 @@ pub async fn run(
         .param("size", o.size)
         .param("window", o.window)
         .param("proto", o.proto as u8 + 1)
+        .param(
+            "transport",
+            match ep.transport {
+                Transport::Tcp => "tcp",
+                Transport::Ws => "ws",
+            },
+        )
         .int("delivered", delivered)
         .int("missing", per_pair * o.pairs as u64 - delivered)
         .int("out_of_order", t.out_of_order)

@@ -49,8 +49,9 @@ use tracing::{info, warn};
 pub(super) use dialect::Dialect;
 
 use super::Relay;
+use super::listener::Admitted;
 use super::outbox::{self, Inbox, Outbound, Outbox, QueueLimits, Untold};
-use super::transport::{Transport, spliceable};
+use super::transport::{Close, Transport, spliceable};
 use crate::auth;
 use crate::delivery::{ConnId, Delivery};
 use crate::id::{Address, UserId};
@@ -59,7 +60,7 @@ use crate::store::{Appended, Appends, NewMessage, Outcome, Replies, StoreError};
 /// Stop gathering queued frames into one write past this many bytes.
 const COALESCE_BYTES: usize = 64 * 1024;
 
-/// How long the last `Error` before a close may take to write.
+/// How long the last `Error` before a close may take to write (and, again, the close).
 const FAREWELL_WRITE: Duration = Duration::from_secs(1);
 
 /// A connection's place under `--max-connections`.
@@ -112,6 +113,29 @@ impl Stop {
             Stop::Refused { code, reason } => Some(ErrorPacket::new(code.clone(), reason)),
             _ => None,
         }
+    }
+
+    /// How a transport that can say why it closes (WebSocket) says it; `None` where the
+    /// connection is broken and nothing can be said.
+    fn close(&self) -> Option<Close> {
+        Some(match self {
+            Stop::PeerClosed | Stop::Idle => Close::Normal,
+            Stop::Shutdown => Close::GoingAway,
+            Stop::Evicted => Close::TryAgainLater,
+            Stop::RegistDeadline => Close::Policy,
+            Stop::Refused {
+                code: ErrorCode::TooManyConnections,
+                ..
+            } => Close::TryAgainLater,
+            Stop::Refused { .. } => Close::Policy,
+            Stop::Protocol(ProtoError::FrameTooLarge { .. }) => Close::TooBig,
+            Stop::Protocol(ProtoError::Io(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
+                Close::Protocol
+            }
+            Stop::Protocol(ProtoError::Truncated { .. }) => Close::Protocol,
+            Stop::Protocol(_) | Stop::Io(_) => return None,
+            Stop::Store(_) => Close::Internal,
+        })
     }
 }
 
@@ -169,14 +193,13 @@ pub(super) async fn run<T: Transport>(
     relay: Arc<Relay>,
     transport: T,
     peer: SocketAddr,
-    id: ConnId,
-    slot: Slot,
-    shutdown: CancellationToken,
+    Admitted { id, slot }: Admitted,
 ) {
     let limits = QueueLimits {
         frames: relay.limits.send_queue,
         bytes: relay.limits.send_queue_bytes,
     };
+    let shutdown = relay.shutdown.clone();
     let evict = shutdown.child_token();
     let (outbox, inbox) = outbox::channel(id, limits, evict.clone());
     let now = Instant::now();
@@ -223,15 +246,14 @@ pub(super) async fn run<T: Transport>(
             Event::Stop(stop) => Err(stop),
             Event::Queued(item) => s.send_queued(item, &inbox).await,
             Event::Frame(None) => Err(Stop::PeerClosed),
-            // The frame reader fails only on stream errors: oversized or truncated.
-            Event::Frame(Some(Err(e))) => Err(Stop::Protocol(e)),
-            Event::Frame(Some(Ok(payload))) => {
+            Event::Frame(Some(Err(e))) if e.is_fatal() => Err(Stop::Protocol(e)),
+            Event::Frame(Some(frame)) => {
                 s.last_frame = Instant::now();
                 let was_registered = s.user.is_some();
                 // Boxed: a task is as large as the largest future it awaits inline, and
                 // handling frames (a `Regist`, messages with their rate limit and store
                 // queue) needs about 900 bytes that an idle connection would otherwise hold.
-                let handled = Box::pin(s.burst(payload)).await;
+                let handled = Box::pin(s.burst(frame)).await;
                 if !was_registered && s.user.is_some() {
                     // From the `Regist` deadline to the idle timeout.
                     if let Ok(at) = s.next_deadline() {
@@ -258,6 +280,9 @@ pub(super) async fn run<T: Transport>(
         s.transport.discard();
         s.transport.push_packet(&error.into());
         let _ = tokio::time::timeout(FAREWELL_WRITE, s.transport.flush()).await;
+    }
+    if let Some(why) = stop.close() {
+        let _ = tokio::time::timeout(FAREWELL_WRITE, s.transport.close(why)).await;
     }
     let user = s.user.map(|u| u.get());
     match &stop {
@@ -290,18 +315,27 @@ impl<T: Transport> Session<T> {
     /// Handles `first` and every frame that arrived with it, then hands the messages among
     /// them to the store in one request. A v2 sender at its limit of unanswered messages
     /// stops the burst early; its other frames wait in the transport.
-    async fn burst(&mut self, first: Bytes) -> Result<(), Stop> {
+    async fn burst(&mut self, first: Result<Bytes, ProtoError>) -> Result<(), Stop> {
         let mut frame = first;
         let ended = loop {
-            if let Err(stop) = self.handle(frame).await {
+            let handled = match frame {
+                Ok(payload) => self.handle(payload).await,
+                Err(e) if e.is_fatal() => Err(Stop::Protocol(e)),
+                // A frame the transport could not take as a packet (a WebSocket binary
+                // message): refused alone.
+                Err(e) => {
+                    let code = ErrorCode::for_error(&e).unwrap_or(ErrorCode::BadPacket);
+                    self.reject(code, e.to_string(), None).await
+                }
+            };
+            if let Err(stop) = handled {
                 break Err(stop);
             }
             if self.unacked >= self.max_unacked {
                 break Ok(());
             }
             match self.transport.try_recv() {
-                Some(Ok(next)) => frame = next,
-                Some(Err(e)) => break Err(Stop::Protocol(e)),
+                Some(next) => frame = next,
                 None => break Ok(()),
             }
         };
@@ -416,6 +450,11 @@ impl<T: Transport> Session<T> {
                 return Ok(()); // a repeated Regist changes nothing
             }
             let reason = format!("this connection is already registered as {current}");
+            return self.reject(ErrorCode::BadPacket, reason, None).await;
+        }
+        if !T::CARRIES_V1 && Dialect::of(r.version) == Dialect::V1 {
+            let reason =
+                "protocol version 1 is spoken over TCP only: send \"version\":2".to_owned();
             return self.reject(ErrorCode::BadPacket, reason, None).await;
         }
         // From here on the version decides what the connection is told, refusals included.

@@ -3,18 +3,28 @@
 //! session writes, so one session serves every kind of connection.
 //!
 //! - `tcp`: 4-byte big-endian length prefixes over a TCP stream (the protocol of PROTOCOL.md).
+//! - `ws`: one WebSocket text message per packet, over any byte stream (`/ws`, upgraded by the
+//!   HTTP server).
 
 mod tcp;
+mod ws;
 
 use std::future::Future;
 
 use bytes::Bytes;
 use improto::{Packet, ProtoError};
 pub use tcp::TcpTransport;
+pub use ws::WsTransport;
 
 /// One connection's frame I/O.
 pub trait Transport: Send + 'static {
+    /// Whether protocol version 1 (the Go server's) may be spoken over it. Only TCP: v1
+    /// clients never had another transport.
+    const CARRIES_V1: bool;
+
     /// The next frame's payload; `None` when the peer closed cleanly between frames.
+    /// An error that is not [fatal](ProtoError::is_fatal) concerns one frame, which is
+    /// refused, and the connection goes on; any other error ends it.
     /// Cancel-safe: the session selects on it with its send queue and timer.
     fn recv(&mut self) -> impl Future<Output = Option<Result<Bytes, ProtoError>>> + Send;
 
@@ -41,6 +51,29 @@ pub trait Transport: Send + 'static {
 
     /// Drops whatever is gathered: the connection is closing.
     fn discard(&mut self);
+
+    /// Tells the peer why the server is closing the connection, where the transport has a
+    /// way to (WebSocket close codes); after it, nothing more is written.
+    fn close(&mut self, why: Close) -> impl Future<Output = ()> + Send;
+}
+
+/// Why the server closes a connection, for transports that can say so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Close {
+    /// Done (the idle timeout, say).
+    Normal,
+    /// The server is shutting down.
+    GoingAway,
+    /// The connection broke a rule: no valid token, no `Regist` in time.
+    Policy,
+    /// A frame over `--max-frame-bytes`.
+    TooBig,
+    /// Bytes that are not the transport's framing.
+    Protocol,
+    /// Refused for now (the connection limit, a send queue that overflowed): come back later.
+    TryAgainLater,
+    /// The server failed (the store).
+    Internal,
 }
 
 /// A stored payload as one that a `seq` can be spliced into: the opening brace first and no

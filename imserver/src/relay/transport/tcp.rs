@@ -15,7 +15,7 @@ use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio_util::codec::Decoder;
 
-use super::{Transport, spliceable};
+use super::{Close, Transport, spliceable};
 
 /// The first read of a connection, and the smallest: enough for a `Regist` or a message.
 const MIN_READ: usize = 512;
@@ -51,6 +51,8 @@ impl TcpTransport {
 }
 
 impl Transport for TcpTransport {
+    const CARRIES_V1: bool = true;
+
     async fn recv(&mut self) -> Option<Result<Bytes, ProtoError>> {
         self.frames.next().await
     }
@@ -111,6 +113,9 @@ impl Transport for TcpTransport {
             self.out = BytesMut::new();
         }
     }
+
+    /// A TCP connection has no way to say why; the `Error` before it said it all.
+    async fn close(&mut self, _why: Close) {}
 }
 
 struct FrameReader {
