@@ -5,7 +5,7 @@
 # prints the median of each figure. Stops only the processes it started, by PID.
 #
 #   benches/run.sh                 # everything, 3 runs each (about 5 minutes)
-#   RUNS=5 benches/run.sh relay    # some: relay latency v2 group conns offline http
+#   RUNS=5 benches/run.sh relay    # some: relay latency v2 ws group conns offline http
 #   IMSERVER_EXTRA="--max-batch 4096" benches/run.sh v2   # server flags to try
 #
 # Needs Python 3 (for the medians) and wrk (for `http`; installed with apt-get when
@@ -18,7 +18,8 @@ MESSAGES=${MESSAGES:-1000000}
 CONNS=${CONNS:-19000}
 HOLD=${HOLD:-10}
 OUT=${OUT:-target/bench}
-SCENARIOS=${*:-relay latency v2 group conns offline http}
+WS_CONNS=${WS_CONNS:-10000}
+SCENARIOS=${*:-relay latency v2 ws group conns offline http}
 BIN=target/release
 
 cargo build --release -p imserver -p imbench
@@ -126,6 +127,19 @@ for run in $(seq "$RUNS"); do
             bench relay-v2 --tcp "$TCP" --http "$HTTP" relay --proto 2 --messages "$MESSAGES"
             stop
             ;;
+        ws)
+            # v2 over TCP and over WebSocket in the same run (50 pairs, W=100), then
+            # WS_CONNS idle WebSocket connections, 100 per account (each needs a token).
+            start_imserver
+            bench ws-tcp --tcp "$TCP" --http "$HTTP" relay --proto 2 --messages "$MESSAGES"
+            stop
+            start_imserver
+            bench ws-ws --tcp "$TCP" --http "$HTTP" --transport ws relay --proto 2 --messages "$MESSAGES"
+            stop
+            start_imserver --max-connections-per-user 100
+            bench conns-ws --tcp "$TCP" --http "$HTTP" --transport ws conns --conns "$WS_CONNS" --hold "$HOLD" --per-user 100
+            stop
+            ;;
         group)
             # 10 groups of 100 online members, then 2 of 1000: what a delivered copy
             # costs. Compared with refrelay's relayed message (run it in the same call:
@@ -214,7 +228,7 @@ def median(label, key):
     return statistics.median(values) if values else None
 
 print()
-print("== imserver against refrelay (ratios of medians)")
+print("== imserver against refrelay, and WebSocket against TCP (ratios of medians)")
 for label, ref, keys in [
     ("relay-v1", "relay-ref", ["cpu_us_per_msg", "msgs_per_s"]),
     ("relay-v2", "relay-ref", ["cpu_us_per_msg", "msgs_per_s"]),
@@ -222,6 +236,7 @@ for label, ref, keys in [
     ("group-100", "relay-ref", [("cpu_us_per_copy", "cpu_us_per_msg")]),
     ("group-1000", "relay-ref", [("cpu_us_per_copy", "cpu_us_per_msg")]),
     ("conns", "conns-ref", ["rss_bytes_per_conn"]),
+    ("ws-ws", "ws-tcp", ["cpu_us_per_msg", "msgs_per_s"]),
 ]:
     keys = [k if isinstance(k, tuple) else (k, k) for k in keys]
     pairs = [(k, median(label, k), median(ref, r)) for k, r in keys]

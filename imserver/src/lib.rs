@@ -1,8 +1,9 @@
 //! # imserver
 //!
 //! An instant-messaging server: a warp HTTP API (accounts, profiles, friends, requests,
-//! blocks, history) and a tokio TCP relay speaking [`improto`] frames, on an embedded SQLite
-//! store. It replaces an older Go server, keeping its wire protocol and HTTP API.
+//! blocks, history), a tokio relay speaking [`improto`] packets over TCP and over WebSocket
+//! (`/ws`), and a web chat built into the binary, on an embedded SQLite store. It replaces an
+//! older Go server, keeping its wire protocol and HTTP API.
 //!
 //! Every user has one stream: the messages they received, copies of the messages they sent
 //! (from any of their devices) and social events, each at the next `seq` of that stream. A
@@ -17,9 +18,11 @@
 //! - `config`: every flag and limit ([`Config`]), one group per room.
 //! - `id`: [`UserId`], parsed once at each edge, with one canonical form.
 //! - `http/`: the HTTP API (routes in `mod`, `users`, `friends`, `history`, `guard` for
-//!   bearer tokens and rate limits, `body`, `reply`).
-//! - `relay/`: the relay (`listener`, `transport/`, `session/` for one connection of either
-//!   protocol version, `outbox`, `router`).
+//!   bearer tokens and rate limits, `body`, `reply`), the WebSocket upgrade (`ws`) and the
+//!   web chat's files (`web`, from `imserver/web/`).
+//! - `relay/`: the relay (`listener` for admission and TCP, `transport/` for TCP and
+//!   WebSocket framing, `session/` for one connection of either protocol version, `outbox`,
+//!   `router`).
 //! - `delivery`: the seam between the store and live connections ([`delivery::Delivery`]).
 //! - `store/`: the storage traits by concern, the social rules, and the SQLite backend.
 //! - `auth`: password hashing and login tokens.

@@ -114,15 +114,15 @@ pub fn upgrade(
     };
     let accept = derive_accept_key(key.as_bytes());
     let (max_frame_bytes, ping) = (relay.limits.max_frame_bytes, relay.limits.ws_ping);
-    relay.spawn(admitted, peer, async move {
+    let relay = relay.clone();
+    s.relay.spawn(async move {
         match on_upgrade.await {
             Ok(upgraded) => {
-                Some(WsTransport::new(TokioIo::new(upgraded), max_frame_bytes, ping).await)
+                let io = TokioIo::new(upgraded);
+                let transport = WsTransport::new(io, max_frame_bytes, ping).await;
+                relay.serve(admitted, transport, peer).await;
             }
-            Err(e) => {
-                tracing::debug!(%peer, error = %e, "WebSocket upgrade failed");
-                None
-            }
+            Err(e) => tracing::debug!(%peer, error = %e, "WebSocket upgrade failed"),
         }
     });
     let mut response = Response::default();

@@ -56,21 +56,22 @@ impl Gate {
 }
 
 impl Relay {
-    /// Serves one admitted connection in its own task, until it closes or the server shuts
-    /// down. `transport` is the connection once it is ready to carry frames (a WebSocket,
-    /// once the HTTP upgrade is done), or `None` if it was lost before.
-    pub fn spawn<T: Transport>(
-        self: &Arc<Self>,
+    /// Serves one admitted connection until it closes or the server shuts down. A plain
+    /// function returning the session itself: a wrapper future would keep copies of its
+    /// arguments in every idle connection's task.
+    pub fn serve<T: Transport>(
+        self: Arc<Self>,
         admitted: Admitted,
+        transport: T,
         peer: SocketAddr,
-        transport: impl Future<Output = Option<T>> + Send + 'static,
-    ) {
-        let relay = self.clone();
-        self.tasks.spawn(async move {
-            if let Some(transport) = transport.await {
-                session::run(relay, transport, peer, admitted).await;
-            }
-        });
+    ) -> impl Future<Output = ()> + Send + 'static {
+        session::run(self, transport, peer, admitted)
+    }
+
+    /// Runs `connection` (a [`serve`](Self::serve), after whatever makes its transport) in
+    /// a task of its own, which shutdown waits for.
+    pub fn spawn(&self, connection: impl Future<Output = ()> + Send + 'static) {
+        self.tasks.spawn(connection);
     }
 }
 
@@ -88,7 +89,7 @@ pub async fn serve(listener: TcpListener, relay: Arc<Relay>) {
                     continue;
                 };
                 let transport = TcpTransport::new(stream, relay.limits.max_frame_bytes);
-                relay.spawn(admitted, peer, std::future::ready(Some(transport)));
+                relay.spawn(relay.clone().serve(admitted, transport, peer));
             }
             Err(e) => {
                 // Usually out of file descriptors. Back off instead of spinning; connections

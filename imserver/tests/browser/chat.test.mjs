@@ -331,6 +331,57 @@ test('a rate-limit refusal is shown in words, and the message still goes', async
   );
 });
 
+test('older messages load when scrolling back', async () => {
+  const ann = await person('Pia');
+  const bob = await person('Quinn');
+  await befriend(ann, bob);
+  await ann.page.reload();
+  await connected(ann.page);
+  await open(ann.page, 'Quinn');
+  const count = 57; // more than a page (50)
+  for (let i = 1; i <= count; i++) await say(ann.page, `line ${i}`);
+  await ann.page.locator('#messages li.mine .tick[aria-label="sending"]').waitFor({ state: 'detached' });
+
+  await bob.page.reload();
+  await connected(bob.page);
+  await open(bob.page, 'Pia');
+  await waitFor(bob.page, `line ${count}`);
+  assert.equal((await shown(bob.page)).length, 50, 'the newest page first');
+  // Scrolling to the top loads the rest, above what was there.
+  await bob.page.locator('#log').evaluate((log) => {
+    log.scrollTop = 0;
+  });
+  await bob.page.locator('#messages > li').nth(count - 1).waitFor();
+  const seen = await shown(bob.page);
+  assert.deepEqual(
+    seen.map((m) => m.text),
+    Array.from({ length: count }, (_, i) => `line ${i + 1}`),
+  );
+  assert.equal(await bob.page.locator('#older').isVisible(), false, 'nothing older is left');
+});
+
+test('a request can be declined, and a person blocked and unblocked', async () => {
+  const ann = await person('Rae');
+  const bob = await person('Sam');
+  await api(ann, 'POST', '/friends/requests', { user: bob.id, message: 'hi, it is Rae' });
+  await bob.page.locator('#incoming li', { hasText: 'hi, it is Rae' }).waitFor();
+  await bob.page.getByRole('button', { name: 'Decline Rae' }).click();
+  await bob.page.locator('#requests-empty').waitFor();
+
+  // Rae writes anyway (the server's default policy relays between anyone); Sam blocks her.
+  await ann.page.getByLabel('Add a friend by user id').fill(bob.id);
+  await ann.page.getByRole('button', { name: 'Send request' }).click();
+  await bob.page.getByRole('button', { name: 'Accept Rae' }).click();
+  await bob.page.locator('#friends').getByRole('button', { name: /Rae/ }).waitFor();
+  await open(bob.page, 'Rae');
+  bob.page.once('dialog', (d) => d.accept());
+  await bob.page.getByRole('button', { name: 'Block' }).click();
+  await bob.page.locator('#blocked li', { hasText: 'Rae' }).waitFor();
+  await bob.page.locator('#friends li', { hasText: 'Rae' }).waitFor({ state: 'detached' });
+  await bob.page.getByRole('button', { name: 'Unblock Rae' }).click();
+  await bob.page.locator('#blocked-empty').waitFor();
+});
+
 test('on a phone-sized screen, one pane at a time, usable by keyboard', async () => {
   const ann = await person('Ned', URL, { width: 360, height: 740 });
   const bob = await person('Ola');
