@@ -331,6 +331,40 @@ test('a rate-limit refusal is shown in words, and the message still goes', async
   );
 });
 
+test('a dropped connection is made again, and what was typed meanwhile is sent once', async () => {
+  const ann = await person('Tia');
+  const bob = await person('Uma');
+  await befriend(ann, bob);
+  // Ann's WebSocket goes through the test, which can cut it.
+  const live = [];
+  await ann.page.routeWebSocket(/\/ws$/, (ws) => {
+    const server = ws.connectToServer();
+    live.push([ws, server]);
+  });
+  await ann.page.reload();
+  await connected(ann.page);
+  await open(ann.page, 'Uma');
+  await say(ann.page, 'before the drop');
+  await ann.page.locator('#messages li.mine .tick[aria-label="sent"]').waitFor();
+
+  for (const [ws, server] of live.splice(0)) {
+    await server.close();
+    await ws.close({ code: 4000, reason: 'network dropped' });
+  }
+  await ann.page.locator('#conn-state', { hasText: 'Offline' }).waitFor();
+  await say(ann.page, 'typed while offline');
+  // Back by itself; the message kept in the outbox goes out and is stored.
+  await connected(ann.page);
+  await ann.page.locator('#messages li.mine .tick[aria-label="sending"]').waitFor({ state: 'detached' });
+  await open(bob.page, 'Tia');
+  await waitFor(bob.page, 'typed while offline');
+  const seen = await shown(bob.page);
+  assert.deepEqual(
+    seen.map((m) => m.text),
+    ['before the drop', 'typed while offline'],
+  );
+});
+
 test('older messages load when scrolling back', async () => {
   const ann = await person('Pia');
   const bob = await person('Quinn');
