@@ -98,6 +98,11 @@ pub fn hash_token(secret: &str) -> TokenHash {
     blake2::Blake2b::<blake2::digest::consts::U32>::digest(secret.as_bytes()).into()
 }
 
+/// `bytes` as lowercase hex digits.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Creates a token for `user`, valid for `ttl`, and stores its hash.
 pub async fn issue_token(
     store: &dyn Store,
@@ -106,7 +111,7 @@ pub async fn issue_token(
 ) -> Result<IssuedToken, StoreError> {
     let mut bytes = [0u8; 32];
     OsRng.fill_bytes(&mut bytes);
-    let secret: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let secret = hex(&bytes);
     let expires_at = now().saturating_add(i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX));
     store
         .create_token(hash_token(&secret), user, expires_at)

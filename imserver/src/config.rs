@@ -94,9 +94,9 @@ pub struct RelayConfig {
     #[arg(long, env = "IMSERVER_RATE_BURST", default_value_t = 500)]
     pub rate_burst: u32,
 
-    /// Relay connections open at once, in all (TCP and WebSocket together). Over it, a connection is refused with
-    /// `too_many_connections` at its `Regist`. Each takes a file descriptor; keep it below the
-    /// process's open-file limit.
+    /// Relay connections open at once, in all (TCP and WebSocket together). Over it, a
+    /// connection is refused with `too_many_connections` at its `Regist`. Each takes a file
+    /// descriptor; keep it below the process's open-file limit.
     #[arg(long, env = "IMSERVER_MAX_CONNECTIONS", default_value_t = 16 * 1024)]
     pub max_connections: usize,
 

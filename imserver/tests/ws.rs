@@ -52,6 +52,26 @@ async fn befriend(srv: &TestServer, x: &Account, y: &Account) {
     assert_eq!(status, 200);
 }
 
+/// A server in token mode, `adjust`ed, with two fresh users, Ann and Bob.
+async fn two_users(adjust: impl FnOnce(&mut imserver::Config)) -> (TestServer, Account, Account) {
+    let srv = TestServer::start_with(|c| {
+        c.auth.auth = imserver::config::AuthMode::Token;
+        adjust(c);
+    })
+    .await;
+    let a = srv.user("Ann").await;
+    let b = srv.user("Bob").await;
+    (srv, a, b)
+}
+
+/// `packets` is one `Error` with `code`, and nothing else.
+fn assert_only_error(packets: &[Packet], code: ErrorCode) {
+    assert!(
+        matches!(packets, [Packet::Error(e)] if e.code == code),
+        "{packets:?}"
+    );
+}
+
 #[tokio::test]
 async fn a_websocket_user_and_a_tcp_user_chat_both_ways() {
     let (srv, [a, b, _]) = three_users().await;
@@ -244,13 +264,7 @@ async fn events_groups_receipts_and_typing_reach_websocket_users() {
 
 #[tokio::test]
 async fn presence_is_told_over_websocket() {
-    let srv = TestServer::start_with(|c| {
-        c.auth.auth = imserver::config::AuthMode::Token;
-        c.relay.presence_delay = Duration::from_millis(50);
-    })
-    .await;
-    let a = srv.user("Ann").await;
-    let b = srv.user("Bob").await;
+    let (srv, a, b) = two_users(|c| c.relay.presence_delay = Duration::from_millis(50)).await;
     befriend(&srv, &a, &b).await;
     let (mut wa, _) = srv.ws_v2(&a.0, &a.1, Some(u64::MAX)).await;
     let (wb, _) = srv.ws_v2(&b.0, &b.1, Some(u64::MAX)).await;
@@ -316,10 +330,7 @@ async fn a_message_over_the_frame_limit_closes_with_1009() {
     ws.send_raw(WsMessage::text("x".repeat(2048))).await;
     let (packets, closed) = ws.until_closed().await;
     assert!(matches!(closed, Closed::Code(1009)), "{closed:?}");
-    assert!(
-        matches!(packets.as_slice(), [Packet::Error(e)] if e.code == ErrorCode::TooLarge),
-        "{packets:?}"
-    );
+    assert_only_error(&packets, ErrorCode::TooLarge);
 }
 
 #[tokio::test]
@@ -329,10 +340,7 @@ async fn an_unauthorised_regist_gets_an_error_then_close_1008() {
     // b's token does not speak for a.
     ws.send(Regist::v2(a.0.as_str(), b.1.as_str())).await;
     let (packets, closed) = ws.until_closed().await;
-    assert!(
-        matches!(packets.as_slice(), [Packet::Error(e)] if e.code == ErrorCode::Unauthorized),
-        "{packets:?}"
-    );
+    assert_only_error(&packets, ErrorCode::Unauthorized);
     assert!(matches!(closed, Closed::Code(1008)), "{closed:?}");
 }
 
@@ -441,21 +449,12 @@ async fn pages_from_other_origins_are_refused() {
 
 #[tokio::test]
 async fn tcp_and_websocket_share_the_connection_limit() {
-    let srv = TestServer::start_with(|c| {
-        c.auth.auth = imserver::config::AuthMode::Token;
-        c.relay.max_connections = 1;
-    })
-    .await;
-    let a = srv.user("Ann").await;
-    let b = srv.user("Bob").await;
+    let (srv, a, b) = two_users(|c| c.relay.max_connections = 1).await;
     let _tcp = device(&srv, &a).await;
     let mut ws = srv.ws().await;
     ws.send(Regist::v2(b.0.as_str(), b.1.as_str())).await;
     let (packets, closed) = ws.until_closed().await;
-    assert!(
-        matches!(packets.as_slice(), [Packet::Error(e)] if e.code == ErrorCode::TooManyConnections),
-        "{packets:?}"
-    );
+    assert_only_error(&packets, ErrorCode::TooManyConnections);
     assert!(matches!(closed, Closed::Code(1013)), "{closed:?}");
 
     // With no room even to be told, the upgrade itself is refused.
@@ -476,32 +475,21 @@ async fn tcp_and_websocket_share_the_connection_limit() {
 
 #[tokio::test]
 async fn tcp_and_websocket_share_the_per_user_limit() {
-    let srv = TestServer::start_with(|c| {
-        c.auth.auth = imserver::config::AuthMode::Token;
-        c.relay.max_connections_per_user = 1;
-    })
-    .await;
-    let a = srv.user("Ann").await;
+    let (srv, a, _) = two_users(|c| c.relay.max_connections_per_user = 1).await;
     let _tcp = device(&srv, &a).await;
     let mut ws = srv.ws().await;
     ws.send(Regist::v2(a.0.as_str(), a.1.as_str())).await;
     let (packets, _) = ws.until_closed().await;
-    assert!(
-        matches!(packets.as_slice(), [Packet::Error(e)] if e.code == ErrorCode::TooManyConnections),
-        "{packets:?}"
-    );
+    assert_only_error(&packets, ErrorCode::TooManyConnections);
 }
 
 #[tokio::test]
 async fn the_rate_limit_applies_on_websocket() {
-    let srv = TestServer::start_with(|c| {
-        c.auth.auth = imserver::config::AuthMode::Token;
+    let (srv, a, b) = two_users(|c| {
         c.relay.rate_limit = 1;
         c.relay.rate_burst = 1;
     })
     .await;
-    let a = srv.user("Ann").await;
-    let b = srv.user("Bob").await;
     let (mut ws, _) = srv.ws_v2(&a.0, &a.1, None).await;
     ws.send(Message::new(a.0.as_str(), b.0.as_str(), "1").with_id("1"))
         .await;
@@ -532,13 +520,7 @@ async fn the_idle_timeout_applies_on_websocket() {
 
 #[tokio::test]
 async fn a_reader_that_falls_behind_is_closed_and_loses_nothing() {
-    let srv = TestServer::start_with(|c| {
-        c.auth.auth = imserver::config::AuthMode::Token;
-        c.relay.send_queue = 4;
-    })
-    .await;
-    let a = srv.user("Ann").await;
-    let b = srv.user("Bob").await;
+    let (srv, a, b) = two_users(|c| c.relay.send_queue = 4).await;
     let (mut slow, _) = srv.ws_v2(&b.0, &b.1, None).await;
     let mut tcp = device(&srv, &a).await;
     let text = "y".repeat(16 * 1024);

@@ -12,6 +12,7 @@ use warp::http::{HeaderMap, StatusCode};
 use warp::reply::Response;
 
 use super::reply::ApiError;
+use crate::auth::hex;
 
 #[derive(Embed)]
 #[folder = "web/"]
@@ -66,8 +67,4 @@ pub fn file(path: &str, headers: &HeaderMap) -> Result<Response, ApiError> {
         HeaderValue::from_static("no-referrer"),
     );
     Ok(response)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

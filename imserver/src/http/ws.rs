@@ -104,7 +104,7 @@ pub fn upgrade(
             "pages from this origin may not connect (see --allowed-origins)",
         ));
     }
-    let relay = &s.relay;
+    let relay = s.relay.clone();
     let Some(admitted) = relay.gate.admit() else {
         tracing::warn!(%peer, "connection limit reached; WebSocket upgrade refused");
         return Err(ApiError::new(
@@ -114,7 +114,6 @@ pub fn upgrade(
     };
     let accept = derive_accept_key(key.as_bytes());
     let (max_frame_bytes, ping) = (relay.limits.max_frame_bytes, relay.limits.ws_ping);
-    let relay = relay.clone();
     s.relay.spawn(async move {
         match on_upgrade.await {
             Ok(upgraded) => {

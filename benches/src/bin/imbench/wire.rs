@@ -122,13 +122,13 @@ impl Reader {
 /// The next text message's bytes, passing over control frames.
 async fn next_text(stream: &mut SplitStream<Ws>) -> Option<anyhow::Result<Bytes>> {
     loop {
-        return match stream.next().await? {
-            Ok(Message::Text(text)) => Some(Ok(text.into())),
-            Ok(Message::Close(_)) => None,
-            Ok(Message::Binary(_)) => Some(Err(anyhow::anyhow!("a binary message"))),
-            Ok(_) => continue,
-            Err(e) => Some(Err(e.into())),
-        };
+        match stream.next().await? {
+            Ok(Message::Text(text)) => return Some(Ok(text.into())),
+            Ok(Message::Close(_)) => return None,
+            Ok(Message::Binary(_)) => return Some(Err(anyhow::anyhow!("a binary message"))),
+            Ok(_) => {}
+            Err(e) => return Some(Err(e.into())),
+        }
     }
 }
 

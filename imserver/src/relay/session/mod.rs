@@ -246,7 +246,6 @@ pub(super) async fn run<T: Transport>(
             Event::Stop(stop) => Err(stop),
             Event::Queued(item) => s.send_queued(item, &inbox).await,
             Event::Frame(None) => Err(Stop::PeerClosed),
-            Event::Frame(Some(Err(e))) if e.is_fatal() => Err(Stop::Protocol(e)),
             Event::Frame(Some(frame)) => {
                 s.last_frame = Instant::now();
                 let was_registered = s.user.is_some();

@@ -76,6 +76,14 @@ pub enum Close {
     Internal,
 }
 
+/// Appends `payload` as a TCP frame with `seq` spliced in (see [`improto::write_stamped`]),
+/// making it spliceable first if it was stored before the relay normalised payloads.
+pub(crate) fn stamp(out: &mut bytes::BytesMut, payload: &[u8], seq: u64) {
+    if !improto::write_stamped(out, payload, seq) {
+        improto::write_stamped(out, &spliceable(payload), seq);
+    }
+}
+
 /// A stored payload as one that a `seq` can be spliced into: the opening brace first and no
 /// `seq` of its own (see [`improto::write_stamped`]). Only frames stored before the relay
 /// normalised what it accepts (leading whitespace, a client-sent `seq`) need this.

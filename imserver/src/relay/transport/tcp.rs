@@ -15,7 +15,7 @@ use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio_util::codec::Decoder;
 
-use super::{Close, Transport, spliceable};
+use super::{Close, Transport, stamp};
 
 /// The first read of a connection, and the smallest: enough for a `Regist` or a message.
 const MIN_READ: usize = 512;
@@ -62,9 +62,7 @@ impl Transport for TcpTransport {
     }
 
     fn push_entry(&mut self, payload: &[u8], seq: u64) {
-        if !improto::write_stamped(&mut self.out, payload, seq) {
-            improto::write_stamped(&mut self.out, &spliceable(payload), seq);
-        }
+        stamp(&mut self.out, payload, seq);
     }
 
     fn push_packet(&mut self, packet: &Packet) {

@@ -22,7 +22,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
-use super::{Close, Transport, spliceable};
+use super::{Close, Transport, stamp};
 
 /// tungstenite reads at most this much per system call, into a buffer of this size that it
 /// allocates (and fills with zeros) at the first read and keeps for the connection's life.
@@ -172,10 +172,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Transport for WsTranspo
     }
 
     fn push_entry(&mut self, payload: &[u8], seq: u64) {
-        // `write_stamped` writes a TCP frame; its 4-byte length prefix is skipped.
-        if !improto::write_stamped(&mut self.scratch, payload, seq) {
-            improto::write_stamped(&mut self.scratch, &spliceable(payload), seq);
-        }
+        // `stamp` writes a TCP frame; its 4-byte length prefix is skipped.
+        stamp(&mut self.scratch, payload, seq);
         self.gather(4);
     }
 
@@ -203,7 +201,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Transport for WsTranspo
         for message in self.out.drain(..) {
             self.ws.feed(message).await.map_err(io_error)?;
         }
-        self.out_bytes = 0;
         self.ws.flush().await.map_err(io_error)?;
         self.discard();
         Ok(())
