@@ -12,7 +12,9 @@ msrv = next(p["rust_version"] for p in meta["packages"] if p["id"] in ours)
 
 
 def version(v):
-    return tuple(int(x) for x in (v or "0").split("."))
+    """`1.88` and `1.88.0` are the same version."""
+    parts = [int(x) for x in (v or "0").split(".")]
+    return tuple(parts + [0] * (3 - len(parts)))
 
 
 too_new = [

@@ -57,7 +57,8 @@ start_imserver() {
     local dir
     dir=$(mktemp -d "$OUT/data.XXXXXX")
     "$BIN/imserver" --http-addr 127.0.0.1:0 --tcp-addr 127.0.0.1:0 --data-dir "$dir" \
-        --regist-limit 0 --login-limit 0 --rate-limit 0 --max-connections 19500 $extra "$@" \
+        --regist-limit 0 --login-limit 0 --rate-limit 0 --max-connections 19500 \
+        --max-connections-per-ip 0 $extra "$@" \
         >"$dir/log" 2>&1 &
     PID=$!
     STARTED+=("$PID")

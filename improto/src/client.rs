@@ -1,7 +1,10 @@
-//! An async client: connect, send packets, receive packets.
+//! An async client: connect (over TCP, or TLS with the `tls` feature), send packets, receive
+//! packets.
+
+use std::fmt;
 
 use futures::{SinkExt, StreamExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpStream, ToSocketAddrs};
 use tokio_util::codec::{FramedRead, FramedWrite};
 
@@ -26,6 +29,8 @@ use crate::{Ack, FrameCodec, Packet, PacketCodec, ProtoError, Regist, Registered
 ///
 /// To read and write at the same time (say, print incoming messages while reading the
 /// keyboard), [`split`](Client::split) it and move each half to its own task.
+///
+/// Over TLS, see `Client::connect_tls` (the `tls` feature).
 #[derive(Debug)]
 pub struct Client {
     sender: ClientSender,
@@ -51,9 +56,8 @@ pub struct Client {
 /// tx.flush().await?; // written together
 /// # Ok(()) }
 /// ```
-#[derive(Debug)]
 pub struct ClientSender {
-    frames: FramedWrite<OwnedWriteHalf, PacketCodec>,
+    frames: FramedWrite<Box<dyn AsyncWrite + Send + Unpin>, PacketCodec>,
 }
 
 /// The receiving half of a [`Client`].
@@ -74,11 +78,22 @@ pub struct ClientSender {
 /// }
 /// # Ok(()) }
 /// ```
-#[derive(Debug)]
 pub struct ClientReceiver {
     /// Raw frames, parsed one by one in [`recv`](ClientReceiver::recv): a `FramedRead` over a
     /// packet decoder would end the stream at the first bad packet.
-    frames: FramedRead<OwnedReadHalf, FrameCodec>,
+    frames: FramedRead<Box<dyn AsyncRead + Send + Unpin>, FrameCodec>,
+}
+
+impl fmt::Debug for ClientSender {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientSender").finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for ClientReceiver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientReceiver").finish_non_exhaustive()
+    }
 }
 
 impl Client {
@@ -107,6 +122,28 @@ impl Client {
         // Nagle's algorithm would hold small chat frames back waiting for an ACK.
         let _ = stream.set_nodelay(true);
         let (read, write) = stream.into_split();
+        Self::from_halves(Box::new(read), Box::new(write), max_send, max_recv)
+    }
+
+    /// Speaks the protocol over any byte stream (TLS, a Unix socket, a test pipe), with the
+    /// default frame limit.
+    pub fn from_stream(stream: impl AsyncRead + AsyncWrite + Send + 'static) -> Self {
+        let (read, write) = tokio::io::split(stream);
+        let max = crate::DEFAULT_MAX_FRAME_LENGTH;
+        Self::from_halves(
+            Box::new(read),
+            Box::new(write),
+            max,
+            max + crate::SEQ_STAMP_MAX,
+        )
+    }
+
+    fn from_halves(
+        read: Box<dyn AsyncRead + Send + Unpin>,
+        write: Box<dyn AsyncWrite + Send + Unpin>,
+        max_send: usize,
+        max_recv: usize,
+    ) -> Self {
         Client {
             sender: ClientSender {
                 frames: FramedWrite::new(write, PacketCodec::with_max_frame_length(max_send)),
@@ -115,6 +152,47 @@ impl Client {
                 frames: FramedRead::new(read, FrameCodec::with_max_frame_length(max_recv)),
             },
         }
+    }
+
+    /// Connects over TLS (TLS 1.2 or 1.3, through rustls), checking the server's certificate
+    /// for `server_name` against `roots`: say the public web's roots (the `webpki-roots`
+    /// crate) or the operator's own CA.
+    ///
+    /// ```no_run
+    /// use improto::{Client, Regist};
+    /// use improto::rustls::RootCertStore;
+    /// use improto::rustls::pki_types::{CertificateDer, pem::PemObject};
+    ///
+    /// # async fn demo(token: String) -> Result<(), Box<dyn std::error::Error>> {
+    /// let mut roots = RootCertStore::empty();
+    /// roots.add(CertificateDer::from_pem_file("ca.pem")?)?;
+    /// let mut client = Client::connect_tls("chat.example.com:8888", "chat.example.com", roots).await?;
+    /// client.handshake(Regist::v2("7", token)).await?;
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "tls")]
+    pub async fn connect_tls(
+        addr: impl ToSocketAddrs,
+        server_name: &str,
+        roots: tokio_rustls::rustls::RootCertStore,
+    ) -> Result<Self, ProtoError> {
+        use std::sync::Arc;
+        use tokio_rustls::rustls;
+
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(std::io::Error::other)?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let name = rustls::pki_types::ServerName::try_from(server_name.to_owned())
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        let tcp = TcpStream::connect(addr).await?;
+        let _ = tcp.set_nodelay(true);
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await?;
+        Ok(Self::from_stream(tls))
     }
 
     /// Sends one packet and flushes it. See [`ClientSender::send`].

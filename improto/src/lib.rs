@@ -46,7 +46,8 @@
 //! - `wire` (private): the one parser and validator behind both `Packet::from_json` and
 //!   `Envelope::peek`; `scan` (private) is its fast path for ordinary frames, with serde
 //!   as the judge of everything else.
-//! - `client`: [`Client`] and its halves [`ClientSender`] and [`ClientReceiver`].
+//! - `client`: [`Client`] and its halves [`ClientSender`] and [`ClientReceiver`], over TCP
+//!   or (feature `tls`) TLS.
 //! - `reconnect`: [`Reconnecting`], a client that stays connected and keeps the user's
 //!   stream for the app (resume, resend, acknowledge, each entry once), with its state in a
 //!   [`ClientState`] such as [`FileState`].
@@ -79,3 +80,7 @@ pub use reconnect::{
 #[doc(hidden)]
 pub use wire::fast_path_agrees;
 pub use wire::{MAX_CLIENT_ID_CHARS, VERSIONS};
+
+/// rustls, as [`Client::connect_tls`] uses it: for its `RootCertStore` and certificate types.
+#[cfg(feature = "tls")]
+pub use tokio_rustls::rustls;

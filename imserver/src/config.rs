@@ -26,6 +26,9 @@ pub struct Config {
     pub demo: bool,
 
     #[command(flatten)]
+    pub net: NetConfig,
+
+    #[command(flatten)]
     pub http: HttpConfig,
 
     #[command(flatten)]
@@ -39,6 +42,26 @@ pub struct Config {
 
     #[command(flatten)]
     pub store: StoreConfig,
+}
+
+/// What every listener shares: TLS and the limit per client address.
+#[derive(Args, Debug, Clone)]
+pub struct NetConfig {
+    /// TLS certificate chain (PEM, the server's certificate first). With `--tls-key`, every
+    /// listener speaks TLS 1.2 or 1.3: the relay, HTTP and WebSocket (`wss://`). Both files
+    /// are read again on `SIGHUP`; new connections get what was read, open ones keep theirs.
+    #[arg(long, env = "IMSERVER_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// TLS private key (PEM: PKCS#8, PKCS#1 or SEC1) of `--tls-cert`.
+    #[arg(long, env = "IMSERVER_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Connections one client address may have open at once, over HTTP, WebSocket and the
+    /// relay together; more are closed as soon as they are accepted. 0: no limit. Clients
+    /// behind one NAT share an address.
+    #[arg(long, env = "IMSERVER_MAX_CONNECTIONS_PER_IP", default_value_t = 1024)]
+    pub max_connections_per_ip: usize,
 }
 
 /// The HTTP API.
@@ -64,6 +87,27 @@ pub struct HttpConfig {
     /// and are not affected.
     #[arg(long, env = "IMSERVER_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
+
+    /// How long a client has to send a whole request head, from its first byte (or from
+    /// connecting, for the first request), and to finish a TLS handshake. A connection that
+    /// takes longer is closed.
+    #[arg(long, env = "IMSERVER_HTTP_HEADER_TIMEOUT", default_value = "10s",
+          value_parser = positive_duration)]
+    pub http_header_timeout: Duration,
+
+    /// How long an HTTP connection may stay open, idle, waiting for its next request. 0: no
+    /// keep-alive (one request per connection).
+    #[arg(long, env = "IMSERVER_HTTP_KEEPALIVE_TIMEOUT", default_value = "60s",
+          value_parser = duration)]
+    pub http_keepalive_timeout: Duration,
+
+    /// HTTP connections open at once (WebSocket connections count here only until they are
+    /// upgraded; then under `--max-connections`). More are closed as soon as they are
+    /// accepted. Each takes a file descriptor: with `--max-connections`, keep it below the
+    /// process's open-file limit.
+    #[arg(long, env = "IMSERVER_MAX_HTTP_CONNECTIONS", default_value_t = 2048,
+          value_parser = at_least_one)]
+    pub max_http_connections: usize,
 }
 
 /// The relay: connections, their limits, and what may be relayed.
@@ -333,6 +377,14 @@ fn duration(s: &str) -> Result<Duration, String> {
         return Ok(Duration::from_secs(secs));
     }
     humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 500ms, 10s, 5m, 30days)"))
+}
+
+/// A duration that must not be 0.
+fn positive_duration(s: &str) -> Result<Duration, String> {
+    match duration(s)? {
+        d if d.is_zero() => Err("must be more than 0".into()),
+        d => Ok(d),
+    }
 }
 
 /// `--max-batch-bytes`: at least 1, and far enough below SQLite's 1 GB row limit that a

@@ -46,6 +46,7 @@ pub mod config;
 pub mod delivery;
 pub mod http;
 pub mod id;
+pub mod net;
 pub mod relay;
 pub mod store;
 pub mod workers;
@@ -61,6 +62,7 @@ use tokio_util::task::TaskTracker;
 use auth::PasswordHashers;
 pub use config::Config;
 pub use id::UserId;
+use net::{Net, PerIp, Tls, TlsError};
 use store::{Account, SqliteStore, Store, StoreError};
 
 /// How long shutdown waits for connections to finish before giving up on them.
@@ -75,6 +77,8 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("{0}")]
+    Tls(#[from] TlsError),
     #[error("cannot open the store: {0}")]
     Store(#[from] StoreError),
     #[error("cannot start the password hashing threads: {0}")]
@@ -90,11 +94,17 @@ pub struct Server {
     shutdown: CancellationToken,
     tasks: TaskTracker,
     store: Arc<dyn Store>,
+    /// `None` without TLS.
+    tls: Option<Tls>,
 }
 
 impl Server {
     /// Opens the store, binds both listeners and starts serving.
     pub async fn start(config: Config) -> Result<Server, StartError> {
+        let tls = match (&config.net.tls_cert, &config.net.tls_key) {
+            (Some(cert), Some(key)) => Some(Tls::load(cert, key)?),
+            _ => None,
+        };
         let http_listener = bind("HTTP", config.http.addr).await?;
         let tcp_listener = bind("TCP", config.relay.addr).await?;
         let http_addr = local_addr("HTTP", &http_listener, config.http.addr)?;
@@ -134,23 +144,38 @@ impl Server {
             shutdown.clone(),
         ));
         let state = Arc::new(http::AppState::new(relay.clone(), hashers, &config));
-        let stop = shutdown.clone();
-        tasks.spawn(
-            warp::serve(http::routes(state))
-                .incoming(http_listener)
-                .graceful(async move { stop.cancelled().await })
-                .run(),
-        );
-        tasks.spawn(relay::serve(tcp_listener, relay));
+        let net = Net {
+            tls: tls.clone(),
+            per_ip: PerIp::new(config.net.max_connections_per_ip),
+        };
+        tasks.spawn(http::serve(
+            http_listener,
+            warp::service(http::routes(state)),
+            net.clone(),
+            http::Limits::new(&config.http),
+            shutdown.clone(),
+            tasks.clone(),
+        ));
+        tasks.spawn(relay::serve(tcp_listener, relay, net));
 
+        let exposed = !(http_addr.ip().is_loopback() && tcp_addr.ip().is_loopback());
+        if tls.is_none() && config.auth.auth == config::AuthMode::Token && exposed {
+            tracing::warn!(
+                "no TLS (--tls-cert, --tls-key) on an address other machines can reach: \
+                 passwords, login tokens and messages cross the network in clear text, \
+                 where anyone on the path can read them and take over accounts"
+            );
+        }
         let data_dir = config.store.data_dir.display();
-        tracing::info!(%http_addr, %tcp_addr, %data_dir, "imserver listening");
+        let scheme = if tls.is_some() { "TLS" } else { "plain" };
+        tracing::info!(%http_addr, %tcp_addr, %data_dir, transport = scheme, "imserver listening");
         Ok(Server {
             http_addr,
             tcp_addr,
             shutdown,
             tasks,
             store,
+            tls,
         })
     }
 
@@ -162,6 +187,20 @@ impl Server {
     /// The bound TCP relay address.
     pub fn tcp_addr(&self) -> SocketAddr {
         self.tcp_addr
+    }
+
+    /// Reads the TLS certificate and key again (what `SIGHUP` does): new connections get
+    /// them, open ones keep theirs. `Ok(false)` without TLS. On an error, the certificate
+    /// in use stays.
+    pub async fn reload_tls(&self) -> Result<bool, TlsError> {
+        let Some(tls) = self.tls.clone() else {
+            return Ok(false);
+        };
+        // File reads: off the runtime's threads.
+        tokio::task::spawn_blocking(move || tls.reload())
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
+        Ok(true)
     }
 
     /// Stops accepting, closes every connection, and flushes the store.

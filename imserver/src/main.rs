@@ -30,13 +30,21 @@ async fn main() -> anyhow::Result<()> {
     // action of a signal nobody listens for yet.
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let server = Server::start(config)
         .await
         .context("imserver failed to start")?;
 
-    tokio::select! {
-        _ = int.recv() => tracing::info!("SIGINT received; shutting down"),
-        _ = term.recv() => tracing::info!("SIGTERM received; shutting down"),
+    loop {
+        tokio::select! {
+            _ = int.recv() => break tracing::info!("SIGINT received; shutting down"),
+            _ = term.recv() => break tracing::info!("SIGTERM received; shutting down"),
+            _ = hup.recv() => match server.reload_tls().await {
+                Ok(true) => tracing::info!("SIGHUP: TLS certificate reloaded"),
+                Ok(false) => tracing::info!("SIGHUP: no TLS to reload"),
+                Err(e) => tracing::error!("TLS reload failed; the certificate in use stays: {e}"),
+            },
+        }
     }
     server.shutdown().await;
     Ok(())

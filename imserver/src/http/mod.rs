@@ -17,15 +17,17 @@ mod groups;
 mod guard;
 mod history;
 mod reply;
+mod server;
 mod users;
 mod web;
 mod ws;
 
 use std::convert::Infallible;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use guard::{Limit, caller, user};
+pub use server::{ConnInfo, Limits, serve};
 use warp::Filter;
 use warp::http::StatusCode;
 use warp::reply::Response;
@@ -129,10 +131,10 @@ pub fn routes(
     let regist = warp::path!("regist")
         .and(warp::post())
         .and(body::parsed(limit))
-        .and(warp::addr::remote())
+        .and(conn())
         .and(with(s))
-        .then(|b, addr: Option<SocketAddr>, s| async move {
-            reply::finish(users::regist(b, addr.map(|a| a.ip()), s).await)
+        .then(|b, conn: Option<ConnInfo>, s| async move {
+            reply::finish(users::regist(b, conn.map(|c| c.peer.ip()), s).await)
         });
     let seed = profile
         .or(username)
@@ -239,9 +241,9 @@ pub fn routes(
         .and(warp::get())
         .and(warp::header::headers_cloned())
         .and(warp::ext::optional::<hyper::upgrade::OnUpgrade>())
-        .and(warp::addr::remote())
+        .and(conn())
         .and(with(s))
-        .map(|h, up, peer, s| reply::finish(ws::upgrade(h, up, peer, s)));
+        .map(|h, up, conn, s| reply::finish(ws::upgrade(h, up, conn, s)));
     let group_routes = new_group
         .or(my_groups)
         .unify()
@@ -296,6 +298,12 @@ pub fn routes(
         .unify()
         .recover(|r| async move { Ok::<_, Infallible>(rejected(r)) })
         .unify()
+}
+
+/// The connection a request came on (`None` only for requests that did not come through
+/// [`serve`], as in warp's test harness).
+fn conn() -> impl Filter<Extract = (Option<ConnInfo>,), Error = Infallible> + Clone {
+    warp::ext::optional::<ConnInfo>()
 }
 
 /// Answers for requests no route took: still JSON, never a 500.

@@ -5,7 +5,6 @@
 //! The handshake is made here rather than by warp's `ws()` filter, which gives no say over
 //! tungstenite's read buffer: 128 KiB per connection, filled with zeros on every read.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use hyper::upgrade::OnUpgrade;
@@ -14,8 +13,8 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use warp::http::{HeaderMap, HeaderValue, StatusCode, header};
 use warp::reply::Response;
 
-use super::AppState;
 use super::reply::ApiError;
+use super::{AppState, ConnInfo};
 use crate::relay::WsTransport;
 
 /// Which web pages may open a WebSocket: `--allowed-origins`.
@@ -68,7 +67,7 @@ impl Origins {
 pub fn upgrade(
     headers: HeaderMap,
     on_upgrade: Option<OnUpgrade>,
-    peer: Option<SocketAddr>,
+    conn: Option<ConnInfo>,
     s: Arc<AppState>,
 ) -> Result<Response, ApiError> {
     let has = |name: header::HeaderName, token: &str| {
@@ -89,8 +88,8 @@ pub fn upgrade(
             "only WebSocket version 13 is spoken",
         ));
     }
-    let (Some(key), Some(on_upgrade), Some(peer)) =
-        (headers.get(header::SEC_WEBSOCKET_KEY), on_upgrade, peer)
+    let (Some(key), Some(on_upgrade), Some(ConnInfo { peer, ip })) =
+        (headers.get(header::SEC_WEBSOCKET_KEY), on_upgrade, conn)
     else {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -105,7 +104,7 @@ pub fn upgrade(
         ));
     }
     let relay = s.relay.clone();
-    let Some(admitted) = relay.gate.admit() else {
+    let Some(admitted) = relay.gate.admit(ip) else {
         tracing::warn!(%peer, "connection limit reached; WebSocket upgrade refused");
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -1,6 +1,7 @@
 //! Admission, shared by every transport: the server-wide connection limit, the line of
-//! connections over it that wait to be refused, and connection ids; and the TCP accept loop.
-//! (WebSocket connections arrive through the HTTP server's `/ws`: see `http/ws.rs`.)
+//! connections over it that wait to be refused, and connection ids; and the TCP accept loop,
+//! plain or TLS. (WebSocket connections arrive through the HTTP server's `/ws`: see
+//! `http/ws.rs`.)
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use tokio::sync::Semaphore;
 use super::transport::{TcpTransport, Transport};
 use super::{Relay, session};
 use crate::delivery::ConnId;
+use crate::net::{IpSlot, Net};
 
 /// The connection slots of every transport together.
 pub struct Gate {
@@ -29,6 +31,8 @@ pub struct Gate {
 pub struct Admitted {
     pub(super) id: ConnId,
     pub(super) slot: session::Slot,
+    /// Its place under `--max-connections-per-ip`, held for its life.
+    pub(super) ip: IpSlot,
 }
 
 impl Gate {
@@ -40,9 +44,10 @@ impl Gate {
         }
     }
 
-    /// A place for a new connection; `None` when even the line of refusals is full, and the
-    /// connection is to be closed at once.
-    pub fn admit(&self) -> Option<Admitted> {
+    /// A place for a new connection, which already has its place among its address's
+    /// connections; `None` when even the line of refusals is full, and the connection is to
+    /// be closed at once.
+    pub fn admit(&self, ip: IpSlot) -> Option<Admitted> {
         let slot = match self.open.clone().try_acquire_owned() {
             Ok(_permit) => session::Slot::Open { _permit },
             Err(_) => match self.refusals.clone().try_acquire_owned() {
@@ -51,7 +56,7 @@ impl Gate {
             },
         };
         let id = self.ids.fetch_add(1, Ordering::Relaxed);
-        Some(Admitted { id, slot })
+        Some(Admitted { id, slot, ip })
     }
 }
 
@@ -75,8 +80,8 @@ impl Relay {
     }
 }
 
-/// Accepts TCP connections until the server shuts down.
-pub async fn serve(listener: TcpListener, relay: Arc<Relay>) {
+/// Accepts TCP connections, plain or TLS, until the server shuts down.
+pub async fn serve(listener: TcpListener, relay: Arc<Relay>, net: Net) {
     loop {
         let accepted = tokio::select! {
             _ = relay.shutdown.cancelled() => return,
@@ -84,12 +89,39 @@ pub async fn serve(listener: TcpListener, relay: Arc<Relay>) {
         };
         match accepted {
             Ok((stream, peer)) => {
-                let Some(admitted) = relay.gate.admit() else {
+                let Some(ip) = net.per_ip.admit(peer.ip()) else {
+                    tracing::debug!(%peer, "too many connections from this address; closed");
+                    continue;
+                };
+                let Some(admitted) = relay.gate.admit(ip) else {
                     tracing::warn!(%peer, "connection limit reached; closed at once");
                     continue;
                 };
-                let transport = TcpTransport::new(stream, relay.limits.max_frame_bytes);
-                relay.spawn(relay.clone().serve(admitted, transport, peer));
+                // Chat frames are small and latency matters more than packet count.
+                let _ = stream.set_nodelay(true);
+                let max = relay.limits.max_frame_bytes;
+                let Some(tls) = &net.tls else {
+                    let transport = TcpTransport::new(stream, max);
+                    relay.spawn(relay.clone().serve(admitted, transport, peer));
+                    continue;
+                };
+                // The handshake has the `Regist` deadline, and the relay's shutdown ends it.
+                let (handshake, relay2) = (tls.relay().accept(stream), relay.clone());
+                relay.spawn(async move {
+                    let deadline = relay2.limits.regist_deadline;
+                    let stream = tokio::select! {
+                        _ = relay2.shutdown.cancelled() => return,
+                        s = tokio::time::timeout(deadline, handshake) => s,
+                    };
+                    match stream {
+                        Ok(Ok(stream)) => {
+                            let transport = TcpTransport::new(Box::new(stream), max);
+                            relay2.serve(admitted, transport, peer).await;
+                        }
+                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                });
             }
             Err(e) => {
                 // Usually out of file descriptors. Back off instead of spinning; connections

@@ -193,7 +193,7 @@ pub(super) async fn run<T: Transport>(
     relay: Arc<Relay>,
     transport: T,
     peer: SocketAddr,
-    Admitted { id, slot }: Admitted,
+    Admitted { id, slot, ip: _ip }: Admitted,
 ) {
     let limits = QueueLimits {
         frames: relay.limits.send_queue,
