@@ -5,7 +5,7 @@
 # prints the median of each figure. Stops only the processes it started, by PID.
 #
 #   benches/run.sh                 # everything, 3 runs each (about 5 minutes)
-#   RUNS=5 benches/run.sh relay    # some: relay latency v2 ws group conns offline http
+#   RUNS=5 benches/run.sh relay    # some: relay latency v2 ws metrics group conns offline http
 #   IMSERVER_EXTRA="--max-batch 4096" benches/run.sh v2   # server flags to try
 #
 # Needs Python 3 (for the medians) and wrk (for `http`; installed with apt-get when
@@ -19,7 +19,7 @@ CONNS=${CONNS:-19000}
 HOLD=${HOLD:-10}
 OUT=${OUT:-target/bench}
 WS_CONNS=${WS_CONNS:-10000}
-SCENARIOS=${*:-relay latency v2 ws group conns offline http}
+SCENARIOS=${*:-relay latency v2 ws metrics group conns offline http}
 BIN=target/release
 
 cargo build --release -p imserver -p imbench
@@ -141,6 +141,18 @@ for run in $(seq "$RUNS"); do
             bench conns-ws --tcp "$TCP" --http "$HTTP" --transport ws conns --conns "$WS_CONNS" --hold "$HOLD" --per-user 100
             stop
             ;;
+        metrics)
+            # v2 with --metrics-addr and without, in the same run (the bound: within
+            # 3% of each other), twice each, alternating, so that drift favours neither.
+            for pass in 1 2; do
+                start_imserver
+                bench metrics-off --tcp "$TCP" --http "$HTTP" relay --proto 2 --messages "$MESSAGES"
+                stop
+                start_imserver --metrics-addr 127.0.0.1:0
+                bench metrics-on --tcp "$TCP" --http "$HTTP" relay --proto 2 --messages "$MESSAGES"
+                stop
+            done
+            ;;
         group)
             # 10 groups of 100 online members, then 2 of 1000: what a delivered copy
             # costs. Compared with refrelay's relayed message (run it in the same call:
@@ -238,6 +250,7 @@ for label, ref, keys in [
     ("group-1000", "relay-ref", [("cpu_us_per_copy", "cpu_us_per_msg")]),
     ("conns", "conns-ref", ["rss_bytes_per_conn"]),
     ("ws-ws", "ws-tcp", ["cpu_us_per_msg", "msgs_per_s"]),
+    ("metrics-on", "metrics-off", ["cpu_us_per_msg", "msgs_per_s"]),
 ]:
     keys = [k if isinstance(k, tuple) else (k, k) for k in keys]
     pairs = [(k, median(label, k), median(ref, r)) for k, r in keys]

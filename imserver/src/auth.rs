@@ -43,8 +43,10 @@ impl PasswordHashers {
     /// Hashes `password` with argon2id (the crate's defaults: 19 MiB, 2 passes) and a random
     /// salt; returns a PHC string that carries the parameters and the salt.
     pub async fn hash(&self, password: String) -> Result<String, HashError> {
+        let queued = std::time::Instant::now();
         self.workers
             .run(move |()| {
+                crate::metrics::hash_wait(queued.elapsed());
                 let salt = SaltString::generate(&mut OsRng);
                 let hash = Argon2::default()
                     .hash_password(password.as_bytes(), &salt)
@@ -59,8 +61,10 @@ impl PasswordHashers {
 
     /// True when `password` matches the stored `hash`. A malformed hash matches nothing.
     pub async fn verify(&self, password: String, hash: String) -> bool {
+        let queued = std::time::Instant::now();
         self.workers
             .run(move |()| {
+                crate::metrics::hash_wait(queued.elapsed());
                 let matches = PasswordHash::new(&hash).is_ok_and(|h| {
                     Argon2::default()
                         .verify_password(password.as_bytes(), &h)

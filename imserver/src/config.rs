@@ -108,6 +108,17 @@ pub struct HttpConfig {
     #[arg(long, env = "IMSERVER_MAX_HTTP_CONNECTIONS", default_value_t = 2048,
           value_parser = at_least_one)]
     pub max_http_connections: usize,
+
+    /// Address of `GET /metrics` (Prometheus text format), on a port of its own so that it is
+    /// not public with the API. Unset: no metrics.
+    #[arg(long, env = "IMSERVER_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+
+    /// How long a stopping server keeps serving with `GET /readyz` answering `503`, so that
+    /// a load balancer polling it stops sending clients before the listeners close. 0: stop
+    /// at once.
+    #[arg(long, env = "IMSERVER_SHUTDOWN_DELAY", default_value = "0s", value_parser = duration)]
+    pub shutdown_delay: Duration,
 }
 
 /// The relay: connections, their limits, and what may be relayed.

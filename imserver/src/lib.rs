@@ -46,6 +46,7 @@ pub mod config;
 pub mod delivery;
 pub mod http;
 pub mod id;
+pub mod metrics;
 pub mod net;
 pub mod relay;
 pub mod store;
@@ -96,6 +97,11 @@ pub struct Server {
     store: Arc<dyn Store>,
     /// `None` without TLS.
     tls: Option<Tls>,
+    /// `--metrics-addr`, bound.
+    metrics_addr: Option<SocketAddr>,
+    /// Cancelled first at shutdown: `/readyz` says `503` through `--shutdown-delay`.
+    draining: CancellationToken,
+    shutdown_delay: Duration,
 }
 
 impl Server {
@@ -109,6 +115,15 @@ impl Server {
         let tcp_listener = bind("TCP", config.relay.addr).await?;
         let http_addr = local_addr("HTTP", &http_listener, config.http.addr)?;
         let tcp_addr = local_addr("TCP", &tcp_listener, config.relay.addr)?;
+        let metrics = match config.http.metrics_addr {
+            Some(addr) => {
+                let listener = bind("metrics", addr).await?;
+                let bound = local_addr("metrics", &listener, addr)?;
+                // Before anything that records is made: handles made earlier record nothing.
+                Some((listener, bound, metrics::install()))
+            }
+            None => None,
+        };
 
         let router = Arc::new(relay::LocalRouter::default());
         let store = {
@@ -126,6 +141,7 @@ impl Server {
         }
 
         let shutdown = CancellationToken::new();
+        let draining = CancellationToken::new();
         let tasks = TaskTracker::new();
 
         let presence = Arc::new(relay::Presence::new(
@@ -136,14 +152,19 @@ impl Server {
         tasks.spawn(presence.clone().run(shutdown.clone()));
         let relay = Arc::new(relay::Relay::new(
             store.clone(),
-            router,
+            router.clone(),
             presence,
             config.auth.auth,
             &config.relay,
             tasks.clone(),
             shutdown.clone(),
         ));
-        let state = Arc::new(http::AppState::new(relay.clone(), hashers, &config));
+        let state = Arc::new(http::AppState::new(
+            relay.clone(),
+            hashers,
+            &config,
+            draining.clone(),
+        ));
         let net = Net {
             tls: tls.clone(),
             per_ip: PerIp::new(config.net.max_connections_per_ip),
@@ -157,6 +178,21 @@ impl Server {
             tasks.clone(),
         ));
         tasks.spawn(relay::serve(tcp_listener, relay, net));
+        let metrics_addr = metrics.map(|(listener, bound, handle)| {
+            let internal = Net {
+                tls: None,
+                per_ip: PerIp::new(0),
+            };
+            tasks.spawn(http::serve(
+                listener,
+                warp::service(http::metrics_routes(handle, router)),
+                internal,
+                http::Limits::new(&config.http),
+                shutdown.clone(),
+                tasks.clone(),
+            ));
+            bound
+        });
 
         let exposed = !(http_addr.ip().is_loopback() && tcp_addr.ip().is_loopback());
         if tls.is_none() && config.auth.auth == config::AuthMode::Token && exposed {
@@ -168,7 +204,9 @@ impl Server {
         }
         let data_dir = config.store.data_dir.display();
         let scheme = if tls.is_some() { "TLS" } else { "plain" };
-        tracing::info!(%http_addr, %tcp_addr, %data_dir, transport = scheme, "imserver listening");
+        let metrics = metrics_addr.map_or("off".into(), |a| a.to_string());
+        tracing::info!(%http_addr, %tcp_addr, %metrics, %data_dir, transport = scheme,
+            "imserver listening");
         Ok(Server {
             http_addr,
             tcp_addr,
@@ -176,12 +214,20 @@ impl Server {
             tasks,
             store,
             tls,
+            metrics_addr,
+            draining,
+            shutdown_delay: config.http.shutdown_delay,
         })
     }
 
     /// The bound HTTP address (the real port when the configured one was 0).
     pub fn http_addr(&self) -> SocketAddr {
         self.http_addr
+    }
+
+    /// The bound `--metrics-addr`, if metrics are on.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// The bound TCP relay address.
@@ -203,8 +249,14 @@ impl Server {
         Ok(true)
     }
 
-    /// Stops accepting, closes every connection, and flushes the store.
+    /// Answers `/readyz` with `503` for `--shutdown-delay`, then stops accepting, closes
+    /// every connection, and flushes the store.
     pub async fn shutdown(self) {
+        self.draining.cancel();
+        if !self.shutdown_delay.is_zero() {
+            tracing::info!(delay = ?self.shutdown_delay, "not ready; still serving until the delay ends");
+            tokio::time::sleep(self.shutdown_delay).await;
+        }
         self.shutdown.cancel();
         self.tasks.close();
         if tokio::time::timeout(SHUTDOWN_GRACE, self.tasks.wait())

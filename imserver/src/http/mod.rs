@@ -6,6 +6,9 @@
 //! - `groups`: `/groups` and what is below it.
 //! - `history`: `/history/{peer}` and `/conversations`.
 //! - `ws`: `/ws`, the relay over WebSocket (the upgrade; the rest is the relay's).
+//! - `health`: `/healthz` and `/readyz`.
+//! - `scrape`: `/metrics`, on `--metrics-addr`.
+//! - `server`: the listener: TLS, connection limits and timeouts, request metrics.
 //! - `web`: the web chat's files, embedded, at `/` and `/web/{file}`.
 //! - `guard`: the bearer token as filters, and per-key rate limits.
 //! - `body`: request bodies (JSON or form), capped.
@@ -15,8 +18,10 @@ mod body;
 mod friends;
 mod groups;
 mod guard;
+mod health;
 mod history;
 mod reply;
+mod scrape;
 mod server;
 mod users;
 mod web;
@@ -27,7 +32,9 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use guard::{Limit, caller, user};
+pub use scrape::routes as metrics_routes;
 pub use server::{ConnInfo, Limits, serve};
+use tokio_util::sync::CancellationToken;
 use warp::Filter;
 use warp::http::StatusCode;
 use warp::reply::Response;
@@ -64,11 +71,19 @@ pub struct AppState {
     pub relay: Arc<Relay>,
     /// `--allowed-origins`, for `/ws`.
     origins: ws::Origins,
+    /// Cancelled when the server begins to shut down: `/readyz` answers `503`.
+    draining: CancellationToken,
 }
 
 impl AppState {
-    pub fn new(relay: Arc<Relay>, hashers: PasswordHashers, config: &Config) -> Self {
+    pub fn new(
+        relay: Arc<Relay>,
+        hashers: PasswordHashers,
+        config: &Config,
+        draining: CancellationToken,
+    ) -> Self {
         AppState {
+            draining,
             hashers,
             presence: relay.presence.clone(),
             store: relay.store.clone(),
@@ -146,7 +161,10 @@ pub fn routes(
         .or(logout)
         .unify()
         .or(regist)
-        .unify();
+        .unify()
+        // Boxed: warp's types nest with every `or`, and the compiler's time grows fast
+        // with their depth.
+        .boxed();
 
     // The messenger's routes: always for a known user.
     let ask = warp::path!("friends" / "requests")
@@ -277,8 +295,14 @@ pub fn routes(
         .or(group_routes)
         .unify()
         .or(websocket)
-        .unify();
+        .unify()
+        .boxed();
 
+    let healthz = warp::path!("healthz").and(warp::get()).map(health::healthz);
+    let readyz = warp::path!("readyz")
+        .and(warp::get())
+        .and(with(s))
+        .then(|s: Arc<AppState>| async move { health::readyz(&s).await });
     let page = warp::path::end()
         .and(warp::get())
         .and(warp::header::headers_cloned())
@@ -291,6 +315,10 @@ pub fn routes(
             reply::finish(web::file(t.as_str(), &h))
         });
     seed.or(messenger)
+        .unify()
+        .or(healthz)
+        .unify()
+        .or(readyz)
         .unify()
         .or(page)
         .unify()

@@ -33,6 +33,7 @@ use tower_service::Service;
 use warp::http::Request;
 
 use crate::config::HttpConfig;
+use crate::metrics;
 use crate::net::{IpSlot, Net, Stream};
 
 /// The connection a request came on, in each request's extensions.
@@ -96,10 +97,12 @@ pub async fn serve<S>(
         // than after a connect timeout.
         let Some(ip) = net.per_ip.admit(peer.ip()) else {
             tracing::debug!(%peer, "too many connections from this address; closed");
+            metrics::refused("http", "max_connections_per_ip");
             continue;
         };
         let Ok(permit) = open.clone().try_acquire_owned() else {
             tracing::debug!(%peer, "--max-http-connections reached; closed");
+            metrics::refused("http", "max_http_connections");
             continue;
         };
         let info = ConnInfo { peer, ip };
@@ -113,9 +116,13 @@ pub async fn serve<S>(
                     match tokio::time::timeout(limits.header_timeout, handshake).await {
                         Ok(Ok(s)) => Either::Right(Box::new(s)),
                         Ok(Err(e)) => {
-                            return tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            return metrics::client_error("http", "tls_handshake");
                         }
-                        Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                            return metrics::client_error("http", "tls_timeout");
+                        }
                     }
                 }
             };
@@ -149,11 +156,16 @@ async fn connection<S>(
         hyper::service::service_fn(move |mut req: Request<Incoming>| {
             req.extensions_mut().insert(info.clone());
             activity.request_started();
+            let route = metrics::route(req.uri().path());
+            let started = Instant::now();
             let answer = routes.clone().call(req);
             let activity = activity.clone();
             async move {
                 let response = answer.await;
                 activity.request_done();
+                if let Ok(r) = &response {
+                    metrics::http_request(route, r.status().as_u16(), started.elapsed());
+                }
                 response
             }
         })
@@ -173,6 +185,8 @@ async fn connection<S>(
             done = conn.as_mut() => {
                 if let Err(e) = done {
                     tracing::debug!(%peer, error = %e, "HTTP connection ended with an error");
+                    let kind = if e.is_timeout() { "timeout" } else { "protocol" };
+                    metrics::client_error("http", kind);
                 }
                 return;
             }
@@ -189,7 +203,7 @@ async fn connection<S>(
                 let deadline = activity.deadline(&limits);
                 if deadline <= Instant::now() {
                     tracing::debug!(%peer, "HTTP connection timed out (request head or keep-alive)");
-                    return;
+                    return metrics::client_error("http", "timeout");
                 }
                 sleep.as_mut().reset(deadline);
             }

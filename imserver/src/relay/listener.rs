@@ -14,6 +14,7 @@ use tokio::sync::Semaphore;
 use super::transport::{TcpTransport, Transport};
 use super::{Relay, session};
 use crate::delivery::ConnId;
+use crate::metrics;
 use crate::net::{IpSlot, Net};
 
 /// The connection slots of every transport together.
@@ -91,10 +92,12 @@ pub async fn serve(listener: TcpListener, relay: Arc<Relay>, net: Net) {
             Ok((stream, peer)) => {
                 let Some(ip) = net.per_ip.admit(peer.ip()) else {
                     tracing::debug!(%peer, "too many connections from this address; closed");
+                    metrics::refused("relay", "max_connections_per_ip");
                     continue;
                 };
                 let Some(admitted) = relay.gate.admit(ip) else {
                     tracing::warn!(%peer, "connection limit reached; closed at once");
+                    metrics::refused("relay", "max_connections");
                     continue;
                 };
                 // Chat frames are small and latency matters more than packet count.
@@ -118,8 +121,14 @@ pub async fn serve(listener: TcpListener, relay: Arc<Relay>, net: Net) {
                             let transport = TcpTransport::new(Box::new(stream), max);
                             relay2.serve(admitted, transport, peer).await;
                         }
-                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            metrics::client_error("relay", "tls_handshake");
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                            metrics::client_error("relay", "tls_timeout");
+                        }
                     }
                 });
             }

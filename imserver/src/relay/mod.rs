@@ -33,6 +33,7 @@ use tokio_util::task::TaskTracker;
 pub use transport::WsTransport;
 
 use crate::config::{AuthMode, RelayConfig, RelayPolicy};
+use crate::metrics::RelayMetrics;
 use crate::store::Store;
 
 /// What every session shares.
@@ -46,6 +47,7 @@ pub struct Relay {
     pub limits: Limits,
     /// Connection slots, shared by TCP and WebSocket.
     pub gate: Gate,
+    pub metrics: RelayMetrics,
     /// Every connection's task, so that shutdown can wait for them.
     tasks: TaskTracker,
     /// The server's shutdown: every connection watches it.
@@ -64,6 +66,7 @@ impl Relay {
     ) -> Self {
         Relay {
             gate: Gate::new(c.max_connections, c.refusal_backlog),
+            metrics: RelayMetrics::new(),
             tasks,
             shutdown,
             store,

@@ -120,7 +120,10 @@ impl Outbox {
     }
 
     fn overflowed(&self) {
-        tracing::warn!(conn = self.id, "send queue full; disconnecting slow reader");
+        if !self.evict.is_cancelled() {
+            tracing::warn!(conn = self.id, "send queue full; disconnecting slow reader");
+            crate::metrics::evicted();
+        }
         self.evict();
     }
 }

@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
@@ -23,6 +24,8 @@ type Shard = Mutex<HashMap<UserId, Vec<Arc<Outbox>>>>;
 pub struct LocalRouter {
     hasher: std::collections::hash_map::RandomState,
     shards: Box<[Shard]>,
+    /// Users with a connection here, for the metrics.
+    users: AtomicUsize,
 }
 
 impl Default for LocalRouter {
@@ -30,6 +33,7 @@ impl Default for LocalRouter {
         LocalRouter {
             hasher: Default::default(),
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            users: AtomicUsize::new(0),
         }
     }
 }
@@ -51,6 +55,9 @@ impl LocalRouter {
             return None;
         }
         conns.push(conn);
+        if conns.len() == 1 {
+            self.users.fetch_add(1, Ordering::Relaxed);
+        }
         Some(conns.len())
     }
 
@@ -65,8 +72,14 @@ impl LocalRouter {
         let left = conns.len();
         if left == 0 {
             shard.remove(&user);
+            self.users.fetch_sub(1, Ordering::Relaxed);
         }
         left
+    }
+
+    /// Users with a connection on this node.
+    pub fn users_online(&self) -> usize {
+        self.users.load(Ordering::Relaxed)
     }
 
     /// Whether `user` has a connection on this node.

@@ -395,6 +395,10 @@ pub trait Streams {
 
 /// The server's storage.
 pub trait Store: Accounts + Tokens + Social + Groups + Streams + Send + Sync + 'static {
+    /// Answers once a read and a round trip through the write queue succeed: the store
+    /// can serve (`/readyz`).
+    fn ready(&self) -> StoreFuture<'_, ()>;
+
     /// Finishes queued writes and stops; later calls fail with [`StoreError::Closed`].
     fn close(&self) -> BoxFuture<'_, ()>;
 }

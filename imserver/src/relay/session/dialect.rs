@@ -26,6 +26,14 @@ impl Dialect {
         }
     }
 
+    /// Its label in metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Dialect::V1 => "v1",
+            _ => "v2",
+        }
+    }
+
     /// Whether the server may write anything but messages to it: `Registered`, `Ack`,
     /// `Error`, `Event`, `Pong`.
     pub fn answers(self) -> bool {

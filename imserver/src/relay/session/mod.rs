@@ -55,6 +55,7 @@ use super::transport::{Close, Transport, spliceable};
 use crate::auth;
 use crate::delivery::{ConnId, Delivery};
 use crate::id::{Address, UserId};
+use crate::metrics;
 use crate::store::{Appended, Appends, NewMessage, Outcome, Replies, StoreError};
 
 /// Stop gathering queued frames into one write past this many bytes.
@@ -178,6 +179,8 @@ struct Session<T> {
     last_frame: Instant,
     /// This burst's messages, not yet handed to the store.
     pending: Vec<NewMessage>,
+    /// Messages received in this burst (stored or refused), counted once per burst.
+    received: u64,
     /// v2: messages handed to the store (or pending) and not yet answered.
     unacked: usize,
     /// `--typing-limit`, made at the connection's first `Typing`.
@@ -219,6 +222,7 @@ pub(super) async fn run<T: Transport>(
         replies: None,
         typing: None,
         pending: Vec::new(),
+        received: 0,
         unacked: 0,
         max_unacked: (limits.frames / 2).max(1),
     };
@@ -268,14 +272,16 @@ pub(super) async fn run<T: Transport>(
         }
     };
 
-    if let Some(user) = s.user
-        && s.relay.router.unsubscribe(user, id) == 0
-    {
-        s.relay.presence.left(user).await;
+    if let Some(user) = s.user {
+        metrics::connection(T::NAME, s.dialect.name(), -1.0);
+        if s.relay.router.unsubscribe(user, id) == 0 {
+            s.relay.presence.left(user).await;
+        }
     }
     if s.dialect.answers()
         && let Some(error) = stop.farewell()
     {
+        metrics::error_sent(&error.code);
         s.transport.discard();
         s.transport.push_packet(&error.into());
         let _ = tokio::time::timeout(FAREWELL_WRITE, s.transport.flush()).await;
@@ -338,6 +344,12 @@ impl<T: Transport> Session<T> {
                 None => break Ok(()),
             }
         };
+        if self.received > 0 {
+            self.relay
+                .metrics
+                .received
+                .increment(std::mem::take(&mut self.received));
+        }
         // Messages before a stream error were sent before it: they are stored all the same.
         let sent = self.send_pending().await;
         ended.and(sent)
@@ -428,6 +440,7 @@ impl<T: Transport> Session<T> {
         if !self.dialect.answers() {
             return Ok(());
         }
+        metrics::error_sent(&code);
         let error = ErrorPacket::new(code, message).with_id(id);
         self.transport.push_packet(&error.into());
         self.flush(self.last_sent).await
@@ -495,6 +508,9 @@ impl<T: Transport> Session<T> {
             Some(1) => self.relay.presence.changed(user),
             Some(_) => {}
         }
+        // Registered from here on: the end of the session unsubscribes it.
+        self.user = Some(user);
+        metrics::connection(T::NAME, self.dialect.name(), 1.0);
         info!(
             conn = self.id,
             user = user.get(),
@@ -515,7 +531,6 @@ impl<T: Transport> Session<T> {
         self.last_sent = r
             .last_seq
             .map_or(position.acked, |seq| seq.min(position.head));
-        self.user = Some(user);
         self.replay(user).await
     }
 
@@ -524,6 +539,7 @@ impl<T: Transport> Session<T> {
     async fn replay(&mut self, user: UserId) -> Result<(), Stop> {
         let store = self.relay.store.clone();
         let limit = self.relay.limits.replay_batch;
+        let mut replayed = 0;
         loop {
             let batch = store.read_stream(user, self.last_sent, limit).await?;
             let done = batch.len() < limit;
@@ -531,11 +547,15 @@ impl<T: Transport> Session<T> {
             for entry in batch {
                 if self.dialect.receives_stored(&entry.payload, user) {
                     self.transport.push_entry(&entry.payload, entry.seq);
+                    replayed += 1;
                 }
                 last = entry.seq;
             }
             self.flush(last).await?;
             if done {
+                let m = &self.relay.metrics;
+                m.replayed.record(replayed as f64);
+                m.delivered.increment(replayed);
                 return Ok(());
             }
         }
@@ -547,6 +567,7 @@ impl<T: Transport> Session<T> {
         id: Option<String>,
         payload: Bytes,
     ) -> Result<(), Stop> {
+        self.received += 1;
         let Some(user) = self.user else {
             let reason = "send Regist first".to_owned();
             return self.reject(ErrorCode::NotRegistered, reason, id).await;
@@ -618,6 +639,7 @@ impl<T: Transport> Session<T> {
         let Some(user) = self.registered().await? else {
             return Ok(());
         };
+        self.relay.metrics.client_acks.increment(1);
         Ok(self.relay.store.ack(user, seq.min(self.last_sent)).await?)
     }
 
@@ -705,6 +727,7 @@ impl<T: Transport> Session<T> {
     /// Writes `first` and whatever else is queued (up to [`COALESCE_BYTES`]) in one go.
     async fn send_queued(&mut self, first: Outbound, inbox: &Inbox) -> Result<(), Stop> {
         let mut last = self.last_sent;
+        let mut delivered = 0;
         let mut item = Some(first);
         while let Some(next) = item {
             inbox.taken(&next);
@@ -714,6 +737,7 @@ impl<T: Transport> Session<T> {
                         if e.seq > last {
                             if self.dialect.receives(e.kind) {
                                 self.transport.push_entry(&e.payload, e.seq);
+                                delivered += 1;
                             }
                             last = e.seq;
                         }
@@ -733,6 +757,9 @@ impl<T: Transport> Session<T> {
                 None
             };
         }
+        if delivered > 0 {
+            self.relay.metrics.delivered.increment(delivered);
+        }
         self.flush(last).await
     }
 
@@ -741,6 +768,7 @@ impl<T: Transport> Session<T> {
     /// of its stream, as it sent them.
     fn answer(&mut self, outcomes: Vec<Outcome>) -> u64 {
         let mut last = 0;
+        let mut acks = 0;
         for Outcome {
             client_id,
             group,
@@ -754,6 +782,7 @@ impl<T: Transport> Session<T> {
                     let group = group.map(|g| g.to_string());
                     let ack = Ack::stored(client_id, seq).in_group(group);
                     self.transport.push_packet(&ack.into());
+                    acks += 1;
                     continue;
                 }
                 Appended::NotFriends => (
@@ -762,8 +791,12 @@ impl<T: Transport> Session<T> {
                 ),
                 Appended::NotMember => (ErrorCode::NotMember, "you are not a member of this group"),
             };
+            metrics::error_sent(&code);
             let packet = ErrorPacket::new(code, message).with_id(client_id).into();
             self.transport.push_packet(&packet);
+        }
+        if acks > 0 {
+            self.relay.metrics.acks_sent.increment(acks);
         }
         last
     }

@@ -22,6 +22,9 @@ pub trait Transport: Send + 'static {
     /// clients never had another transport.
     const CARRIES_V1: bool;
 
+    /// Its name in metrics (`tcp`, `ws`).
+    const NAME: &'static str;
+
     /// The next frame's payload; `None` when the peer closed cleanly between frames.
     /// An error that is not [fatal](ProtoError::is_fatal) concerns one frame, which is
     /// refused, and the connection goes on; any other error ends it.

@@ -87,6 +87,7 @@ impl<S: ByteStream> TcpTransport<S> {
 
 impl<S: ByteStream> Transport for TcpTransport<S> {
     const CARRIES_V1: bool = true;
+    const NAME: &'static str = "tcp";
 
     async fn recv(&mut self) -> Option<Result<Bytes, ProtoError>> {
         self.frames.next(&mut self.stream).await

@@ -140,6 +140,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> WsTransport<S> {
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Transport for WsTransport<S> {
     const CARRIES_V1: bool = false;
+    const NAME: &'static str = "ws";
 
     async fn recv(&mut self) -> Option<Result<Bytes, ProtoError>> {
         loop {

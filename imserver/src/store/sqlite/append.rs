@@ -16,6 +16,7 @@ use super::ids::{Key, Seen};
 use super::writer::{State, Statements};
 use crate::delivery::{Delivery, Entry, EntryKind};
 use crate::id::{Address, GroupId, UserId};
+use crate::metrics::StoreMetrics;
 use crate::store::{Appended, Appends, Outcome, Replies, StoreError};
 
 /// What a request of appends is answered with after the commit.
@@ -50,11 +51,17 @@ impl Answer {
     }
 
     /// After the commit (`Ok`), or the transaction's failure.
-    pub fn send(self, delivery: &dyn Delivery, committed: Result<(), StoreError>) {
+    pub fn send(
+        self,
+        delivery: &dyn Delivery,
+        metrics: &StoreMetrics,
+        committed: Result<(), StoreError>,
+    ) {
         if let Err(e) = committed {
             self.replies.failed(e);
             return;
         }
+        metrics.appended(&self.outcomes);
         if !self.outcomes.is_empty() {
             self.replies.replied(self.outcomes);
         }

@@ -450,6 +450,20 @@ impl Streams for SqliteStore {
 }
 
 impl Store for SqliteStore {
+    fn ready(&self) -> StoreFuture<'_, ()> {
+        async move {
+            self.read(|c| c.query_row("SELECT 1", [], |_| Ok(())))
+                .await?;
+            let (tx, rx) = oneshot::channel();
+            let hook: BarrierHook = Box::new(move |done| {
+                let _ = tx.send(done);
+            });
+            self.barrier(hook).await?;
+            rx.await.map_err(|_| StoreError::Closed)?
+        }
+        .boxed()
+    }
+
     fn close(&self) -> BoxFuture<'_, ()> {
         async move {
             let (tx, rx) = oneshot::channel();

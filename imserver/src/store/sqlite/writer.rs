@@ -26,6 +26,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use rusqlite::{CachedStatement, Connection, Transaction, params};
@@ -42,6 +43,7 @@ use super::receipts::ReadReceipts;
 use super::social::apply_change;
 use crate::delivery::{Delivery, Entry, EntryKind};
 use crate::id::{Address, GroupId, UserId};
+use crate::metrics::StoreMetrics;
 use crate::store::cache::ReadCache;
 use crate::store::social::{self, Change, Pair, Plan, RequestOutcome, SocialError};
 use crate::store::{Account, Appends, BarrierHook, Group, GroupError, StoreError, TokenHash};
@@ -197,6 +199,7 @@ pub(super) struct Writer {
     /// The acknowledgement positions not written yet.
     acks: Arc<AckBook>,
     delivery: Arc<dyn Delivery>,
+    metrics: StoreMetrics,
 }
 
 /// How much one transaction takes at most.
@@ -232,6 +235,7 @@ impl Writer {
             cache,
             acks,
             delivery,
+            metrics: StoreMetrics::new(),
         };
         w.load_blocks()?;
         Ok(w)
@@ -249,6 +253,7 @@ impl Writer {
     pub fn run(mut self, mut rx: mpsc::UnboundedReceiver<Queued>, limits: BatchLimits) {
         let mut batch = Vec::new();
         while let Some(first) = rx.blocking_recv() {
+            self.metrics.queue.set(rx.len() as f64);
             let (mut writes, mut bytes) = (0, 0);
             let mut next = Some(first);
             while let Some((request, places)) = next {
@@ -267,7 +272,11 @@ impl Writer {
                     None
                 };
             }
-            if self.commit(&mut batch) {
+            let started = Instant::now();
+            let closing = self.commit(&mut batch);
+            self.metrics.batch.record(writes as f64);
+            self.metrics.commit.record(started.elapsed().as_secs_f64());
+            if closing {
                 rx.close();
                 return;
             }
@@ -309,7 +318,8 @@ impl Writer {
                 (Then::Deliver(to, entry), Ok(())) => self.delivery.deliver(to, [entry].into()),
                 (Then::Deliver(..), Err(_)) => {}
                 (Then::Appended(answer), r) => {
-                    answer.send(self.delivery.as_ref(), r.as_ref().map(|_| ()).map_err(fail));
+                    let committed = r.as_ref().map(|_| ()).map_err(fail);
+                    answer.send(self.delivery.as_ref(), &self.metrics, committed);
                 }
                 (Then::Barrier(hook), r) => hook(r.as_ref().map(|_| ()).map_err(fail)),
                 (Then::Reply(answer), r) => answer(r.as_ref().map(|_| ()).map_err(fail)),
