@@ -3,7 +3,6 @@
 use std::io::IsTerminal;
 
 use anyhow::Context;
-use clap::Parser;
 use imserver::{Config, Server};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing_subscriber::EnvFilter;
@@ -24,7 +23,14 @@ async fn main() -> anyhow::Result<()> {
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_ansi(std::io::stdout().is_terminal())
         .init();
-    let config = Config::parse();
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.get(1).is_some_and(|a| a == "print-config") {
+        args.remove(1);
+        let text = imserver::config::effective(args).unwrap_or_else(|e| e.exit());
+        print!("{text}");
+        return Ok(());
+    }
+    let config: Config = imserver::config::load(args).unwrap_or_else(|e| e.exit());
     // The handlers are installed before the startup line is logged: a supervisor that
     // signals as soon as it sees that line must get a clean shutdown, not the default
     // action of a signal nobody listens for yet.

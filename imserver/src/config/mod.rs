@@ -8,6 +8,14 @@
 //! `IMSERVER_*` variables.
 //!
 //! Durations take a unit (`500ms`, `10s`, `5m`, `30days`); a bare number is seconds.
+//!
+//! Every value is checked here, by the parser of its flag, whether it comes from the command
+//! line, the environment or `--config FILE` (`file.rs`): a count of 0 is refused unless the
+//! flag's help says what 0 means.
+
+mod file;
+
+pub use file::{ConfigError, effective, load};
 
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
@@ -18,8 +26,19 @@ use clap::{Args, CommandFactory, FromArgMatches, Parser, ValueEnum};
 
 /// imserver: an instant-messaging server (HTTP API + TCP relay) on an embedded SQLite store.
 #[derive(Parser, Debug, Clone)]
-#[command(name = "imserver", version, about)]
+#[command(
+    name = "imserver",
+    version,
+    about,
+    after_help = "Commands (as the first argument):\n  \
+    print-config  print the effective configuration as TOML, every flag with its help"
+)]
 pub struct Config {
+    /// A TOML file of flags (`max-connections = 20000`, keys as the flags are named); the
+    /// command line and the environment win over it. See `imserver print-config`.
+    #[arg(long, env = "IMSERVER_CONFIG")]
+    pub config: Option<PathBuf>,
+
     /// Create, if missing, user "1" (Wu) and user "2" (WuYW), password "123", friends of each
     /// other: what the Go server always started with.
     #[arg(long, env = "IMSERVER_DEMO")]
@@ -78,7 +97,8 @@ pub struct HttpConfig {
     pub addr: SocketAddr,
 
     /// Largest HTTP request body, in bytes; larger ones get 413.
-    #[arg(long, env = "IMSERVER_MAX_BODY_BYTES", default_value_t = 64 * 1024)]
+    #[arg(long, env = "IMSERVER_MAX_BODY_BYTES", default_value_t = 64 * 1024,
+          value_parser = at_least_one)]
     pub max_body_bytes: usize,
     /// Web origins whose pages may open a WebSocket on `/ws`, comma-separated
     /// (`https://chat.example.com`), or `*` for any. Pages served by this server itself are
@@ -135,7 +155,8 @@ pub struct RelayConfig {
 
     /// Largest frame payload, in bytes, the relay accepts. A length prefix over it closes the
     /// connection before any payload is read.
-    #[arg(long, env = "IMSERVER_MAX_FRAME_BYTES", default_value_t = 1024 * 1024)]
+    #[arg(long, env = "IMSERVER_MAX_FRAME_BYTES", default_value_t = 1024 * 1024,
+          value_parser = at_least_one)]
     pub max_frame_bytes: usize,
 
     /// Messages per second one relay connection may send (a token bucket; see
@@ -146,18 +167,21 @@ pub struct RelayConfig {
     pub rate_limit: u32,
 
     /// Messages a relay connection may send at once before `--rate-limit` applies.
-    #[arg(long, env = "IMSERVER_RATE_BURST", default_value_t = 500)]
+    #[arg(long, env = "IMSERVER_RATE_BURST", default_value_t = 500,
+          value_parser = at_least_one_u32)]
     pub rate_burst: u32,
 
     /// Relay connections open at once, in all (TCP and WebSocket together). Over it, a
     /// connection is refused with `too_many_connections` at its `Regist`. Each takes a file
     /// descriptor; keep it below the process's open-file limit.
-    #[arg(long, env = "IMSERVER_MAX_CONNECTIONS", default_value_t = 16 * 1024)]
+    #[arg(long, env = "IMSERVER_MAX_CONNECTIONS", default_value_t = 16 * 1024,
+          value_parser = at_least_one)]
     pub max_connections: usize,
 
     /// Connections over `--max-connections` that may stay open until their `Regist`, to be
     /// told `too_many_connections` (a v1 client, which cannot be told, is closed). Past these,
-    /// a connection over the limit is closed as soon as it is accepted.
+    /// a connection over the limit is closed as soon as it is accepted. 0: none wait; every
+    /// connection over the limit is closed at once.
     #[arg(long, env = "IMSERVER_REFUSAL_BACKLOG", default_value_t = 64)]
     pub refusal_backlog: usize,
 
@@ -167,7 +191,8 @@ pub struct RelayConfig {
     pub max_connections_per_user: usize,
 
     /// How long a new relay connection has to send `Regist` before it is closed.
-    #[arg(long, env = "IMSERVER_REGIST_DEADLINE", default_value = "10s", value_parser = duration)]
+    #[arg(long, env = "IMSERVER_REGIST_DEADLINE", default_value = "10s",
+          value_parser = positive_duration)]
     pub regist_deadline: Duration,
 
     /// How long a relay connection may stay silent (no frame at all; `Ping` counts) before
@@ -190,7 +215,8 @@ pub struct RelayConfig {
     /// past it, the reader is disconnected as for a full queue. `--send-queue` frames of up
     /// to `--max-frame-bytes` each would be a gigabyte. A frame always fits in an empty
     /// queue, so a limit below `--max-frame-bytes` never cuts off a reader that keeps up.
-    #[arg(long, env = "IMSERVER_SEND_QUEUE_BYTES", default_value_t = 8 << 20)]
+    #[arg(long, env = "IMSERVER_SEND_QUEUE_BYTES", default_value_t = 8 << 20,
+          value_parser = at_least_one)]
     pub send_queue_bytes: usize,
 
     /// Stored stream entries replayed per store read when a user reconnects.
@@ -203,7 +229,7 @@ pub struct RelayConfig {
     pub typing_limit: NonZeroU32,
 
     /// How long a user's connections coming or going waits before their friends are told
-    /// (`Presence`): a user back (or gone) again within it tells nobody anything.
+    /// (`Presence`): a user back (or gone) again within it tells nobody anything. 0: at once.
     #[arg(long, env = "IMSERVER_PRESENCE_DELAY", default_value = "2s", value_parser = duration)]
     pub presence_delay: Duration,
 
@@ -224,7 +250,8 @@ pub struct AuthConfig {
     pub auth: AuthMode,
 
     /// How long a login token stays valid.
-    #[arg(long, env = "IMSERVER_TOKEN_TTL", default_value = "30days", value_parser = duration)]
+    #[arg(long, env = "IMSERVER_TOKEN_TTL", default_value = "30days",
+          value_parser = positive_duration)]
     pub token_ttl: Duration,
 
     /// Accounts one client IP address may create per minute (`POST /regist`); 0: no limit.
@@ -312,7 +339,7 @@ pub struct StoreConfig {
     /// memory in between, and always written at shutdown). A crash forgets at most this
     /// much of them: those entries are replayed again to a device that connects without
     /// `lastSeq`, never lost.
-    #[arg(long, env = "IMSERVER_ACK_FLUSH", default_value = "1s", value_parser = duration)]
+    #[arg(long, env = "IMSERVER_ACK_FLUSH", default_value = "1s", value_parser = positive_duration)]
     pub ack_flush: Duration,
 
     /// Entries each in-memory cache holds at most: users, friend lists and tokens (what
@@ -406,6 +433,11 @@ fn batch_bytes(s: &str) -> Result<usize, String> {
         n if n > MAX => Err(format!("must be at most {MAX} (256 MiB)")),
         n => Ok(n),
     }
+}
+
+/// A `u32` count that must be at least 1.
+fn at_least_one_u32(s: &str) -> Result<u32, String> {
+    u32::try_from(at_least_one(s)?).map_err(|_| format!("must be at most {}", u32::MAX))
 }
 
 /// A count that must be at least 1.
