@@ -3,6 +3,7 @@
 use std::io::IsTerminal;
 
 use anyhow::Context;
+use clap::Parser;
 use imserver::{Config, Server};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing_subscriber::EnvFilter;
@@ -17,6 +18,34 @@ use tracing_subscriber::EnvFilter;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// `imserver backup`: a consistent copy of a running server's database (SQLite's online
+/// backup API).
+#[derive(clap::Parser)]
+#[command(name = "imserver backup")]
+struct Backup {
+    /// The server's `--data-dir`.
+    #[arg(long)]
+    data_dir: std::path::PathBuf,
+    /// The backup file to write (replaced if it exists, only once the copy is whole).
+    #[arg(long)]
+    to: std::path::PathBuf,
+}
+
+/// `imserver restore`: a backup put back as a data dir's database. Stop the server first.
+#[derive(clap::Parser)]
+#[command(name = "imserver restore")]
+struct Restore {
+    /// The backup file.
+    #[arg(long)]
+    from: std::path::PathBuf,
+    /// The data dir to restore into.
+    #[arg(long)]
+    data_dir: std::path::PathBuf,
+    /// Overwrite the database the data dir has.
+    #[arg(long)]
+    replace: bool,
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -24,11 +53,34 @@ async fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::stdout().is_terminal())
         .init();
     let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    if args.get(1).is_some_and(|a| a == "print-config") {
-        args.remove(1);
-        let text = imserver::config::effective(args).unwrap_or_else(|e| e.exit());
-        print!("{text}");
-        return Ok(());
+    match args.get(1).and_then(|a| a.to_str()) {
+        Some("print-config") => {
+            args.remove(1);
+            let text = imserver::config::effective(args).unwrap_or_else(|e| e.exit());
+            print!("{text}");
+            return Ok(());
+        }
+        Some("backup") => {
+            let b = Backup::parse_from(args.iter().skip(1));
+            let bytes = tokio::task::spawn_blocking(move || {
+                imserver::store::backup(&b.data_dir, &b.to).map(|n| (n, b.to))
+            })
+            .await?;
+            let (bytes, to) = bytes.context("backup failed")?;
+            println!("backed up {bytes} bytes to {}", to.display());
+            return Ok(());
+        }
+        Some("restore") => {
+            let r = Restore::parse_from(args.iter().skip(1));
+            let bytes = tokio::task::spawn_blocking(move || {
+                imserver::store::restore(&r.from, &r.data_dir, r.replace).map(|n| (n, r.data_dir))
+            })
+            .await?;
+            let (bytes, dir) = bytes.context("restore failed")?;
+            println!("restored {bytes} bytes into {}", dir.display());
+            return Ok(());
+        }
+        _ => {}
     }
     let config: Config = imserver::config::load(args).unwrap_or_else(|e| e.exit());
     // The handlers are installed before the startup line is logged: a supervisor that

@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::process::{login, post, spawn};
+use common::process::{login, post, spawn, until_acked};
 use common::{WAIT, recv_message, say};
 use improto::{Client, Message, Packet, Regist};
 use tokio::time::timeout;
@@ -44,17 +44,6 @@ fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
         assert!(Instant::now() < deadline, "imserver did not exit");
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-/// Waits until `acked` holds `n` acknowledgements.
-async fn until_acked(acked: &Mutex<Vec<(String, u64)>>, n: usize) {
-    timeout(WAIT, async {
-        while acked.lock().unwrap().len() < n {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("{n} acknowledgements arrive"));
 }
 
 async fn client(tcp: SocketAddr, user: &str) -> Client {

@@ -31,7 +31,9 @@ use clap::{Args, CommandFactory, FromArgMatches, Parser, ValueEnum};
     version,
     about,
     after_help = "Commands (as the first argument):\n  \
-    print-config  print the effective configuration as TOML, every flag with its help"
+    print-config  print the effective configuration as TOML, every flag with its help\n  \
+    backup        copy a running server's database: backup --data-dir DIR --to FILE\n  \
+    restore       put a backup back: restore --from FILE --data-dir DIR [--replace]"
 )]
 pub struct Config {
     /// A TOML file of flags (`max-connections = 20000`, keys as the flags are named); the

@@ -46,7 +46,7 @@ pub(crate) fn event_bytes(event: improto::Event) -> Bytes {
 }
 pub use groups::{Group, GroupError};
 pub use social::{RequestOutcome, SocialError};
-pub use sqlite::SqliteStore;
+pub use sqlite::{SqliteStore, backup, restore};
 
 /// Storage failures. None of them is the client's fault; HTTP answers them with 500.
 #[derive(Debug, thiserror::Error)]

@@ -101,3 +101,14 @@ pub async fn login(http: &reqwest::Client, addr: SocketAddr, user: &str, passwor
         .unwrap_or_else(|| panic!("no token in {reply}"))
         .to_owned()
 }
+
+/// Waits until `acked` holds `n` acknowledgements.
+pub async fn until_acked(acked: &Mutex<Vec<(String, u64)>>, n: usize) {
+    tokio::time::timeout(WAIT, async {
+        while acked.lock().unwrap().len() < n {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{n} acknowledgements arrive"));
+}

@@ -21,6 +21,7 @@
 
 mod acks;
 mod append;
+mod backup;
 mod chunk;
 mod draft;
 mod fold;
@@ -31,6 +32,8 @@ mod receipts;
 mod schema;
 mod social;
 mod writer;
+
+pub use backup::{backup, restore};
 
 use std::hash::Hash;
 use std::sync::Arc;
