@@ -1,0 +1,59 @@
+//! The HTTP API: JSON in, JSON out, and the server's `{"msg": …}` as the error.
+
+use anyhow::{Context, bail};
+use serde_json::Value;
+
+pub struct Api {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Api {
+    pub fn new(server: &str) -> Self {
+        Api {
+            base: server.trim_end_matches('/').to_owned(),
+            http: reqwest::Client::builder()
+                .timeout(crate::WAIT)
+                .build()
+                .expect("a plain HTTP client builds"),
+        }
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> anyhow::Result<Value> {
+        let request = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(token);
+        answer(request).await
+    }
+
+    pub async fn post(
+        &self,
+        path: &str,
+        body: &Value,
+        token: Option<&str>,
+    ) -> anyhow::Result<Value> {
+        let mut request = self.http.post(format!("{}{path}", self.base)).json(body);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        answer(request).await
+    }
+}
+
+async fn answer(request: reqwest::RequestBuilder) -> anyhow::Result<Value> {
+    let reply = request
+        .send()
+        .await
+        .context("cannot reach the server's HTTP API")?;
+    let status = reply.status();
+    let body: Value = reply.json().await.unwrap_or(Value::Null);
+    if !status.is_success() {
+        let why = body["msg"].as_str().unwrap_or("no reason given");
+        if status == reqwest::StatusCode::UNAUTHORIZED {
+            bail!("{why} ({status}): log in again (imctl login)");
+        }
+        bail!("{why} ({status})");
+    }
+    Ok(body)
+}
