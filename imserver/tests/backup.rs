@@ -5,11 +5,10 @@ mod common;
 
 use std::path::Path;
 use std::process::Command;
-use std::sync::{Arc, Mutex};
 
-use common::process::{login, spawn, until_acked};
+use common::process::{AckedStream, acked_stream, login, spawn, until_acked};
 use common::{WAIT, recv_message};
-use improto::{Client, Message, Packet, Regist};
+use improto::{Client, Regist};
 use tokio::time::timeout;
 
 /// Runs `imserver <args>` to its end: whether it succeeded, and what it printed.
@@ -40,34 +39,11 @@ async fn a_backup_taken_under_load_restores_everything_acknowledged_before_it() 
     let sender_token = login(&http, p.http, "1", "123").await;
     let receiver_token = login(&http, p.http, "2", "123").await;
 
-    let mut sender = timeout(WAIT, Client::connect(p.tcp))
-        .await
-        .unwrap()
-        .unwrap();
-    timeout(WAIT, sender.handshake(Regist::v2("1", sender_token)))
-        .await
-        .unwrap()
-        .unwrap();
-    let (mut tx, mut rx) = sender.split();
-    let acked = Arc::new(Mutex::new(Vec::<(String, u64)>::new()));
-    let acks = acked.clone();
-    let collector = tokio::spawn(async move {
-        while let Ok(Some(packet)) = rx.recv().await {
-            if let Packet::Ack(a) = packet {
-                acks.lock()
-                    .unwrap()
-                    .push((a.id.expect("ids are echoed"), a.seq));
-            }
-        }
-    });
-    let streamer = tokio::spawn(async move {
-        for i in 0u64.. {
-            let m = Message::new("1", "2", format!("kept {i}")).with_id(format!("c-{i}"));
-            if tx.send(m).await.is_err() {
-                return;
-            }
-        }
-    });
+    let AckedStream {
+        acked,
+        collector,
+        streamer,
+    } = acked_stream(p.tcp, sender_token).await;
 
     // The backup, while messages keep coming.
     until_acked(&acked, 500).await;

@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::process::{login, post, spawn, until_acked};
+use common::process::{AckedStream, acked_stream, login, post, spawn, until_acked};
 use common::{WAIT, recv_message, say};
 use improto::{Client, Message, Packet, Regist};
 use tokio::time::timeout;
@@ -152,35 +152,11 @@ async fn acknowledged_messages_survive_kill_9_exactly_once_and_in_order() {
     let receiver_token = login(&http, p.http, "2", "123").await;
 
     // A stream of messages with client ids; a second task collects the server's Acks.
-    let mut sender = timeout(WAIT, Client::connect(p.tcp))
-        .await
-        .unwrap()
-        .unwrap();
-    timeout(WAIT, sender.handshake(Regist::v2("1", sender_token)))
-        .await
-        .unwrap()
-        .unwrap();
-    let (mut tx, mut rx) = sender.split();
-    let acked = Arc::new(Mutex::new(Vec::<(String, u64)>::new()));
-    let acks = acked.clone();
-    let collector = tokio::spawn(async move {
-        while let Ok(Some(packet)) = rx.recv().await {
-            if let Packet::Ack(a) = packet {
-                acks.lock()
-                    .unwrap()
-                    .push((a.id.expect("ids are echoed"), a.seq));
-            }
-        }
-    });
-    let streamer = tokio::spawn(async move {
-        for i in 0u64.. {
-            let m = Message::new("1", "2", format!("durable {i}")).with_id(format!("c-{i}"));
-            if tx.send(m).await.is_err() {
-                return i; // the server is gone
-            }
-        }
-        unreachable!()
-    });
+    let AckedStream {
+        acked,
+        collector,
+        streamer,
+    } = acked_stream(p.tcp, sender_token).await;
 
     // Kill the server in the middle of the stream, once a good number is acknowledged.
     until_acked(&acked, 300).await;

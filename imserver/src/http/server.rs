@@ -64,21 +64,36 @@ impl Limits {
     }
 }
 
+/// What a listener serves: warp's routes as a service (`warp::service`).
+pub trait Routes:
+    Service<Request<Incoming>, Response = warp::reply::Response, Error = Infallible, Future: Send>
+    + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<S> Routes for S where
+    S: Service<
+            Request<Incoming>,
+            Response = warp::reply::Response,
+            Error = Infallible,
+            Future: Send,
+        > + Clone
+        + Send
+        + 'static
+{
+}
+
 /// Serves `routes` on connections accepted from `listener` until `shutdown`.
-pub async fn serve<S>(
+pub async fn serve<S: Routes>(
     listener: TcpListener,
     routes: S,
     net: Net,
     limits: Limits,
     shutdown: CancellationToken,
     tasks: TaskTracker,
-) where
-    S: Service<Request<Incoming>, Response = warp::reply::Response, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send,
-{
+) {
     let open = Arc::new(Semaphore::new(limits.max_connections));
     loop {
         let (tcp, peer) = tokio::select! {
@@ -132,19 +147,13 @@ pub async fn serve<S>(
 }
 
 /// Serves one connection until it closes, times out, or the server shuts down.
-async fn connection<S>(
+async fn connection<S: Routes>(
     stream: Stream,
     info: ConnInfo,
     routes: S,
     limits: Limits,
     shutdown: CancellationToken,
-) where
-    S: Service<Request<Incoming>, Response = warp::reply::Response, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send,
-{
+) {
     let peer = info.peer;
     let activity = Arc::new(Activity::new());
     let io = TokioIo::new(Watched {

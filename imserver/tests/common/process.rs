@@ -112,3 +112,52 @@ pub async fn until_acked(acked: &Mutex<Vec<(String, u64)>>, n: usize) {
     .await
     .unwrap_or_else(|_| panic!("{n} acknowledgements arrive"));
 }
+
+/// User 1 streaming v2 messages with client ids `c-0`, `c-1`, … to user 2 until the server
+/// is gone, and the server's `Ack`s collected as they come.
+pub struct AckedStream {
+    /// `(client id, seq)` of every `Ack`, in order.
+    pub acked: Arc<Mutex<Vec<(String, u64)>>>,
+    pub collector: tokio::task::JoinHandle<()>,
+    /// Ends with the number of messages sent.
+    pub streamer: tokio::task::JoinHandle<u64>,
+}
+
+/// Starts an [`AckedStream`] on `tcp` with user 1's `token`.
+pub async fn acked_stream(tcp: SocketAddr, token: String) -> AckedStream {
+    use improto::{Client, Message, Packet, Regist};
+    let mut sender = tokio::time::timeout(WAIT, Client::connect(tcp))
+        .await
+        .unwrap()
+        .unwrap();
+    tokio::time::timeout(WAIT, sender.handshake(Regist::v2("1", token)))
+        .await
+        .unwrap()
+        .unwrap();
+    let (mut tx, mut rx) = sender.split();
+    let acked = Arc::new(Mutex::new(Vec::<(String, u64)>::new()));
+    let acks = acked.clone();
+    let collector = tokio::spawn(async move {
+        while let Ok(Some(packet)) = rx.recv().await {
+            if let Packet::Ack(a) = packet {
+                acks.lock()
+                    .unwrap()
+                    .push((a.id.expect("ids are echoed"), a.seq));
+            }
+        }
+    });
+    let streamer = tokio::spawn(async move {
+        for i in 0u64.. {
+            let m = Message::new("1", "2", format!("durable {i}")).with_id(format!("c-{i}"));
+            if tx.send(m).await.is_err() {
+                return i; // the server is gone
+            }
+        }
+        unreachable!()
+    });
+    AckedStream {
+        acked,
+        collector,
+        streamer,
+    }
+}
