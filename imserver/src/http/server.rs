@@ -128,7 +128,11 @@ pub async fn serve<S: Routes>(
                 None => Either::Left(tcp),
                 Some(tls) => {
                     let handshake = tls.http().accept(tcp);
-                    match tokio::time::timeout(limits.header_timeout, handshake).await {
+                    let handshake = tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        done = tokio::time::timeout(limits.header_timeout, handshake) => done,
+                    };
+                    match handshake {
                         Ok(Ok(s)) => Either::Right(Box::new(s)),
                         Ok(Err(e)) => {
                             tracing::debug!(%peer, error = %e, "TLS handshake failed");
