@@ -15,11 +15,16 @@
 //!
 //! ## Layout
 //!
-//! - `config`: every flag and limit ([`Config`]), one group per room.
+//! - `config/`: every flag and limit ([`Config`]), one group per room, validated by the
+//!   flags' parsers; `file.rs` reads `--config FILE` and prints `print-config`.
 //! - `id`: [`UserId`], parsed once at each edge, with one canonical form.
+//! - `net/`: what every listener shares: TLS (`tls.rs`, reloaded on `SIGHUP`) and
+//!   `--max-connections-per-ip`.
 //! - `http/`: the HTTP API (routes in `mod`, `users`, `friends`, `history`, `guard` for
-//!   bearer tokens and rate limits, `body`, `reply`), the WebSocket upgrade (`ws`) and the
-//!   web chat's files (`web`, from `imserver/web/`).
+//!   bearer tokens and rate limits, `body`, `reply`), `/healthz` and `/readyz` (`health`),
+//!   the WebSocket upgrade (`ws`), the web chat's files (`web`, from `imserver/web/`),
+//!   `/metrics` (`scrape`), and the listener with its limits and timeouts (`server`).
+//! - `metrics`: every series the server reports, and how it is recorded.
 //! - `relay/`: the relay (`listener` for admission and TCP, `transport/` for TCP and
 //!   WebSocket framing, `session/` for one connection of either protocol version, `outbox`,
 //!   `router`).

@@ -4,8 +4,8 @@
 //!
 //! Every series is named and described here, so that this file is the list of what the
 //! server reports (`deploy/grafana-dashboard.json` queries only these). Rooms record through
-//! the handles in [`Relay`], [`StoreMetrics`] and [`Http`], made once when they start, or
-//! through the functions below for rare events. Without `--metrics-addr` no recorder is
+//! the handles in [`RelayMetrics`] and [`StoreMetrics`], made once when they start, or
+//! through the functions below for rare events and HTTP requests. Without `--metrics-addr` no recorder is
 //! installed, and every handle is a no-op.
 //!
 //! Counts on the hot path are added per burst, per commit and per write, never per message,
