@@ -7,6 +7,7 @@
 //! imctl send --to 4 "hello"            # waits for the server's Ack
 //! imctl tail                           # follows the stream, resuming where it left off
 //! imctl friends | groups | history 4
+//! imctl admin stats --metrics http://127.0.0.1:9100
 //! ```
 //!
 //! Human-readable output by default; `--json` prints one JSON value per line, for scripts.
@@ -14,6 +15,7 @@
 
 mod http;
 mod session;
+mod stats;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -93,12 +95,25 @@ enum Command {
     Friends,
     /// Your groups.
     Groups,
+    /// For operators.
+    #[command(subcommand)]
+    Admin(Admin),
     /// The conversation with a user or a group, newest page.
     History {
         peer: String,
         /// Entries before this `seq` (an earlier page).
         #[arg(long)]
         before: Option<u64>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum Admin {
+    /// The server's vital signs, from its `/metrics` (`--metrics-addr`).
+    Stats {
+        /// The metrics address, `http://host:port`.
+        #[arg(long, env = "IMCTL_METRICS", default_value = "http://127.0.0.1:9100")]
+        metrics: String,
     },
 }
 
@@ -188,6 +203,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     g["name"].as_str().unwrap_or("")
                 )
             });
+        }
+        Command::Admin(Admin::Stats { metrics }) => {
+            let stats = stats::fetch(&metrics).await?;
+            out.show(&stats, || stats::text(&stats));
         }
         Command::History { peer, before } => {
             let s = Session::load(&dir)?;

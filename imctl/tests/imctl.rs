@@ -22,6 +22,7 @@ impl Env {
         let mut config = Config::local(dir.path().join("data"));
         config.auth.regist_limit = 0;
         config.auth.login_limit = 0;
+        config.http.metrics_addr = Some("127.0.0.1:0".parse().unwrap());
         let server = Server::start(config).await.expect("the server starts");
         Env { server, dir }
     }
@@ -210,4 +211,41 @@ async fn errors_are_clear_and_exit_non_zero() {
     env.json("ann", &["logout"], "").await;
     let (ok, _, err) = env.imctl("ann", &["friends"], "").await;
     assert!(!ok && err.contains("not logged in"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_stats_sums_up_the_servers_metrics() {
+    let env = Env::start().await;
+    let ann = env.account("ann").await;
+    let bob = env.account("bob").await;
+    let metrics = format!("http://{}", env.server.metrics_addr().unwrap());
+    let stored = |s: &[Value]| s[0]["messagesStored"].as_f64().unwrap();
+    let before = env
+        .json("ann", &["admin", "stats", "--metrics", &metrics], "")
+        .await;
+    env.json("ann", &["send", "--to", &bob, "one"], "").await;
+    env.json("ann", &["send", "--to", &ann, "to myself"], "")
+        .await;
+    let stats = env
+        .json("ann", &["admin", "stats", "--metrics", &metrics], "")
+        .await;
+    // (Other tests of this binary may store messages too: it only ever grows.)
+    assert!(
+        stored(&stats) >= stored(&before) + 2.0,
+        "{before:?} then {stats:?}"
+    );
+    assert!(
+        stats[0]["residentBytes"].as_f64().unwrap() > 0.0,
+        "{stats:?}"
+    );
+    let (ok, text, _) = env
+        .imctl("ann", &["admin", "stats", "--metrics", &metrics], "")
+        .await;
+    assert!(ok && text.contains("messages stored"), "{text}");
+    // No metrics there: a clear error.
+    let api = format!("http://{}", env.server.http_addr());
+    let (ok, _, err) = env
+        .imctl("ann", &["admin", "stats", "--metrics", &api], "")
+        .await;
+    assert!(!ok && err.contains("404"), "{err}");
 }
