@@ -6,9 +6,8 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::process::{AckedStream, acked_stream, login, spawn, until_acked};
-use common::{WAIT, recv_message};
-use improto::{Client, Regist};
+use common::WAIT;
+use common::process::{AckedStream, acked_stream, spawn, stream_of, until_acked};
 use tokio::time::timeout;
 
 /// Runs `imserver <args>` to its end: whether it succeeded, and what it printed.
@@ -35,15 +34,13 @@ async fn a_backup_taken_under_load_restores_everything_acknowledged_before_it() 
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let p = spawn(&data, None, &["--demo", "--rate-limit", "0"]);
-    let http = reqwest::Client::builder().timeout(WAIT).build().unwrap();
-    let sender_token = login(&http, p.http, "1", "123").await;
-    let receiver_token = login(&http, p.http, "2", "123").await;
 
     let AckedStream {
+        receiver_token,
         acked,
         collector,
         streamer,
-    } = acked_stream(p.tcp, sender_token).await;
+    } = acked_stream(&p).await;
 
     // The backup, while messages keep coming.
     until_acked(&acked, 500).await;
@@ -95,21 +92,11 @@ async fn a_backup_taken_under_load_restores_everything_acknowledged_before_it() 
     // The receiver's stream, from the start: a gapless prefix of what was sent that holds
     // everything acknowledged before the backup began.
     let p2 = spawn(&restored, None, &[]);
-    let mut receiver = timeout(WAIT, Client::connect(p2.tcp))
+    let got: Vec<String> = stream_of(p2.tcp, "2", &receiver_token)
         .await
-        .unwrap()
-        .unwrap();
-    let live = timeout(
-        WAIT,
-        receiver.handshake(Regist::v2("2", receiver_token).resume_after(0)),
-    )
-    .await
-    .unwrap()
-    .unwrap();
-    let mut got = Vec::new();
-    while got.len() < live.seq as usize {
-        got.push(recv_message(&mut receiver).await.id.expect("ids are kept"));
-    }
+        .into_iter()
+        .map(|(_, id)| id)
+        .collect();
     let expected: Vec<String> = (0..got.len()).map(|i| format!("c-{i}")).collect();
     assert_eq!(got, expected, "in order, once each");
     for (id, _) in &acked_before {

@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::process::{AckedStream, acked_stream, login, post, spawn, until_acked};
+use common::process::{AckedStream, acked_stream, login, post, spawn, stream_of, until_acked};
 use common::{WAIT, recv_message, say};
 use improto::{Client, Message, Packet, Regist};
 use tokio::time::timeout;
@@ -147,16 +147,14 @@ async fn everything_survives_kill_9_and_the_ports_can_be_reused_at_once() {
 async fn acknowledged_messages_survive_kill_9_exactly_once_and_in_order() {
     let dir = tempfile::tempdir().unwrap();
     let mut p = spawn(dir.path(), None, &["--demo", "--rate-limit", "0"]);
-    let http = reqwest::Client::builder().timeout(WAIT).build().unwrap();
-    let sender_token = login(&http, p.http, "1", "123").await;
-    let receiver_token = login(&http, p.http, "2", "123").await;
 
     // A stream of messages with client ids; a second task collects the server's Acks.
     let AckedStream {
+        receiver_token,
         acked,
         collector,
         streamer,
-    } = acked_stream(p.tcp, sender_token).await;
+    } = acked_stream(&p).await;
 
     // Kill the server in the middle of the stream, once a good number is acknowledged.
     until_acked(&acked, 300).await;
@@ -172,27 +170,11 @@ async fn acknowledged_messages_survive_kill_9_exactly_once_and_in_order() {
 
     // Restart on the same data dir and ports; the receiver drains its inbox from the start.
     let p2 = spawn(dir.path(), Some((p.http, p.tcp)), &[]);
-    let mut receiver = timeout(WAIT, Client::connect(p2.tcp))
-        .await
-        .unwrap()
-        .unwrap();
-    let live = timeout(
-        WAIT,
-        receiver.handshake(Regist::v2("2", receiver_token).resume_after(0)),
-    )
-    .await
-    .unwrap()
-    .unwrap();
-    let mut got = Vec::new();
-    while got.len() < live.seq as usize {
-        let m = recv_message(&mut receiver).await;
-        assert_eq!(
-            m.seq,
-            Some(got.len() as u64 + 1),
-            "seqs start at 1 without gaps"
-        );
-        got.push(m.id.expect("the client id is delivered"));
-    }
+    let stream = stream_of(p2.tcp, "2", &receiver_token).await;
+    let seqs: Vec<u64> = stream.iter().map(|(seq, _)| *seq).collect();
+    let expected_seqs: Vec<u64> = (1..=stream.len() as u64).collect();
+    assert_eq!(seqs, expected_seqs, "seqs start at 1 without gaps");
+    let got: Vec<String> = stream.into_iter().map(|(_, id)| id).collect();
     // Everything acknowledged is there, once, at the seq its Ack named, and the stored
     // messages are exactly a prefix of the stream, in order.
     for (id, seq) in &acked {
@@ -404,27 +386,6 @@ async fn a_friend_acceptance_killed_mid_way_is_on_both_sides_or_neither() {
         friends >= confirmed,
         "every confirmed acceptance survived the kill"
     );
-}
-
-/// Every entry of `user`'s stream from the start, as (`seq`, the message's client id, or
-/// the event's kind).
-async fn stream_of(tcp: SocketAddr, user: &str, token: &str) -> Vec<(u64, String)> {
-    let mut c = timeout(WAIT, Client::connect(tcp)).await.unwrap().unwrap();
-    let regist = Regist::v2(user, token).resume_after(0);
-    let head = timeout(WAIT, c.handshake(regist))
-        .await
-        .unwrap()
-        .unwrap()
-        .seq;
-    let mut entries = Vec::new();
-    while (entries.len() as u64) < head {
-        match timeout(WAIT, c.recv()).await.unwrap().unwrap() {
-            Some(Packet::Message(m)) => entries.push((m.seq.unwrap(), m.id.unwrap())),
-            Some(Packet::Event(e)) => entries.push((e.seq.unwrap(), e.kind.to_string())),
-            other => panic!("{other:?}"),
-        }
-    }
-    entries
 }
 
 #[tokio::test]

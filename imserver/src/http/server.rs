@@ -34,7 +34,7 @@ use warp::http::Request;
 
 use crate::config::HttpConfig;
 use crate::metrics;
-use crate::net::{IpSlot, Net, Stream};
+use crate::net::{self, IpSlot, Net, Stream};
 
 /// The connection a request came on, in each request's extensions.
 #[derive(Debug, Clone)]
@@ -110,9 +110,7 @@ pub async fn serve<S: Routes>(
         };
         // Over a limit, the connection is closed at once: the client learns now, rather
         // than after a connect timeout.
-        let Some(ip) = net.per_ip.admit(peer.ip()) else {
-            tracing::debug!(%peer, "too many connections from this address; closed");
-            metrics::refused("http", "max_connections_per_ip");
+        let Some(ip) = net.admit(peer, "http") else {
             continue;
         };
         let Ok(permit) = open.clone().try_acquire_owned() else {
@@ -127,21 +125,11 @@ pub async fn serve<S: Routes>(
             let stream: Stream = match tls {
                 None => Either::Left(tcp),
                 Some(tls) => {
-                    let handshake = tls.http().accept(tcp);
-                    let handshake = tokio::select! {
-                        _ = shutdown.cancelled() => return,
-                        done = tokio::time::timeout(limits.header_timeout, handshake) => done,
-                    };
-                    match handshake {
-                        Ok(Ok(s)) => Either::Right(Box::new(s)),
-                        Ok(Err(e)) => {
-                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                            return metrics::client_error("http", "tls_handshake");
-                        }
-                        Err(_) => {
-                            tracing::debug!(%peer, "TLS handshake timed out");
-                            return metrics::client_error("http", "tls_timeout");
-                        }
+                    let deadline = limits.header_timeout;
+                    let tls = net::handshake(tls.http(), tcp, peer, "http", deadline, &shutdown);
+                    match tls.await {
+                        Some(stream) => Either::Right(stream),
+                        None => return,
                     }
                 }
             };

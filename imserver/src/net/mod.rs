@@ -5,11 +5,17 @@
 mod tls;
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::net::TcpStream;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
 use tokio_util::either::Either;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics;
 
 pub use tls::{Tls, TlsError};
 
@@ -22,8 +28,53 @@ pub struct Net {
     pub per_ip: Arc<PerIp>,
 }
 
+impl Net {
+    /// A place for a connection from `peer` on `listener` (`http`, `relay`) under
+    /// `--max-connections-per-ip`; `None` (logged at debug, counted) when its address has
+    /// its limit, and the connection is to be closed at once.
+    pub fn admit(&self, peer: SocketAddr, listener: &'static str) -> Option<IpSlot> {
+        let slot = self.per_ip.admit(peer.ip());
+        if slot.is_none() {
+            tracing::debug!(%peer, listener, "too many connections from this address; closed");
+            metrics::refused(listener, "max_connections_per_ip");
+        }
+        slot
+    }
+}
+
 /// A TCP connection as accepted: plain, or TLS over TCP. Both are `AsyncRead + AsyncWrite`.
-pub type Stream = Either<TcpStream, Box<tokio_rustls::server::TlsStream<TcpStream>>>;
+pub type Stream = Either<TcpStream, Box<TlsStream<TcpStream>>>;
+
+/// The TLS handshake of a connection accepted on `listener` (`http`, `relay`), within
+/// `deadline`; `None` when it fails or times out (the client's doing: logged at debug and
+/// counted) or when the server shuts down meanwhile.
+pub async fn handshake(
+    acceptor: &TlsAcceptor,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    listener: &'static str,
+    deadline: Duration,
+    shutdown: &CancellationToken,
+) -> Option<Box<TlsStream<TcpStream>>> {
+    let accept = acceptor.accept(tcp);
+    let done = tokio::select! {
+        _ = shutdown.cancelled() => return None,
+        done = tokio::time::timeout(deadline, accept) => done,
+    };
+    match done {
+        Ok(Ok(stream)) => Some(Box::new(stream)),
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, listener, error = %e, "TLS handshake failed");
+            metrics::client_error(listener, "tls_handshake");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(%peer, listener, "TLS handshake timed out");
+            metrics::client_error(listener, "tls_timeout");
+            None
+        }
+    }
+}
 
 /// `--max-connections-per-ip`: the connections open from each client address, over every
 /// listener (HTTP, WebSocket and the relay) together.

@@ -15,7 +15,7 @@ use super::transport::{TcpTransport, Transport};
 use super::{Relay, session};
 use crate::delivery::ConnId;
 use crate::metrics;
-use crate::net::{IpSlot, Net};
+use crate::net::{self, IpSlot, Net};
 
 /// The connection slots of every transport together.
 pub struct Gate {
@@ -90,9 +90,7 @@ pub async fn serve(listener: TcpListener, relay: Arc<Relay>, net: Net) {
         };
         match accepted {
             Ok((stream, peer)) => {
-                let Some(ip) = net.per_ip.admit(peer.ip()) else {
-                    tracing::debug!(%peer, "too many connections from this address; closed");
-                    metrics::refused("relay", "max_connections_per_ip");
+                let Some(ip) = net.admit(peer, "relay") else {
                     continue;
                 };
                 let Some(admitted) = relay.gate.admit(ip) else {
@@ -109,26 +107,14 @@ pub async fn serve(listener: TcpListener, relay: Arc<Relay>, net: Net) {
                     continue;
                 };
                 // The handshake has the `Regist` deadline, and the relay's shutdown ends it.
-                let (handshake, relay2) = (tls.relay().accept(stream), relay.clone());
+                let (acceptor, relay2) = (tls.relay().clone(), relay.clone());
                 relay.spawn(async move {
                     let deadline = relay2.limits.regist_deadline;
-                    let stream = tokio::select! {
-                        _ = relay2.shutdown.cancelled() => return,
-                        s = tokio::time::timeout(deadline, handshake) => s,
-                    };
-                    match stream {
-                        Ok(Ok(stream)) => {
-                            let transport = TcpTransport::new(Box::new(stream), max);
-                            relay2.serve(admitted, transport, peer).await;
-                        }
-                        Ok(Err(e)) => {
-                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                            metrics::client_error("relay", "tls_handshake");
-                        }
-                        Err(_) => {
-                            tracing::debug!(%peer, "TLS handshake timed out");
-                            metrics::client_error("relay", "tls_timeout");
-                        }
+                    let shutdown = &relay2.shutdown;
+                    let tls = net::handshake(&acceptor, stream, peer, "relay", deadline, shutdown);
+                    if let Some(stream) = tls.await {
+                        let transport = TcpTransport::new(stream, max);
+                        relay2.serve(admitted, transport, peer).await;
                     }
                 });
             }

@@ -113,9 +113,11 @@ pub async fn until_acked(acked: &Mutex<Vec<(String, u64)>>, n: usize) {
     .unwrap_or_else(|_| panic!("{n} acknowledgements arrive"));
 }
 
-/// User 1 streaming v2 messages with client ids `c-0`, `c-1`, … to user 2 until the server
-/// is gone, and the server's `Ack`s collected as they come.
+/// User 1 (of `--demo`) streaming v2 messages with client ids `c-0`, `c-1`, … to user 2
+/// until the server is gone, and the server's `Ack`s collected as they come.
 pub struct AckedStream {
+    /// A login token of user 2, the receiver.
+    pub receiver_token: String,
     /// `(client id, seq)` of every `Ack`, in order.
     pub acked: Arc<Mutex<Vec<(String, u64)>>>,
     pub collector: tokio::task::JoinHandle<()>,
@@ -123,10 +125,13 @@ pub struct AckedStream {
     pub streamer: tokio::task::JoinHandle<u64>,
 }
 
-/// Starts an [`AckedStream`] on `tcp` with user 1's `token`.
-pub async fn acked_stream(tcp: SocketAddr, token: String) -> AckedStream {
+/// Logs users 1 and 2 in and starts an [`AckedStream`] on `p`.
+pub async fn acked_stream(p: &Proc) -> AckedStream {
     use improto::{Client, Message, Packet, Regist};
-    let mut sender = tokio::time::timeout(WAIT, Client::connect(tcp))
+    let http = reqwest::Client::builder().timeout(WAIT).build().unwrap();
+    let token = login(&http, p.http, "1", "123").await;
+    let receiver_token = login(&http, p.http, "2", "123").await;
+    let mut sender = tokio::time::timeout(WAIT, Client::connect(p.tcp))
         .await
         .unwrap()
         .unwrap();
@@ -156,8 +161,33 @@ pub async fn acked_stream(tcp: SocketAddr, token: String) -> AckedStream {
         unreachable!()
     });
     AckedStream {
+        receiver_token,
         acked,
         collector,
         streamer,
     }
+}
+
+/// Every entry of `user`'s stream from the start, as (`seq`, the message's client id, or
+/// the event's kind).
+pub async fn stream_of(tcp: SocketAddr, user: &str, token: &str) -> Vec<(u64, String)> {
+    let mut c = tokio::time::timeout(WAIT, improto::Client::connect(tcp))
+        .await
+        .unwrap()
+        .unwrap();
+    let regist = improto::Regist::v2(user, token).resume_after(0);
+    let head = tokio::time::timeout(WAIT, c.handshake(regist))
+        .await
+        .unwrap()
+        .unwrap()
+        .seq;
+    let mut entries = Vec::new();
+    while (entries.len() as u64) < head {
+        match tokio::time::timeout(WAIT, c.recv()).await.unwrap().unwrap() {
+            Some(improto::Packet::Message(m)) => entries.push((m.seq.unwrap(), m.id.unwrap())),
+            Some(improto::Packet::Event(e)) => entries.push((e.seq.unwrap(), e.kind.to_string())),
+            other => panic!("{other:?}"),
+        }
+    }
+    entries
 }

@@ -281,9 +281,8 @@ pub(super) async fn run<T: Transport>(
     if s.dialect.answers()
         && let Some(error) = stop.farewell()
     {
-        metrics::error_sent(&error.code);
         s.transport.discard();
-        s.transport.push_packet(&error.into());
+        s.push_error(error);
         let _ = tokio::time::timeout(FAREWELL_WRITE, s.transport.flush()).await;
     }
     if let Some(why) = stop.close() {
@@ -440,9 +439,7 @@ impl<T: Transport> Session<T> {
         if !self.dialect.answers() {
             return Ok(());
         }
-        metrics::error_sent(&code);
-        let error = ErrorPacket::new(code, message).with_id(id);
-        self.transport.push_packet(&error.into());
+        self.push_error(ErrorPacket::new(code, message).with_id(id));
         self.flush(self.last_sent).await
     }
 
@@ -791,14 +788,18 @@ impl<T: Transport> Session<T> {
                 ),
                 Appended::NotMember => (ErrorCode::NotMember, "you are not a member of this group"),
             };
-            metrics::error_sent(&code);
-            let packet = ErrorPacket::new(code, message).with_id(client_id).into();
-            self.transport.push_packet(&packet);
+            self.push_error(ErrorPacket::new(code, message).with_id(client_id));
         }
         if acks > 0 {
             self.relay.metrics.acks_sent.increment(acks);
         }
         last
+    }
+
+    /// Gathers an `Error` for the next write, and counts it.
+    fn push_error(&mut self, error: ErrorPacket) {
+        metrics::error_sent(&error.code);
+        self.transport.push_packet(&error.into());
     }
 
     /// Writes out the gathered frames; `last` is the highest `seq` among them. For a v1
