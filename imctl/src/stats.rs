@@ -73,13 +73,23 @@ fn summary(text: &str) -> Value {
     })
 }
 
+/// A figure as a person reads it: counts without a fraction.
+fn figure(v: &Value) -> String {
+    let n = v.as_f64().unwrap_or(0.0);
+    if n.fract() == 0.0 && n.abs() < 1e15 {
+        format!("{}", n as i64)
+    } else {
+        format!("{n}")
+    }
+}
+
 /// The summary as text, a line per figure.
 pub fn text(s: &Value) -> String {
     let map = |v: &Value| {
         v.as_object()
             .map(|m| {
                 m.iter()
-                    .map(|(k, n)| format!("{k}: {n}"))
+                    .map(|(k, n)| format!("{k}: {}", figure(n)))
                     .collect::<Vec<_>>()
                     .join(", ")
             })
@@ -88,18 +98,18 @@ pub fn text(s: &Value) -> String {
     };
     format!(
         "users online        {}\nconnections         {}\nmessages received   {}\nmessages stored     {} ({} duplicates not stored again)\nentries delivered   {}\nerrors sent         {}\nslow readers out    {}\nstore queue         {}\nmemory (RSS)        {:.1} MiB\nfile descriptors    {} of {}",
-        s["usersOnline"],
+        figure(&s["usersOnline"]),
         map(&s["connections"]),
-        s["messagesReceived"],
-        s["messagesStored"],
-        s["duplicates"],
-        s["entriesDelivered"],
+        figure(&s["messagesReceived"]),
+        figure(&s["messagesStored"]),
+        figure(&s["duplicates"]),
+        figure(&s["entriesDelivered"]),
         map(&s["errorsSent"]),
-        s["slowReadersEvicted"],
-        s["storeQueueDepth"],
+        figure(&s["slowReadersEvicted"]),
+        figure(&s["storeQueueDepth"]),
         s["residentBytes"].as_f64().unwrap_or(0.0) / (1024.0 * 1024.0),
-        s["openFds"],
-        s["maxFds"],
+        figure(&s["openFds"]),
+        figure(&s["maxFds"]),
     )
 }
 
