@@ -5,7 +5,7 @@
 # prints the median of each figure. Stops only the processes it started, by PID.
 #
 #   benches/run.sh                 # everything, 3 runs each (about 5 minutes)
-#   RUNS=5 benches/run.sh relay    # some: relay latency v2 ws metrics group conns offline http
+#   RUNS=5 benches/run.sh relay    # some: relay latency v2 ws metrics retention group conns offline http
 #   IMSERVER_EXTRA="--max-batch 4096" benches/run.sh v2   # server flags to try
 #
 # Needs Python 3 (for the medians) and wrk (for `http`; installed with apt-get when
@@ -19,7 +19,7 @@ CONNS=${CONNS:-19000}
 HOLD=${HOLD:-10}
 OUT=${OUT:-target/bench}
 WS_CONNS=${WS_CONNS:-10000}
-SCENARIOS=${*:-relay latency v2 ws metrics group conns offline http}
+SCENARIOS=${*:-relay latency v2 ws metrics retention group conns offline http}
 BIN=target/release
 
 cargo build --release -p imserver -p imbench
@@ -50,12 +50,13 @@ wait_for() {
     exit 1
 }
 
-# Starts imserver with a fresh data dir and the benchmark's limits plus "$@"; sets PID,
-# TCP and HTTP.
+# Starts imserver with a fresh data dir (or $DATA) and the benchmark's limits plus "$@";
+# sets PID, TCP, HTTP and DIR.
 start_imserver() {
     local extra=${IMSERVER_EXTRA:-}
     local dir
-    dir=$(mktemp -d "$OUT/data.XXXXXX")
+    dir=${DATA:-$(mktemp -d "$OUT/data.XXXXXX")}
+    DIR=$dir
     "$BIN/imserver" --http-addr 127.0.0.1:0 --tcp-addr 127.0.0.1:0 --data-dir "$dir" \
         --regist-limit 0 --login-limit 0 --rate-limit 0 --max-connections 19500 \
         --max-connections-per-ip 0 $extra "$@" \
@@ -152,6 +153,28 @@ for run in $(seq "$RUNS"); do
                 bench metrics-on --tcp "$TCP" --http "$HTTP" relay --proto 2 --messages "$MESSAGES"
                 stop
             done
+            ;;
+        retention)
+            # v2 latency (one pair, W=1) on the same database, without a retention sweep
+            # and during one (the bound: p99 within 2x): 400,000 messages stored,
+            # then the server restarted on two copies of the data, once with
+            # --retention-unacked 1s, whose sweep starts deleting them all a second later.
+            start_imserver
+            "$BIN/imbench" --tcp "$TCP" --http "$HTTP" relay --proto 2 --messages 400000 >>"$LOG" 2>&1
+            stop
+            loaded=$DIR
+            cp -a "$loaded" "$loaded.sweep"
+            DATA=$loaded start_imserver
+            bench retention-off --tcp "$TCP" --http "$HTTP" relay --pairs 1 --window 1 --proto 2 --messages 20000
+            stop
+            DATA=$loaded.sweep start_imserver --retention-unacked 1s
+            sleep 1.5
+            bench retention-sweep --tcp "$TCP" --http "$HTTP" relay --pairs 1 --window 1 --proto 2 --messages 20000
+            # Whether the sweep was still deleting when the measurement ended.
+            if grep -q "retention sweep done" "$DIR/log"; then
+                echo "retention-sweep WARNING: the sweep ended before the measurement" | tee -a "$LOG"
+            fi
+            stop
             ;;
         group)
             # 10 groups of 100 online members, then 2 of 1000: what a delivered copy
@@ -251,6 +274,7 @@ for label, ref, keys in [
     ("conns", "conns-ref", ["rss_bytes_per_conn"]),
     ("ws-ws", "ws-tcp", ["cpu_us_per_msg", "msgs_per_s"]),
     ("metrics-on", "metrics-off", ["cpu_us_per_msg", "msgs_per_s"]),
+    ("retention-sweep", "retention-off", ["p50_us", "p99_us"]),
 ]:
     keys = [k if isinstance(k, tuple) else (k, k) for k in keys]
     pairs = [(k, median(label, k), median(ref, r)) for k, r in keys]

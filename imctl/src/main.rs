@@ -292,6 +292,12 @@ async fn tail(
             Item::Disconnected { reason } => {
                 eprintln!("imctl: connection lost ({reason}); reconnecting")
             }
+            Item::Connected {
+                oldest: Some(oldest),
+                ..
+            } => eprintln!(
+                "imctl: the server no longer keeps entries before #{oldest} (its retention deleted them before this device got them)"
+            ),
             _ => {}
         }
     }

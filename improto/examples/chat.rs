@@ -212,7 +212,12 @@ fn show(me: &str, item: Item) {
         } => {
             eprintln!("(not sent to {}: {code} {reason})", message.receiver)
         }
-        Item::Connected { head } => eprintln!("(connected; your stream is at #{head})"),
+        Item::Connected { head, oldest } => {
+            eprintln!("(connected; your stream is at #{head})");
+            if let Some(oldest) = oldest {
+                eprintln!("(messages before #{oldest} were deleted before this device got them)");
+            }
+        }
         Item::Disconnected { reason } => eprintln!("(connection lost: {reason}; reconnecting)"),
         Item::Unauthorized => eprintln!("(the server refused your login; log in again)"),
         other => eprintln!("({other:?})"),

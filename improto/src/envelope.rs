@@ -96,7 +96,7 @@ impl<'a> Envelope<'a> {
             Valid::Ack { id, seq, .. } => env(PacketKind::Ack, None, None, id, Some(seq)),
             Valid::Ping => env(PacketKind::Ping, None, None, None, None),
             Valid::Pong => env(PacketKind::Pong, None, None, None, None),
-            Valid::Registered { sender, seq } => {
+            Valid::Registered { sender, seq, .. } => {
                 env(PacketKind::Registered, Some(sender), None, None, Some(seq))
             }
             Valid::Error { id, .. } => env(PacketKind::Error, None, None, id, None),

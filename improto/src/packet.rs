@@ -294,7 +294,9 @@ impl Ack {
 }
 
 /// `{"type":"Registered","sender":"7","seq":41}`: the connection is live; `seq` is the
-/// head of the user's stream (0 when it is empty).
+/// head of the user's stream (0 when it is empty). With `"oldestSeq":30`, the resume asked
+/// for entries the server no longer keeps (its retention deleted them): replay starts at 30,
+/// and everything between the client's position and 29 is gone for good.
 ///
 /// ```
 /// use improto::{Packet, Registered};
@@ -310,6 +312,10 @@ pub struct Registered {
     pub sender: String,
     /// The highest `seq` in that user's stream.
     pub seq: u64,
+    /// Set only when the replay cannot start where the client asked: the oldest `seq` the
+    /// server still keeps, where the replay starts instead.
+    #[serde(rename = "oldestSeq", skip_serializing_if = "Option::is_none")]
+    pub oldest_seq: Option<u64>,
 }
 
 impl Registered {
@@ -318,7 +324,23 @@ impl Registered {
         Registered {
             sender: sender.into(),
             seq,
+            oldest_seq: None,
         }
+    }
+
+    /// The replay starts at `oldest`, past entries the server deleted: see
+    /// [`Registered::oldest_seq`].
+    ///
+    /// ```
+    /// use improto::{Packet, Registered};
+    ///
+    /// let frame = Packet::from(Registered::new("7", 41).starting_at(Some(30))).to_json()?;
+    /// assert_eq!(frame, br#"{"type":"Registered","sender":"7","seq":41,"oldestSeq":30}"#);
+    /// # Ok::<(), improto::ProtoError>(())
+    /// ```
+    pub fn starting_at(mut self, oldest: Option<u64>) -> Self {
+        self.oldest_seq = oldest;
+        self
     }
 }
 
@@ -793,9 +815,14 @@ impl Packet {
             }),
             Valid::Ping => Packet::Ping,
             Valid::Pong => Packet::Pong,
-            Valid::Registered { sender, seq } => Packet::Registered(Registered {
+            Valid::Registered {
+                sender,
+                seq,
+                oldest_seq,
+            } => Packet::Registered(Registered {
                 sender: own(sender),
                 seq,
+                oldest_seq,
             }),
             Valid::Error { code, message, id } => Packet::Error(ErrorPacket {
                 code: ErrorCode::from_wire(&code),

@@ -12,7 +12,7 @@ use tokio::task::JoinHandle;
 
 use crate::{
     Ack, Client, ClientReceiver, ClientSender, ErrorCode, Event, Message, Packet, Presence,
-    ProtoError, Regist, Typing,
+    ProtoError, Regist, Registered, Typing,
 };
 
 /// What a [`Reconnecting`] client remembers between runs of the app.
@@ -178,6 +178,10 @@ pub enum Item {
     Connected {
         /// The server's `Registered.seq`.
         head: u64,
+        /// The server's `Registered.oldestSeq`: set when entries after the device's last
+        /// one were deleted by the server's retention before this device got them. The
+        /// stream goes on at this `seq`; what lies between is gone.
+        oldest: Option<u64>,
     },
     /// The connection was lost; the client is reconnecting.
     Disconnected {
@@ -403,9 +407,12 @@ impl<S: ClientState> Task<S> {
         let mut backoff = self.options.min_backoff;
         loop {
             let end = match self.connect().await {
-                Ok((tx, rx, head)) => {
+                Ok((tx, rx, live)) => {
                     backoff = self.options.min_backoff;
-                    self.tell(Item::Connected { head });
+                    self.tell(Item::Connected {
+                        head: live.seq,
+                        oldest: live.oldest_seq,
+                    });
                     self.serve(tx, rx, &mut messages).await
                 }
                 Err(ProtoError::Refused {
@@ -454,7 +461,7 @@ impl<S: ClientState> Task<S> {
         }
     }
 
-    async fn connect(&mut self) -> Result<(ClientSender, ClientReceiver, u64), ProtoError> {
+    async fn connect(&mut self) -> Result<(ClientSender, ClientReceiver, Registered), ProtoError> {
         let mut client = Client::connect(&self.options.addr).await?;
         let regist =
             Regist::v2(&self.options.user, &self.options.token).resume_after(self.delivered);
@@ -466,7 +473,7 @@ impl<S: ClientState> Task<S> {
         }
         tx.flush().await?;
         self.retry_later.clear();
-        Ok((tx, rx, live.seq))
+        Ok((tx, rx, live))
     }
 
     /// One connection, until it ends.

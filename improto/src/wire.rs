@@ -44,6 +44,9 @@ pub(crate) struct Fields<'a, M> {
     pub(crate) version: Option<u64>,
     #[serde(rename = "lastSeq", default)]
     pub(crate) last_seq: Option<u64>,
+    /// The oldest `seq` still stored, when a resume asked for older (`Registered`).
+    #[serde(rename = "oldestSeq", default)]
+    pub(crate) oldest_seq: Option<u64>,
     /// The client's message id (`Message`, and echoed in `Ack` and `Error`).
     #[serde(borrow, default)]
     pub(crate) id: Option<Str<'a>>,
@@ -92,6 +95,7 @@ impl<M> Default for Fields<'_, M> {
             token: None,
             version: None,
             last_seq: None,
+            oldest_seq: None,
             id: None,
             seq: None,
             code: None,
@@ -157,6 +161,7 @@ pub(crate) enum Valid<'a, M> {
     Registered {
         sender: Cow<'a, str>,
         seq: u64,
+        oldest_seq: Option<u64>,
     },
     Error {
         code: Cow<'a, str>,
@@ -251,6 +256,7 @@ impl<'a, M> Fields<'a, M> {
             "Registered" => Ok(Valid::Registered {
                 sender: required(self.sender, "sender")?,
                 seq: seq(self.seq)?,
+                oldest_seq: self.oldest_seq,
             }),
             "Error" => Ok(Valid::Error {
                 code: required(self.code, "code")?,

@@ -33,6 +33,7 @@ pub const ACKS_SENT: &str = "imserver_acks_sent_total";
 pub const CLIENT_ACKS: &str = "imserver_client_acks_total";
 pub const ERRORS_SENT: &str = "imserver_errors_sent_total";
 pub const EVICTED: &str = "imserver_slow_readers_evicted_total";
+pub const RETENTION_DELETED: &str = "imserver_retention_deleted_entries_total";
 pub const REPLAYED: &str = "imserver_replay_entries";
 pub const BATCH_SIZE: &str = "imserver_store_batch_writes";
 pub const COMMIT_SECONDS: &str = "imserver_store_commit_seconds";
@@ -75,6 +76,7 @@ pub fn install() -> PrometheusHandle {
             // Rare events' series exist from the start at 0, so that `rate()` and
             // dashboards see them before the first one.
             counter!(EVICTED).absolute(0);
+            counter!(RETENTION_DELETED).absolute(0);
             for (listener, limit) in REFUSALS {
                 counter!(REFUSED, "listener" => *listener, "limit" => *limit).absolute(0);
             }
@@ -117,6 +119,10 @@ fn describe() {
     describe_counter!(
         EVICTED,
         "Connections closed because their send queue overflowed (slow readers)"
+    );
+    describe_counter!(
+        RETENTION_DELETED,
+        "Stream entries deleted by retention (--retention, --retention-unacked)"
     );
     describe_histogram!(REPLAYED, "Stream entries replayed per Regist");
     describe_histogram!(BATCH_SIZE, "Writes per store transaction (group commit)");
@@ -210,6 +216,11 @@ pub fn connection(transport: &'static str, protocol: &'static str, delta: f64) {
 /// A slow reader disconnected: its send queue overflowed.
 pub fn evicted() {
     counter!(EVICTED).increment(1);
+}
+
+/// The count of stream entries retention deleted (see `store::sqlite::retention`).
+pub fn retention_deleted() -> Counter {
+    counter!(RETENTION_DELETED)
 }
 
 /// An `Error` packet sent to a client.

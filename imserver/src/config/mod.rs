@@ -344,6 +344,32 @@ pub struct StoreConfig {
     #[arg(long, env = "IMSERVER_ACK_FLUSH", default_value = "1s", value_parser = positive_duration)]
     pub ack_flush: Duration,
 
+    /// How long acknowledged stream entries (messages, copies of sent ones, events) are
+    /// kept: older ones are deleted in the background, once every device of the user has
+    /// acknowledged them (`30days`, `12h`), or `forever`. History and replay then start at
+    /// the oldest entry kept; a device that resumes from before it is told (`oldestSeq`).
+    #[arg(long, env = "IMSERVER_RETENTION", default_value = "forever", value_parser = keep)]
+    pub retention: Keep,
+
+    /// How long any stream entry is kept, acknowledged or not (`90days`), or `forever`: a
+    /// device that stays away longer loses what it did not get.
+    #[arg(long, env = "IMSERVER_RETENTION_UNACKED", default_value = "forever", value_parser = keep)]
+    pub retention_unacked: Keep,
+
+    /// How often a retention sweep starts over (each looks at every stream).
+    #[arg(long, env = "IMSERVER_RETENTION_EVERY", default_value = "1s", value_parser = positive_duration)]
+    pub retention_every: Duration,
+
+    /// Chunk rows (one per stream per transaction) one step of a sweep deletes at most: a
+    /// step is part of one store transaction, which the relay waits for.
+    #[arg(long, env = "IMSERVER_RETENTION_BATCH", default_value_t = 64, value_parser = at_least_one)]
+    pub retention_batch: usize,
+
+    /// The wait between two steps of a sweep that has more to delete: the writer's time
+    /// left for the relay.
+    #[arg(long, env = "IMSERVER_RETENTION_PAUSE", default_value = "20ms", value_parser = positive_duration)]
+    pub retention_pause: Duration,
+
     /// Entries each in-memory cache holds at most: users, friend lists and tokens (what
     /// every HTTP request reads), and the writer's stream heads. Past it, a cache is emptied
     /// and fills again with what is used.
@@ -417,6 +443,19 @@ fn duration(s: &str) -> Result<Duration, String> {
         return Ok(Duration::from_secs(secs));
     }
     humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 500ms, 10s, 5m, 30days)"))
+}
+
+/// How long something is kept: `forever` (`None`), or a duration of more than 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Keep(pub Option<Duration>);
+
+fn keep(s: &str) -> Result<Keep, String> {
+    if s == "forever" {
+        return Ok(Keep(None));
+    }
+    positive_duration(s)
+        .map(|d| Keep(Some(d)))
+        .map_err(|e| format!("{e}, or forever"))
 }
 
 /// A duration that must not be 0.

@@ -176,6 +176,9 @@ pub struct StoredEntry {
 pub struct Position {
     /// The highest `seq` assigned (0 for an empty stream).
     pub head: u64,
+    /// The lowest `seq` still stored: retention deleted everything before it (1 when it
+    /// deleted nothing; `head + 1` for an empty stream).
+    pub oldest: u64,
     /// Everything up to here has been delivered and processed (on some device).
     pub acked: u64,
 }

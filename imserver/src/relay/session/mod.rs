@@ -515,8 +515,16 @@ impl<T: Transport> Session<T> {
             "registered"
         );
         let position = self.relay.store.position(user).await?;
+        // The device's own position wins; beyond the head, there is nothing to replay.
+        self.last_sent = r
+            .last_seq
+            .map_or(position.acked, |seq| seq.min(position.head));
         if self.dialect.answers() {
-            let registered = Registered::new(user.to_string(), position.head);
+            // Retention deleted entries this device has not had: it is told where the
+            // stream goes on, rather than left to find a gap.
+            let gone = self.last_sent + 1 < position.oldest;
+            let registered = Registered::new(user.to_string(), position.head)
+                .starting_at(gone.then_some(position.oldest));
             self.transport.push_packet(&registered.into());
         }
         self.replies = Some(if self.dialect.acks_sender() {
@@ -524,10 +532,6 @@ impl<T: Transport> Session<T> {
         } else {
             Arc::new(Untold(self.outbox.clone()))
         });
-        // The device's own position wins; beyond the head, there is nothing to replay.
-        self.last_sent = r
-            .last_seq
-            .map_or(position.acked, |seq| seq.min(position.head));
         self.replay(user).await
     }
 

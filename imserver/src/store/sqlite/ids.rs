@@ -205,6 +205,45 @@ impl Ids {
     }
 }
 
+/// Forgets `sender`'s ids whose copies are at or below `seq` of its stream (retention
+/// deleted those entries): every such single, and every such run but the newest, which
+/// keeps the sender's highest id where [`load_top`] finds it. Returns the rows deleted.
+pub(super) fn forget_through(
+    conn: &Connection,
+    sender: UserId,
+    seq: u64,
+) -> rusqlite::Result<usize> {
+    let mut deleted = conn
+        .prepare_cached("DELETE FROM message_id_singles WHERE sender = ?1 AND seq <= ?2")?
+        .execute(params![sender.get(), seq])?;
+    // A sender's runs follow one another in id order, and so in seq order.
+    let mut runs = conn.prepare_cached(
+        "SELECT first_id, entries FROM message_id_runs WHERE sender = ?1 ORDER BY first_id",
+    )?;
+    let mut rows = runs.query([sender.get()])?;
+    let mut old = Vec::new();
+    let mut newest = None;
+    while let Some(row) = rows.next()? {
+        let first: Vec<u8> = row.get(0)?;
+        let entries = decode(row.get_ref(1)?.as_blob()?).ok_or_else(|| corrupt(sender))?;
+        let last_seq = entries.iter().map(|(_, s)| *s).max().unwrap_or(0);
+        if let Some(previous) = newest.replace(first) {
+            old.push(previous);
+        }
+        if last_seq > seq {
+            break;
+        }
+    }
+    drop(rows);
+    // `newest` is the last run read: kept, whether it is the newest or above `seq`.
+    let mut delete =
+        conn.prepare_cached("DELETE FROM message_id_runs WHERE sender = ?1 AND first_id = ?2")?;
+    for first in old {
+        deleted += delete.execute(params![sender.get(), first])?;
+    }
+    Ok(deleted)
+}
+
 /// `sender`'s highest stored id, among its runs and its single ids.
 fn load_top(conn: &Connection, sender: UserId) -> rusqlite::Result<Option<Key>> {
     let highest = |sql: &str| -> rusqlite::Result<Option<Vec<u8>>> {

@@ -17,6 +17,7 @@
 //! - `append`: messages (one to one, and fanned out to a group's members);
 //! - `social`, `groups`: the social graph's and groups' changes, with their events;
 //! - `receipts`: read positions and read receipts;
+//! - `retention`: deleting old entries in the background (`--retention`);
 //! - `reads`: the queries.
 
 mod acks;
@@ -29,6 +30,7 @@ mod groups;
 mod ids;
 mod reads;
 mod receipts;
+mod retention;
 mod schema;
 mod social;
 mod writer;
@@ -37,7 +39,8 @@ pub use backup::{backup, restore};
 
 use std::hash::Hash;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use acks::AckBook;
 use futures::FutureExt;
@@ -54,42 +57,127 @@ use super::{
     Groups, HistoryPage, Position, RequestOutcome, Social, SocialError, Store, StoreError,
     StoreFuture, StoredEntry, Streams, TokenHash, TokenRecord, Tokens, User,
 };
-use crate::config::{Durability, StoreConfig, Switch};
+use crate::config::{Durability, StoreConfig};
 use crate::delivery::Delivery;
 use crate::id::{Address, GroupId, UserId};
 use crate::workers::Workers;
 
 const DB_FILE: &str = "imserver.sqlite3";
 
-/// Starts the thread that asks the writer, every `interval`, to write the acknowledgement
-/// positions that moved. It ends with the writer.
+/// Starts a thread that asks the writer for `request()` whenever it is `Some`, and then
+/// waits for what `wait` makes of the answer; the first wait is `first`. A full queue is a
+/// busy writer: it is asked again after `first`. The thread ends with the writer.
+fn ask_writer_every<T: Send + 'static>(
+    name: &str,
+    first: Duration,
+    writes: &mpsc::UnboundedSender<Queued>,
+    places: &Arc<Semaphore>,
+    request: impl Fn() -> Option<(Request, Option<oneshot::Receiver<T>>)> + Send + 'static,
+    wait: impl Fn(Option<T>) -> Duration + Send + 'static,
+) -> std::io::Result<()> {
+    let (writes, places) = (writes.downgrade(), places.clone());
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            let mut pause = first;
+            loop {
+                std::thread::sleep(pause);
+                pause = first;
+                let Some(writes) = writes.upgrade() else {
+                    return;
+                };
+                let Some((request, answer)) = request() else {
+                    continue;
+                };
+                let Ok(place) = places.clone().try_acquire_owned() else {
+                    continue;
+                };
+                if writes.send((request, place)).is_err() {
+                    return;
+                }
+                drop(writes);
+                if let Some(answer) = answer {
+                    pause = wait(answer.blocking_recv().ok());
+                }
+            }
+        })?;
+    Ok(())
+}
+
+/// Asks the writer, every `interval`, to write the acknowledgement positions that moved.
 fn flush_acks_every(
-    interval: std::time::Duration,
+    interval: Duration,
     acks: &Arc<AckBook>,
     writes: &mpsc::UnboundedSender<Queued>,
     places: &Arc<Semaphore>,
 ) -> std::io::Result<()> {
-    let interval = interval.max(std::time::Duration::from_millis(10));
-    let (acks, writes, places) = (acks.clone(), writes.downgrade(), places.clone());
-    std::thread::Builder::new()
-        .name("sqlite-acks".into())
-        .spawn(move || {
-            loop {
-                std::thread::sleep(interval);
-                let Some(writes) = writes.upgrade() else {
-                    return;
-                };
-                if acks.is_empty() {
-                    continue;
-                }
-                // A full queue is a busy writer: it is asked again next time.
-                if let Ok(place) = places.clone().try_acquire_owned()
-                    && writes.send((Request::FlushAcks, place)).is_err()
-                {
-                    return;
-                }
+    let interval = interval.max(Duration::from_millis(10));
+    let acks = acks.clone();
+    let request =
+        move || (!acks.is_empty()).then_some((Request::FlushAcks, None::<oneshot::Receiver<()>>));
+    ask_writer_every(
+        "sqlite-acks",
+        interval,
+        writes,
+        places,
+        request,
+        move |_| interval,
+    )
+}
+
+/// Asks the writer for a retention step every `--retention-every`, and again after
+/// `--retention-pause` while the sweep has more to do; logs each pass that deleted entries.
+fn sweep_every(
+    config: &StoreConfig,
+    writes: &mpsc::UnboundedSender<Queued>,
+    places: &Arc<Semaphore>,
+) -> std::io::Result<()> {
+    let (every, pause) = (config.retention_every, config.retention_pause);
+    let deleted = crate::metrics::retention_deleted();
+    let pass = std::sync::atomic::AtomicU64::new(0);
+    let request = || {
+        let (tx, rx) = oneshot::channel();
+        Some((Request::Sweep(tx), Some(rx)))
+    };
+    let wait = move |answer: Option<Result<retention::Swept, StoreError>>| match answer {
+        Some(Ok(swept)) => {
+            deleted.increment(swept.entries);
+            let total = pass.fetch_add(swept.entries, Ordering::Relaxed) + swept.entries;
+            if swept.more {
+                return pause;
             }
-        })?;
+            pass.store(0, Ordering::Relaxed);
+            if total > 0 {
+                tracing::info!(entries = total, "retention sweep done");
+            }
+            every
+        }
+        // Logged by the writer.
+        Some(Err(_)) | None => every,
+    };
+    ask_writer_every("sqlite-retention", every, writes, places, request, wait)
+}
+
+/// Lets retention give freed pages back to the file system (see `retention`): a new
+/// database is made with `auto_vacuum = INCREMENTAL`; an older one is rebuilt so once
+/// (`VACUUM`, which needs as much free disk as the database takes) when retention is on.
+fn incremental_vacuum(conn: &Connection, retention: bool) -> rusqlite::Result<()> {
+    const INCREMENTAL: i64 = 2;
+    let mode: i64 = conn.query_row("PRAGMA auto_vacuum", [], |r| r.get(0))?;
+    if mode == INCREMENTAL {
+        return Ok(());
+    }
+    let tables: i64 = conn.query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get(0))?;
+    if tables == 0 {
+        // Takes effect with the first table.
+        return conn.pragma_update(None, "auto_vacuum", "INCREMENTAL");
+    }
+    if retention {
+        tracing::info!(
+            "rebuilding the database once so that retention can return free space (VACUUM)"
+        );
+        conn.execute_batch("PRAGMA auto_vacuum = INCREMENTAL; VACUUM;")?;
+    }
     Ok(())
 }
 
@@ -128,6 +216,8 @@ impl SqliteStore {
         std::fs::create_dir_all(&config.data_dir)?;
         let path = config.data_dir.join(DB_FILE);
         let mut conn = Connection::open(&path)?;
+        let retention = retention::Policy::of(config);
+        incremental_vacuum(&conn, retention.is_on())?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "foreign_keys", true)?;
         // In WAL mode, NORMAL syncs only at checkpoints: a commit survives a process crash
@@ -147,20 +237,8 @@ impl SqliteStore {
 
         let (writes, rx) = mpsc::unbounded_channel();
         let cache = Arc::new(ReadCache::new(config.cache_entries));
-        let receipts = receipts::ReadReceipts {
-            on: config.read_receipts == Switch::On,
-            scan: config.read_receipt_scan,
-        };
         let acks = Arc::new(AckBook::default());
-        let writer = Writer::new(
-            conn,
-            config.cache_entries,
-            config.fold_rows,
-            receipts,
-            cache.clone(),
-            acks.clone(),
-            delivery,
-        )?;
+        let writer = Writer::new(conn, config, cache.clone(), acks.clone(), delivery)?;
         let limits = BatchLimits {
             writes: config.max_batch,
             bytes: config.max_batch_bytes,
@@ -170,6 +248,9 @@ impl SqliteStore {
             .spawn(move || writer.run(rx, limits))?;
         let places = Arc::new(Semaphore::new(config.store_queue));
         flush_acks_every(config.ack_flush, &acks, &writes, &places)?;
+        if retention.is_on() {
+            sweep_every(config, &writes, &places)?;
+        }
         Ok(SqliteStore {
             writes,
             places,

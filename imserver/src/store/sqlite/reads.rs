@@ -133,11 +133,21 @@ pub(super) fn position(c: &Connection, owner: UserId) -> rusqlite::Result<Positi
         .prepare_cached("SELECT acked FROM stream_acks WHERE owner = ?1")?
         .query_row([owner.get()], |r| r.get(0))
         .optional()?;
+    let oldest: Option<u64> = c
+        .prepare_cached(OLDEST)?
+        .query_row([owner.get()], |r| r.get(0))?;
+    let head = head.unwrap_or(0);
     Ok(Position {
-        head: head.unwrap_or(0),
+        head,
+        oldest: oldest.unwrap_or(head + 1),
         acked: acked.unwrap_or(0),
     })
 }
+
+/// The first `seq` of `?1`'s oldest chunk (the recent table's are all newer).
+const OLDEST: &str = "SELECT coalesce(
+     (SELECT first_seq FROM stream_chunks WHERE owner = ?1 ORDER BY last_seq LIMIT 1),
+     (SELECT first_seq FROM recent_stream_chunks WHERE owner = ?1 ORDER BY last_seq LIMIT 1))";
 
 pub(super) fn read_stream(
     c: &Connection,

@@ -25,6 +25,7 @@ pub(super) fn migrations() -> Migrations<'static> {
         ),
         M::up(include_str!("migrations/0006_groups.sql")),
         M::up(include_str!("migrations/0007_recent_chunks.sql")),
+        M::up(include_str!("migrations/0008_retention.sql")),
     ])
 }
 

@@ -40,7 +40,9 @@ use super::fold::{fold, waiting};
 use super::groups::GroupOp;
 use super::ids::Ids;
 use super::receipts::ReadReceipts;
+use super::retention::{Policy, Sweeper, Swept};
 use super::social::apply_change;
+use crate::config::{StoreConfig, Switch};
 use crate::delivery::{Delivery, Entry, EntryKind};
 use crate::id::{Address, GroupId, UserId};
 use crate::metrics::StoreMetrics;
@@ -64,6 +66,8 @@ pub(super) enum Request {
     Read(UserId, Address, u64),
     /// `(user, at)`: the user's last connection closed; queue-only.
     Seen(UserId, i64),
+    /// One step of the retention sweep (see `retention`).
+    Sweep(Reply<Swept>),
     Barrier(BarrierHook),
     CreateUser(Option<UserId>, Account, Reply<Option<UserId>>),
     CreateToken(TokenHash, UserId, i64, Reply<()>),
@@ -161,6 +165,7 @@ impl Then {
             Request::CreateUser(.., reply) => never(reply),
             Request::CreateToken(.., reply) => never(reply),
             Request::RevokeToken(_, reply) => never(reply),
+            Request::Sweep(reply) => never(reply),
             Request::Befriend(.., reply) => never(reply),
             Request::Ask(.., reply) => never(reply),
             Request::Social(.., reply) => never(reply),
@@ -198,6 +203,8 @@ pub(super) struct Writer {
     cache: Arc<ReadCache>,
     /// The acknowledgement positions not written yet.
     acks: Arc<AckBook>,
+    /// The retention sweep's place, with `--retention` or `--retention-unacked`.
+    sweeper: Option<Sweeper>,
     delivery: Arc<dyn Delivery>,
     metrics: StoreMetrics,
 }
@@ -214,14 +221,14 @@ pub(super) struct BatchLimits {
 impl Writer {
     pub fn new(
         conn: Connection,
-        max_heads: usize,
-        fold_rows: usize,
-        receipts: ReadReceipts,
+        config: &StoreConfig,
         cache: Arc<ReadCache>,
         acks: Arc<AckBook>,
         delivery: Arc<dyn Delivery>,
     ) -> rusqlite::Result<Self> {
         let recent = waiting(&conn)?;
+        let max_heads = config.cache_entries;
+        let retention = Policy::of(config);
         let mut w = Writer {
             conn,
             heads: HashMap::new(),
@@ -230,10 +237,14 @@ impl Writer {
             ids: Ids::new(max_heads),
             groups: HashMap::new(),
             recent,
-            fold_rows,
-            receipts,
+            fold_rows: config.fold_rows,
+            receipts: ReadReceipts {
+                on: config.read_receipts == Switch::On,
+                scan: config.read_receipt_scan,
+            },
             cache,
             acks,
+            sweeper: retention.is_on().then(|| Sweeper::new(retention)),
             delivery,
             metrics: StoreMetrics::new(),
         };
@@ -303,6 +314,9 @@ impl Writer {
             self.heads.clear();
             self.ids.forget();
             self.groups.clear();
+            if let Some(sweeper) = &mut self.sweeper {
+                sweeper.forget();
+            }
             if let Err(e) = self.load_blocks() {
                 tracing::error!(error = %e, "cannot reload the block list");
             }
@@ -368,6 +382,7 @@ impl Writer {
             fold_rows: self.fold_rows,
             receipts: self.receipts,
             acks: &self.acks,
+            sweeper: self.sweeper.as_mut(),
             draft: Draft::default(),
         };
         let result = (|| {
@@ -429,6 +444,7 @@ pub(super) struct State<'w> {
     pub fold_rows: usize,
     pub receipts: ReadReceipts,
     pub acks: &'w AckBook,
+    pub sweeper: Option<&'w mut Sweeper>,
     pub draft: Draft,
 }
 
@@ -487,6 +503,24 @@ impl State<'_> {
             }
             Request::FlushAcks => self.flush_acks(then),
             Request::Seen(user, at) => self.draft.seen(user, at),
+            Request::Sweep(reply) => {
+                let Some(sweeper) = self.sweeper.as_deref_mut() else {
+                    then.push(Then::reply(reply, Swept::default()));
+                    return Ok(());
+                };
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+                match savepoint(tx, || sweeper.step(tx, now)) {
+                    Ok(swept) => then.push(Then::reply(reply, swept)),
+                    Err(e) => {
+                        tracing::error!(error = %e, "a retention sweep step failed");
+                        sweeper.forget();
+                        then.push(Then::failed(reply, failed(&e)));
+                        return Err(e);
+                    }
+                }
+            }
             Request::Read(owner, peer, seq) => {
                 let receipts = self.receipts;
                 if let Err(e) = self.read(tx, owner, peer, seq, receipts, then) {

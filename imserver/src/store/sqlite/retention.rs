@@ -1,0 +1,295 @@
+//! Retention: deleting stream entries past `--retention` (once acknowledged) or past
+//! `--retention-unacked` (in any case), in the background, a few rows at a time.
+//!
+//! **What goes.** A stream is kept as chunk rows, one per transaction that appended to it
+//! (see `chunk`), so whole chunks go: a chunk goes when every entry in it may (it was
+//! committed before the cut-off and, for `--retention`, the stream is acknowledged past
+//! it). With it go its conversation rows and the client ids of its messages (see `ids`),
+//! and each payload batch once no chunk points into it (`batches.chunks` counts them). A
+//! stream's **newest chunk always stays**, whatever its age: the head of a stream is its
+//! highest stored `seq`, and the next entry must follow it. Chunks in the recent tables (see
+//! `fold`) wait for the next fold.
+//!
+//! **When a batch was written.** Rather than a time on every row (a column on the hot path
+//! and in the largest rows), each sweep step writes a *mark*, `(at, batch)`: every batch up
+//! to `batch` was committed by `at`. Batches up to the newest mark older than the cut-off are
+//! past it. Marks are written at most every thousandth of the shortest retention (so at
+//! most about a thousand are kept), which deletes an entry at most that much late.
+//!
+//! **No pause for the relay.** The sweep runs on the writer thread as one request among the
+//! others of a batch (see `writer`), a step of at most `--retention-batch` chunk rows;
+//! while a pass has more to do, the next step comes `--retention-pause` later, and a new pass
+//! starts every `--retention-every`. The space freed is reused by new rows; when more than a
+//! quarter of the file is free (a first sweep of an old database, or a load that fell), each
+//! step returns up to a megabyte of it to the file system (`auto_vacuum = INCREMENTAL`),
+//! keeping a few pages for what comes next.
+
+use std::time::Duration;
+
+use rusqlite::{OptionalExtension, Transaction, params};
+
+use super::ids;
+use crate::config::StoreConfig;
+use crate::id::UserId;
+
+/// `--retention` and its companions.
+#[derive(Debug, Clone, Copy)]
+pub struct Policy {
+    /// Acknowledged entries older than this go.
+    pub acked: Option<Duration>,
+    /// Any entry older than this goes.
+    pub unacked: Option<Duration>,
+    /// Chunk rows one step deletes at most.
+    pub batch: usize,
+}
+
+impl Policy {
+    pub fn of(config: &StoreConfig) -> Self {
+        Policy {
+            acked: config.retention.0,
+            unacked: config.retention_unacked.0,
+            batch: config.retention_batch,
+        }
+    }
+
+    pub fn is_on(&self) -> bool {
+        self.acked.is_some() || self.unacked.is_some()
+    }
+
+    /// How far apart marks may be: a thousandth of the shortest retention.
+    fn mark_spacing_ms(&self) -> i64 {
+        let shortest = [self.acked, self.unacked].into_iter().flatten().min();
+        shortest.map_or(0, |d| ms(d) / 1000)
+    }
+}
+
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Pages a step returns to the file system at most (a megabyte of 4 KiB pages).
+const VACUUM_PAGES: i64 = 256;
+
+/// Free pages kept for new rows, however large a share of the file they are.
+const SPARE_PAGES: i64 = 64;
+
+/// The sweep's place between steps, kept by the writer thread.
+#[derive(Debug)]
+pub(super) struct Sweeper {
+    policy: Policy,
+    /// The next owner to look at in this pass.
+    cursor: i64,
+    /// The newest mark written, once read.
+    last_mark: Option<(i64, i64)>,
+}
+
+/// What one step did.
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct Swept {
+    /// Stream entries deleted.
+    pub entries: u64,
+    /// Whether the pass has more to do.
+    pub more: bool,
+}
+
+impl Sweeper {
+    pub fn new(policy: Policy) -> Self {
+        Sweeper {
+            policy,
+            cursor: 0,
+            last_mark: None,
+        }
+    }
+
+    /// One step, inside the writer's transaction, at `now` (Unix milliseconds).
+    pub fn step(&mut self, tx: &Transaction, now: i64) -> rusqlite::Result<Swept> {
+        self.mark(tx, now)?;
+        let acked = self.policy.acked.map(|d| self.cut(tx, now - ms(d)));
+        let any = self.policy.unacked.map(|d| self.cut(tx, now - ms(d)));
+        let (acked, any) = (acked.transpose()?.flatten(), any.transpose()?.flatten());
+        // Marks older than the oldest one still needed are never needed again.
+        if let Some(oldest) = [acked, any].into_iter().flatten().map(|c| c.at).min() {
+            tx.prepare_cached("DELETE FROM retention_marks WHERE at < ?1")?
+                .execute([oldest])?;
+        }
+        let cuts = Cuts {
+            acked: acked.map(|c| c.batch),
+            any: any.map(|c| c.batch),
+        };
+        let mut swept = Swept::default();
+        if cuts.acked.is_none() && cuts.any.is_none() {
+            return Ok(swept);
+        }
+        let mut rows = self.policy.batch;
+        // Owners with nothing to delete cost a seek each; a step looks at so many at most.
+        let mut owners = self.policy.batch.saturating_mul(4);
+        let mut next_owner =
+            tx.prepare_cached("SELECT min(owner) FROM stream_chunks WHERE owner >= ?1")?;
+        loop {
+            let Some(owner) =
+                next_owner.query_row([self.cursor], |r| r.get::<_, Option<i64>>(0))?
+            else {
+                // The pass is done; the next starts from the first owner.
+                self.cursor = 0;
+                break;
+            };
+            let (chunks, entries) = sweep_stream(tx, owner, cuts, rows)?;
+            swept.entries += entries;
+            rows -= chunks;
+            owners -= 1;
+            if rows == 0 {
+                // This stream may have more.
+                self.cursor = owner;
+                swept.more = true;
+                break;
+            }
+            self.cursor = owner.saturating_add(1);
+            if owners == 0 {
+                swept.more = true;
+                break;
+            }
+        }
+        drop(next_owner);
+        vacuum(tx)?;
+        Ok(swept)
+    }
+
+    /// Writes a mark for the batches committed since the last one, if it is time.
+    fn mark(&mut self, tx: &Transaction, now: i64) -> rusqlite::Result<()> {
+        let last = match self.last_mark {
+            Some(last) => Some(last),
+            None => tx
+                .prepare_cached("SELECT at, batch FROM retention_marks ORDER BY at DESC LIMIT 1")?
+                .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?,
+        };
+        let newest: Option<i64> = tx
+            .prepare_cached("SELECT max(id) FROM batches")?
+            .query_row([], |r| r.get(0))?;
+        let Some(newest) = newest else {
+            self.last_mark = last;
+            return Ok(());
+        };
+        let due = match last {
+            None => true,
+            Some((at, batch)) => newest > batch && now - at >= self.policy.mark_spacing_ms(),
+        };
+        if due {
+            // Marks only move forwards, even when the clock does not.
+            let at = last.map_or(now, |(at, _)| now.max(at + 1));
+            tx.prepare_cached("INSERT INTO retention_marks (at, batch) VALUES (?1, ?2)")?
+                .execute(params![at, newest])?;
+            self.last_mark = Some((at, newest));
+        } else {
+            self.last_mark = last;
+        }
+        Ok(())
+    }
+
+    /// The newest mark before `before`: every batch up to its `batch` is older.
+    fn cut(&self, tx: &Transaction, before: i64) -> rusqlite::Result<Option<Mark>> {
+        tx.prepare_cached(
+            "SELECT at, batch FROM retention_marks WHERE at < ?1 ORDER BY at DESC LIMIT 1",
+        )?
+        .query_row([before], |r| {
+            Ok(Mark {
+                at: r.get(0)?,
+                batch: r.get(1)?,
+            })
+        })
+        .optional()
+    }
+
+    /// The writer's transaction failed: the marks it wrote are gone.
+    pub fn forget(&mut self) {
+        self.last_mark = None;
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Mark {
+    at: i64,
+    batch: i64,
+}
+
+/// Batches up to these ids are past `--retention` and `--retention-unacked`.
+#[derive(Debug, Clone, Copy)]
+struct Cuts {
+    acked: Option<i64>,
+    any: Option<i64>,
+}
+
+/// Deletes up to `rows` of `owner`'s oldest chunks that may go, with what hangs on them.
+/// Returns the chunk rows and the entries deleted.
+fn sweep_stream(
+    tx: &Transaction,
+    owner: i64,
+    cuts: Cuts,
+    rows: usize,
+) -> rusqlite::Result<(usize, u64)> {
+    let acked: u64 = tx
+        .prepare_cached("SELECT acked FROM stream_acks WHERE owner = ?1")?
+        .query_row([owner], |r| r.get(0))
+        .optional()?
+        .unwrap_or(0);
+    let mut oldest = tx.prepare_cached(
+        "SELECT first_seq, last_seq, batch FROM stream_chunks WHERE owner = ?1
+         ORDER BY last_seq LIMIT ?2",
+    )?;
+    let chunks: Vec<(u64, u64, i64)> = oldest
+        .query_map(params![owner, rows.saturating_add(1)], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })?
+        .collect::<Result<_, _>>()?;
+    // Fewer than asked: the last one read is the stream's newest in this table, and the
+    // newest of all unless the recent table has more.
+    let mut candidates = &chunks[..chunks.len().min(rows)];
+    if chunks.len() <= rows {
+        let newer = tx
+            .prepare_cached("SELECT 1 FROM recent_stream_chunks WHERE owner = ?1")?
+            .exists([owner])?;
+        if !newer {
+            candidates = &candidates[..candidates.len().saturating_sub(1)];
+        }
+    }
+    let past = |&&(_, last, batch): &&(u64, u64, i64)| {
+        cuts.any.is_some_and(|cut| batch <= cut)
+            || cuts.acked.is_some_and(|cut| batch <= cut) && last <= acked
+    };
+    let gone: Vec<_> = candidates.iter().take_while(past).collect();
+    let Some(&&(_, through, _)) = gone.last() else {
+        return Ok((0, 0));
+    };
+    let mut release =
+        tx.prepare_cached("UPDATE batches SET chunks = chunks - 1 WHERE id = ?1 RETURNING chunks")?;
+    let mut drop_batch = tx.prepare_cached("DELETE FROM batches WHERE id = ?1")?;
+    for &&(_, _, batch) in &gone {
+        let left: Option<i64> = release.query_row([batch], |r| r.get(0)).optional()?;
+        if left == Some(0) {
+            drop_batch.execute([batch])?;
+        }
+    }
+    tx.prepare_cached("DELETE FROM stream_chunks WHERE owner = ?1 AND last_seq <= ?2")?
+        .execute(params![owner, through])?;
+    tx.prepare_cached("DELETE FROM conversation_chunks WHERE owner = ?1 AND last_seq <= ?2")?
+        .execute(params![owner, through])?;
+    if let Some(user) = UserId::new(owner) {
+        ids::forget_through(tx, user, through)?;
+    }
+    let entries = gone.iter().map(|&&(first, last, _)| last + 1 - first).sum();
+    Ok((gone.len(), entries))
+}
+
+/// Returns some free pages to the file system when more than a quarter of the file is free.
+fn vacuum(tx: &Transaction) -> rusqlite::Result<()> {
+    let pages = |pragma: &str| tx.query_row(&format!("PRAGMA {pragma}"), [], |r| r.get(0));
+    let (free, total): (i64, i64) = (pages("freelist_count")?, pages("page_count")?);
+    if free > SPARE_PAGES && free * 4 > total {
+        let pages = (free - SPARE_PAGES).min(VACUUM_PAGES);
+        // It frees a page per step (each answers a row): stepped to its end.
+        let mut vacuum = tx.prepare(&format!("PRAGMA incremental_vacuum({pages})"))?;
+        let mut rows = vacuum.query([])?;
+        while rows.next()?.is_some() {}
+    }
+    Ok(())
+}
