@@ -24,7 +24,7 @@ impl Api {
             .http
             .get(format!("{}{path}", self.base))
             .bearer_auth(token);
-        answer(request).await
+        answer(request, LOG_IN).await
     }
 
     pub async fn post(
@@ -37,11 +37,23 @@ impl Api {
         if let Some(token) = token {
             request = request.bearer_auth(token);
         }
-        answer(request).await
+        answer(request, LOG_IN).await
+    }
+
+    /// A call of the admin API, with the operators' token.
+    pub async fn admin(&self, path: &str, admin_token: &str) -> anyhow::Result<Value> {
+        let request = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(admin_token);
+        answer(request, "check --admin-token (IMCTL_ADMIN_TOKEN)").await
     }
 }
 
-async fn answer(request: reqwest::RequestBuilder) -> anyhow::Result<Value> {
+/// What to do about a `401` from the user's routes.
+const LOG_IN: &str = "log in again (imctl login)";
+
+async fn answer(request: reqwest::RequestBuilder, on_401: &str) -> anyhow::Result<Value> {
     let reply = request
         .send()
         .await
@@ -51,7 +63,7 @@ async fn answer(request: reqwest::RequestBuilder) -> anyhow::Result<Value> {
     if !status.is_success() {
         let why = body["msg"].as_str().unwrap_or("no reason given");
         if status == reqwest::StatusCode::UNAUTHORIZED {
-            bail!("{why} ({status}): log in again (imctl login)");
+            bail!("{why} ({status}): {on_401}");
         }
         bail!("{why} ({status})");
     }

@@ -8,6 +8,7 @@
 //! imctl tail                           # follows the stream, resuming where it left off
 //! imctl friends | groups | history 4
 //! imctl admin stats --metrics http://127.0.0.1:9100
+//! imctl admin user disable 4           # with IMCTL_ADMIN_TOKEN (the server's --admin-token)
 //! ```
 //!
 //! Human-readable output by default; `--json` prints one JSON value per line, for scripts.
@@ -115,6 +116,33 @@ enum Admin {
         #[arg(long, env = "IMCTL_METRICS", default_value = "http://127.0.0.1:9100")]
         metrics: String,
     },
+    /// Accounts.
+    #[command(subcommand)]
+    User(AdminUser),
+}
+
+#[derive(Subcommand, Debug)]
+enum AdminUser {
+    /// No more logins for this user: its tokens are revoked and its connections closed.
+    Disable {
+        id: String,
+        #[command(flatten)]
+        token: AdminToken,
+    },
+    /// Lets a disabled user log in again.
+    Enable {
+        id: String,
+        #[command(flatten)]
+        token: AdminToken,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+struct AdminToken {
+    /// The server's `--admin-token` (better from the environment than on a command line
+    /// others can read).
+    #[arg(long, env = "IMCTL_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: String,
 }
 
 #[tokio::main]
@@ -207,6 +235,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Admin(Admin::Stats { metrics }) => {
             let stats = stats::fetch(&metrics).await?;
             out.show(&stats, || stats::text(&stats));
+        }
+        Command::Admin(Admin::User(op)) => {
+            let (id, token, verb) = match &op {
+                AdminUser::Disable { id, token } => (id, token, "disable"),
+                AdminUser::Enable { id, token } => (id, token, "enable"),
+            };
+            let path = format!("/admin/users/{id}/{verb}");
+            let done = api.admin(&path, &token.admin_token).await?;
+            out.show(&done, || match verb {
+                "disable" => format!(
+                    "user {id} disabled: tokens revoked, {} connection(s) closed",
+                    done["connectionsClosed"]
+                ),
+                _ => format!("user {id} enabled: it may log in again"),
+            });
         }
         Command::History { peer, before } => {
             let s = Session::load(&dir)?;

@@ -11,6 +11,9 @@ use serde_json::{Value, json};
 /// Generous bound on every wait; never a speed assertion.
 const WAIT: Duration = Duration::from_secs(30);
 
+/// The server's `--admin-token`.
+const ADMIN: &str = "an admin token of more than thirty-two characters";
+
 struct Env {
     server: Server,
     dir: tempfile::TempDir,
@@ -23,6 +26,7 @@ impl Env {
         config.auth.regist_limit = 0;
         config.auth.login_limit = 0;
         config.http.metrics_addr = Some("127.0.0.1:0".parse().unwrap());
+        config.auth.admin_token = Some(imserver::config::Secret(ADMIN.to_owned()));
         let server = Server::start(config).await.expect("the server starts");
         Env { server, dir }
     }
@@ -248,4 +252,61 @@ async fn admin_stats_sums_up_the_servers_metrics() {
         .imctl("ann", &["admin", "stats", "--metrics", &api], "")
         .await;
     assert!(!ok && err.contains("404"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_user_disable_locks_the_account_out_and_enable_lets_it_back() {
+    let env = Env::start().await;
+    let ann = env.account("ann").await;
+    let disable = [
+        "admin",
+        "user",
+        "disable",
+        ann.as_str(),
+        "--admin-token",
+        ADMIN,
+    ];
+    let wrong = [
+        "admin",
+        "user",
+        "disable",
+        ann.as_str(),
+        "--admin-token",
+        "nope",
+    ];
+    let (ok, _, err) = env.imctl("op", &wrong, "").await;
+    assert!(!ok);
+    assert!(
+        err.contains("401") && err.contains("--admin-token"),
+        "{err}"
+    );
+
+    let (ok, out, err) = env.imctl("op", &disable, "").await;
+    assert!(ok, "{err}");
+    assert!(out.contains(&format!("user {ann} disabled")), "{out}");
+    // Ann's saved token is revoked, and she cannot log in again.
+    let (ok, _, err) = env.imctl("ann", &["friends"], "").await;
+    assert!(!ok && err.contains("401"), "{err}");
+    let (ok, _, err) = env
+        .imctl("ann", &["login", "--user", &ann], "secret pw\n")
+        .await;
+    assert!(!ok && err.contains("Account disabled"), "{err}");
+
+    let enable = [
+        "--json",
+        "admin",
+        "user",
+        "enable",
+        ann.as_str(),
+        "--admin-token",
+        ADMIN,
+    ];
+    let (ok, out, err) = env.imctl("op", &enable, "").await;
+    assert!(ok, "{err}");
+    let done: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(done["disabled"], false);
+    let (ok, _, err) = env
+        .imctl("ann", &["login", "--user", &ann], "secret pw\n")
+        .await;
+    assert!(ok, "{err}");
 }

@@ -107,20 +107,21 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Creates a token for `user`, valid for `ttl`, and stores its hash.
+/// Creates a token for `user`, valid for `ttl`, and stores its hash; `None` when the
+/// account is disabled.
 pub async fn issue_token(
     store: &dyn Store,
     user: UserId,
     ttl: Duration,
-) -> Result<IssuedToken, StoreError> {
+) -> Result<Option<IssuedToken>, StoreError> {
     let mut bytes = [0u8; 32];
     OsRng.fill_bytes(&mut bytes);
     let secret = hex(&bytes);
     let expires_at = now().saturating_add(i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX));
-    store
+    let stored = store
         .create_token(hash_token(&secret), user, expires_at)
         .await?;
-    Ok(IssuedToken { secret, expires_at })
+    Ok(stored.then_some(IssuedToken { secret, expires_at }))
 }
 
 /// The user a token belongs to, if it is known and has not expired.

@@ -335,7 +335,8 @@ pub fn route(path: &str) -> &'static str {
         ["username", _] => "/username/{id}",
         ["list", _] => "/list/{id}",
         ["friends", "requests"] => "/friends/requests",
-        ["friends", "requests", _] => "/friends/requests/{id}",
+        ["friends", "requests", _, "accept"] => "/friends/requests/{id}/accept",
+        ["friends", "requests", _, "decline"] => "/friends/requests/{id}/decline",
         ["friends", _] => "/friends/{id}",
         ["blocks"] => "/blocks",
         ["blocks", _] => "/blocks/{id}",
@@ -351,6 +352,8 @@ pub fn route(path: &str) -> &'static str {
         ["readyz"] => "/readyz",
         ["metrics"] => "/metrics",
         ["openapi.json"] => "/openapi.json",
+        ["admin", "users", _, "disable"] => "/admin/users/{id}/disable",
+        ["admin", "users", _, "enable"] => "/admin/users/{id}/enable",
         _ => "other",
     }
 }

@@ -72,6 +72,13 @@ pub fn effective(args: impl IntoIterator<Item = OsString>) -> Result<String, Con
         if let Some(env) = arg.get_env() {
             out.push_str(&format!("# (environment: {})\n", env.to_string_lossy()));
         }
+        if arg.is_hide_env_values_set() {
+            // A secret: where it is set is shown, never what it is.
+            let set = matches.get_raw(id).is_some();
+            let note = if set { "set; not printed" } else { "not set" };
+            out.push_str(&format!("# {long} = \"\"  ({note})\n"));
+            continue;
+        }
         if matches!(arg.get_action(), ArgAction::SetTrue) {
             out.push_str(&format!("{long} = {}\n", matches.get_flag(id)));
             continue;

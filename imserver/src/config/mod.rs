@@ -269,6 +269,30 @@ pub struct AuthConfig {
     /// milliseconds of one core); further registrations and logins wait their turn.
     #[arg(long, env = "IMSERVER_PASSWORD_HASHERS", default_value_t = 2, value_parser = at_least_one)]
     pub password_hashers: usize,
+
+    /// The operators' token for the admin API (`/admin/…`, as `Authorization: Bearer`; what
+    /// `imctl admin` sends): at least 32 characters, better from the environment than on a
+    /// command line others can read. Unset: the admin API answers 403 to everyone.
+    #[arg(long, env = "IMSERVER_ADMIN_TOKEN", hide_env_values = true, value_parser = secret)]
+    pub admin_token: Option<Secret>,
+}
+
+/// A secret from the configuration: never printed, in logs or by `print-config`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(…)")
+    }
+}
+
+/// A secret long enough not to be guessed.
+fn secret(s: &str) -> Result<Secret, String> {
+    if s.chars().count() < 32 {
+        return Err("must be at least 32 characters (say, `openssl rand -hex 32`)".into());
+    }
+    Ok(Secret(s.to_owned()))
 }
 
 /// Friends, requests, blocks and groups.
@@ -360,14 +384,14 @@ pub struct StoreConfig {
     #[arg(long, env = "IMSERVER_RETENTION_EVERY", default_value = "1s", value_parser = positive_duration)]
     pub retention_every: Duration,
 
-    /// Chunk rows (one per stream per transaction) one step of a sweep deletes at most: a
-    /// step is part of one store transaction, which the relay waits for.
-    #[arg(long, env = "IMSERVER_RETENTION_BATCH", default_value_t = 64, value_parser = at_least_one)]
-    pub retention_batch: usize,
+    /// The writer's time one step of a retention sweep takes, about: a step is part of one
+    /// store transaction, which messages committed with it wait for.
+    #[arg(long, env = "IMSERVER_RETENTION_STEP", default_value = "200us", value_parser = positive_duration)]
+    pub retention_step: Duration,
 
-    /// The wait between two steps of a sweep that has more to delete: the writer's time
-    /// left for the relay.
-    #[arg(long, env = "IMSERVER_RETENTION_PAUSE", default_value = "20ms", value_parser = positive_duration)]
+    /// The wait between two steps of a sweep that has more to delete: with
+    /// `--retention-step`, the share of the writer's time the sweep takes at most.
+    #[arg(long, env = "IMSERVER_RETENTION_PAUSE", default_value = "10ms", value_parser = positive_duration)]
     pub retention_pause: Duration,
 
     /// Entries each in-memory cache holds at most: users, friend lists and tokens (what

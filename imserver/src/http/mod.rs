@@ -6,6 +6,7 @@
 //! - `groups`: `/groups` and what is below it.
 //! - `history`: `/history/{peer}` and `/conversations`.
 //! - `ws`: `/ws`, the relay over WebSocket (the upgrade; the rest is the relay's).
+//! - `admin`: `/admin/…`, the operators' API behind `--admin-token`.
 //! - `health`: `/healthz` and `/readyz`.
 //! - `scrape`: `/metrics`, on `--metrics-addr`.
 //! - `server`: the listener: TLS, connection limits and timeouts, request metrics.
@@ -14,6 +15,7 @@
 //! - `body`: request bodies (JSON or form), capped.
 //! - `reply`: JSON replies and the error type.
 
+mod admin;
 mod body;
 mod friends;
 mod groups;
@@ -73,6 +75,8 @@ pub struct AppState {
     origins: ws::Origins,
     /// Cancelled when the server begins to shut down: `/readyz` answers `503`.
     draining: CancellationToken,
+    /// `--admin-token`'s hash.
+    admin: admin::AdminToken,
 }
 
 impl AppState {
@@ -84,6 +88,7 @@ impl AppState {
     ) -> Self {
         AppState {
             draining,
+            admin: admin::AdminToken::new(config.auth.admin_token.as_ref().map(|t| t.0.as_str())),
             hashers,
             presence: relay.presence.clone(),
             store: relay.store.clone(),
@@ -298,6 +303,16 @@ pub fn routes(
         .unify()
         .boxed();
 
+    let disable = warp::path!("admin" / "users" / String / "disable")
+        .and(warp::post())
+        .and(admin::operator(s.clone()))
+        .and(with(s))
+        .then(|id, s| async move { reply::finish(admin::set_disabled(id, true, s).await) });
+    let enable = warp::path!("admin" / "users" / String / "enable")
+        .and(warp::post())
+        .and(admin::operator(s.clone()))
+        .and(with(s))
+        .then(|id, s| async move { reply::finish(admin::set_disabled(id, false, s).await) });
     let healthz = warp::path!("healthz").and(warp::get()).map(health::healthz);
     let readyz = warp::path!("readyz")
         .and(warp::get())
@@ -319,6 +334,10 @@ pub fn routes(
         .or(healthz)
         .unify()
         .or(readyz)
+        .unify()
+        .or(disable)
+        .unify()
+        .or(enable)
         .unify()
         .or(page)
         .unify()

@@ -48,6 +48,11 @@ impl ApiError {
         Self::new(StatusCode::FORBIDDEN, "Forbidden")
     }
 
+    /// `403` with a reason.
+    pub fn forbidden_because(msg: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, msg)
+    }
+
     /// The Go server's answer for an unknown or malformed user id.
     pub fn out_of_range() -> Self {
         Self::bad_request("Out of range")

@@ -82,6 +82,17 @@ impl LocalRouter {
         self.users.load(Ordering::Relaxed)
     }
 
+    /// Closes every connection of `user` on this node (an operator disabled the account);
+    /// returns how many.
+    pub fn disconnect(&self, user: UserId) -> usize {
+        let shard = self.shard(user);
+        let conns = shard.get(&user).map_or(&[][..], Vec::as_slice);
+        for conn in conns {
+            conn.evict();
+        }
+        conns.len()
+    }
+
     /// Whether `user` has a connection on this node.
     pub fn online(&self, user: UserId) -> bool {
         self.shard(user).contains_key(&user)

@@ -72,6 +72,8 @@ pub enum StoreError {
 pub struct User {
     pub id: UserId,
     pub account: Account,
+    /// An operator disabled the account: it cannot log in, and has no tokens.
+    pub disabled: bool,
 }
 
 /// What a user registered with.
@@ -241,12 +243,18 @@ pub trait Accounts {
 
     /// When `user`'s last connection closed, if ever (Unix seconds).
     fn last_seen(&self, user: UserId) -> StoreFuture<'_, Option<i64>>;
+
+    /// Disables (`true`) or enables an account; disabling revokes all of its tokens.
+    /// False when there is no such user.
+    fn set_disabled(&self, user: UserId, disabled: bool) -> StoreFuture<'_, bool>;
 }
 
 /// Login tokens, by hash.
 pub trait Tokens {
-    /// Stores a login token's hash for `user`, and forgets expired tokens.
-    fn create_token(&self, hash: TokenHash, user: UserId, expires_at: i64) -> StoreFuture<'_, ()>;
+    /// Stores a login token's hash for `user`, and forgets expired tokens. False (nothing
+    /// stored) when the account is disabled or gone.
+    fn create_token(&self, hash: TokenHash, user: UserId, expires_at: i64)
+    -> StoreFuture<'_, bool>;
 
     /// The token with this hash, expired or not.
     fn token(&self, hash: TokenHash) -> StoreFuture<'_, Option<TokenRecord>>;

@@ -345,10 +345,19 @@ impl Accounts for SqliteStore {
     fn last_seen(&self, user: UserId) -> StoreFuture<'_, Option<i64>> {
         self.read(move |c| reads::last_seen(c, user))
     }
+
+    fn set_disabled(&self, user: UserId, disabled: bool) -> StoreFuture<'_, bool> {
+        self.write(move |tx| Request::SetDisabled(user, disabled, tx))
+    }
 }
 
 impl Tokens for SqliteStore {
-    fn create_token(&self, hash: TokenHash, user: UserId, expires_at: i64) -> StoreFuture<'_, ()> {
+    fn create_token(
+        &self,
+        hash: TokenHash,
+        user: UserId,
+        expires_at: i64,
+    ) -> StoreFuture<'_, bool> {
         self.write(move |tx| Request::CreateToken(hash, user, expires_at, tx))
     }
 

@@ -17,14 +17,15 @@
 //! most about a thousand are kept), which deletes an entry at most that much late.
 //!
 //! **No pause for the relay.** The sweep runs on the writer thread as one request among the
-//! others of a batch (see `writer`), a step of at most `--retention-batch` chunk rows;
-//! while a pass has more to do, the next step comes `--retention-pause` later, and a new pass
-//! starts every `--retention-every`. The space freed is reused by new rows; when more than a
+//! others of a batch (see `writer`), a step of about `--retention-step` of the writer's
+//! time; while a pass has more to do, the next step comes `--retention-pause` later, and a new
+//! pass starts every `--retention-every`. So the sweep takes at most about step / (step +
+//! pause) of the writer's time, and a message that waits for a step waits about that long. The space freed is reused by new rows; when more than a
 //! quarter of the file is free (a first sweep of an old database, or a load that fell), each
 //! step returns up to a megabyte of it to the file system (`auto_vacuum = INCREMENTAL`),
 //! keeping a few pages for what comes next.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rusqlite::{OptionalExtension, Transaction, params};
 
@@ -39,8 +40,9 @@ pub struct Policy {
     pub acked: Option<Duration>,
     /// Any entry older than this goes.
     pub unacked: Option<Duration>,
-    /// Chunk rows one step deletes at most.
-    pub batch: usize,
+    /// The writer's time one step takes, about (it stops at the first stream or vacuum
+    /// round past it).
+    pub step: Duration,
 }
 
 impl Policy {
@@ -48,7 +50,7 @@ impl Policy {
         Policy {
             acked: config.retention.0,
             unacked: config.retention_unacked.0,
-            batch: config.retention_batch,
+            step: config.retention_step,
         }
     }
 
@@ -67,8 +69,12 @@ fn ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
-/// Pages a step returns to the file system at most (a megabyte of 4 KiB pages).
-const VACUUM_PAGES: i64 = 256;
+/// Pages a step returns to the file system at a time (each moves a page from the end of
+/// the file into a free one), between looks at the clock.
+const VACUUM_PAGES: i64 = 16;
+
+/// Chunk rows of one stream a step deletes at a time, between looks at the clock.
+const ROWS: usize = 16;
 
 /// Free pages kept for new rows, however large a share of the file they are.
 const SPARE_PAGES: i64 = 64;
@@ -103,6 +109,9 @@ impl Sweeper {
 
     /// One step, inside the writer's transaction, at `now` (Unix milliseconds).
     pub fn step(&mut self, tx: &Transaction, now: i64) -> rusqlite::Result<Swept> {
+        let started = Instant::now();
+        let budget = self.policy.step;
+        let spent = || started.elapsed() >= budget;
         self.mark(tx, now)?;
         let acked = self.policy.acked.map(|d| self.cut(tx, now - ms(d)));
         let any = self.policy.unacked.map(|d| self.cut(tx, now - ms(d)));
@@ -117,40 +126,39 @@ impl Sweeper {
             any: any.map(|c| c.batch),
         };
         let mut swept = Swept::default();
-        if cuts.acked.is_none() && cuts.any.is_none() {
-            return Ok(swept);
-        }
-        let mut rows = self.policy.batch;
-        // Owners with nothing to delete cost a seek each; a step looks at so many at most.
-        let mut owners = self.policy.batch.saturating_mul(4);
-        let mut next_owner =
-            tx.prepare_cached("SELECT min(owner) FROM stream_chunks WHERE owner >= ?1")?;
-        loop {
-            let Some(owner) =
-                next_owner.query_row([self.cursor], |r| r.get::<_, Option<i64>>(0))?
-            else {
-                // The pass is done; the next starts from the first owner.
-                self.cursor = 0;
-                break;
-            };
-            let (chunks, entries) = sweep_stream(tx, owner, cuts, rows)?;
-            swept.entries += entries;
-            rows -= chunks;
-            owners -= 1;
-            if rows == 0 {
-                // This stream may have more.
-                self.cursor = owner;
-                swept.more = true;
-                break;
-            }
-            self.cursor = owner.saturating_add(1);
-            if owners == 0 {
-                swept.more = true;
-                break;
+        if cuts.acked.is_some() || cuts.any.is_some() {
+            let mut next_owner =
+                tx.prepare_cached("SELECT min(owner) FROM stream_chunks WHERE owner >= ?1")?;
+            loop {
+                let next = next_owner.query_row([self.cursor], |r| r.get::<_, Option<i64>>(0))?;
+                let Some(owner) = next else {
+                    // The pass is done; the next starts from the first owner.
+                    self.cursor = 0;
+                    break;
+                };
+                let (chunks, entries) = sweep_stream(tx, owner, cuts, ROWS)?;
+                swept.entries += entries;
+                // A stream that gave as many as asked may have more.
+                self.cursor = if chunks == ROWS {
+                    owner
+                } else {
+                    owner.saturating_add(1)
+                };
+                if spent() {
+                    swept.more = true;
+                    break;
+                }
             }
         }
-        drop(next_owner);
-        vacuum(tx)?;
+        while !spent() && vacuum(tx)? {
+            swept.more = true;
+        }
+        tracing::debug!(
+            entries = swept.entries,
+            more = swept.more,
+            took_us = started.elapsed().as_micros() as u64,
+            "retention step"
+        );
         Ok(swept)
     }
 
@@ -271,8 +279,22 @@ fn sweep_stream(
     }
     tx.prepare_cached("DELETE FROM stream_chunks WHERE owner = ?1 AND last_seq <= ?2")?
         .execute(params![owner, through])?;
-    tx.prepare_cached("DELETE FROM conversation_chunks WHERE owner = ?1 AND last_seq <= ?2")?
-        .execute(params![owner, through])?;
+    // Per conversation, a range at its start (the table is keyed by owner, peer, first_seq):
+    // the owner's other rows are not read.
+    let mut next_peer = tx.prepare_cached(
+        "SELECT min(peer) FROM conversation_chunks WHERE owner = ?1 AND peer > ?2",
+    )?;
+    let mut drop_conversation = tx.prepare_cached(
+        "DELETE FROM conversation_chunks
+         WHERE owner = ?1 AND peer = ?2 AND first_seq <= ?3 AND last_seq <= ?3",
+    )?;
+    let mut peer = i64::MIN;
+    while let Some(next) =
+        next_peer.query_row(params![owner, peer], |r| r.get::<_, Option<i64>>(0))?
+    {
+        drop_conversation.execute(params![owner, next, through])?;
+        peer = next;
+    }
     if let Some(user) = UserId::new(owner) {
         ids::forget_through(tx, user, through)?;
     }
@@ -280,16 +302,18 @@ fn sweep_stream(
     Ok((gone.len(), entries))
 }
 
-/// Returns some free pages to the file system when more than a quarter of the file is free.
-fn vacuum(tx: &Transaction) -> rusqlite::Result<()> {
+/// Returns a few free pages to the file system when more than a quarter of the file is
+/// free; whether it did.
+fn vacuum(tx: &Transaction) -> rusqlite::Result<bool> {
     let pages = |pragma: &str| tx.query_row(&format!("PRAGMA {pragma}"), [], |r| r.get(0));
     let (free, total): (i64, i64) = (pages("freelist_count")?, pages("page_count")?);
-    if free > SPARE_PAGES && free * 4 > total {
-        let pages = (free - SPARE_PAGES).min(VACUUM_PAGES);
-        // It frees a page per step (each answers a row): stepped to its end.
-        let mut vacuum = tx.prepare(&format!("PRAGMA incremental_vacuum({pages})"))?;
-        let mut rows = vacuum.query([])?;
-        while rows.next()?.is_some() {}
+    if free <= SPARE_PAGES || free * 4 <= total {
+        return Ok(false);
     }
-    Ok(())
+    let pages = (free - SPARE_PAGES).min(VACUUM_PAGES);
+    // It frees a page per step (each answers a row): stepped to its end.
+    let mut vacuum = tx.prepare(&format!("PRAGMA incremental_vacuum({pages})"))?;
+    let mut rows = vacuum.query([])?;
+    while rows.next()?.is_some() {}
+    Ok(true)
 }

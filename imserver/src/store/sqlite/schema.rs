@@ -26,6 +26,7 @@ pub(super) fn migrations() -> Migrations<'static> {
         M::up(include_str!("migrations/0006_groups.sql")),
         M::up(include_str!("migrations/0007_recent_chunks.sql")),
         M::up(include_str!("migrations/0008_retention.sql")),
+        M::up(include_str!("migrations/0009_disabled.sql")),
     ])
 }
 

@@ -70,7 +70,9 @@ pub(super) enum Request {
     Sweep(Reply<Swept>),
     Barrier(BarrierHook),
     CreateUser(Option<UserId>, Account, Reply<Option<UserId>>),
-    CreateToken(TokenHash, UserId, i64, Reply<()>),
+    CreateToken(TokenHash, UserId, i64, Reply<bool>),
+    /// `(user, disabled)`.
+    SetDisabled(UserId, bool, Reply<bool>),
     RevokeToken(TokenHash, Reply<bool>),
     /// Friends without events (the demo users).
     Befriend(UserId, UserId, Reply<()>),
@@ -125,6 +127,8 @@ pub(super) enum Then {
     /// The read cache's copy of this user's friend list is stale.
     ForgetFriends(UserId),
     ForgetToken(TokenHash),
+    /// The read cache's copy of this user is stale.
+    ForgetUser(UserId),
     ForgetGroup(GroupId),
     /// The read cache's copy of whom this user blocks is stale.
     ForgetBlocks(UserId),
@@ -165,6 +169,7 @@ impl Then {
             Request::CreateUser(.., reply) => never(reply),
             Request::CreateToken(.., reply) => never(reply),
             Request::RevokeToken(_, reply) => never(reply),
+            Request::SetDisabled(.., reply) => never(reply),
             Request::Sweep(reply) => never(reply),
             Request::Befriend(.., reply) => never(reply),
             Request::Ask(.., reply) => never(reply),
@@ -339,12 +344,14 @@ impl Writer {
                 (Then::Reply(answer), r) => answer(r.as_ref().map(|_| ()).map_err(fail)),
                 (Then::ForgetFriends(user), Ok(())) => self.cache.friends.forget(&user),
                 (Then::ForgetToken(hash), Ok(())) => self.cache.tokens.forget(&hash),
+                (Then::ForgetUser(user), Ok(())) => self.cache.users.forget(&user),
                 (Then::ForgetGroup(group), Ok(())) => self.cache.groups.forget(&group),
                 (Then::ForgetBlocks(user), Ok(())) => self.cache.blocked.forget(&user),
                 (Then::AcksWritten(acks), Ok(())) => self.acks.written(&acks),
                 (
                     Then::ForgetFriends(_)
                     | Then::ForgetToken(_)
+                    | Then::ForgetUser(_)
                     | Then::ForgetGroup(_)
                     | Then::ForgetBlocks(_)
                     | Then::AcksWritten(_),
@@ -541,14 +548,18 @@ impl State<'_> {
                     // Expired tokens are useless; forget them while we are here.
                     tx.prepare_cached("DELETE FROM tokens WHERE expires_at <= unixepoch()")?
                         .execute([])?;
-                    tx.prepare_cached(
-                        "INSERT INTO tokens (hash, user_id, expires_at) VALUES (?1, ?2, ?3)",
-                    )?
-                    .execute(params![&hash[..], user.get(), expires_at])?;
-                    Ok(())
+                    // Never for a disabled account (it may have been disabled while the
+                    // password was being checked).
+                    let stored = tx
+                        .prepare_cached(
+                            "INSERT INTO tokens (hash, user_id, expires_at)
+                             SELECT ?1, id, ?3 FROM users WHERE id = ?2 AND NOT disabled",
+                        )?
+                        .execute(params![&hash[..], user.get(), expires_at])?;
+                    Ok(stored == 1)
                 });
                 match created {
-                    Ok(()) => then.push(Then::reply(reply, ())),
+                    Ok(stored) => then.push(Then::reply(reply, stored)),
                     Err(e) => {
                         then.push(Then::failed(reply, failed(&e)));
                         return Err(e);
@@ -563,6 +574,34 @@ impl State<'_> {
                     Ok(n) => {
                         then.push(Then::ForgetToken(hash));
                         then.push(Then::reply(reply, n == 1));
+                    }
+                    Err(e) => {
+                        then.push(Then::failed(reply, failed(&e)));
+                        return Err(e);
+                    }
+                }
+            }
+            Request::SetDisabled(user, disabled, reply) => {
+                let changed = savepoint(tx, || {
+                    let found = tx
+                        .prepare_cached("UPDATE users SET disabled = ?2 WHERE id = ?1")?
+                        .execute(params![user.get(), disabled])?;
+                    let revoked: Vec<TokenHash> = if disabled {
+                        let mut stmt = tx.prepare_cached(
+                            "DELETE FROM tokens WHERE user_id = ?1 RETURNING hash",
+                        )?;
+                        let rows = stmt.query_map([user.get()], |r| r.get(0))?;
+                        rows.collect::<Result<_, _>>()?
+                    } else {
+                        Vec::new()
+                    };
+                    Ok((found == 1, revoked))
+                });
+                match changed {
+                    Ok((found, revoked)) => {
+                        then.push(Then::ForgetUser(user));
+                        then.extend(revoked.into_iter().map(Then::ForgetToken));
+                        then.push(Then::reply(reply, found));
                     }
                     Err(e) => {
                         then.push(Then::failed(reply, failed(&e)));
