@@ -8,6 +8,8 @@
 //! - `ws`: `/ws`, the relay over WebSocket (the upgrade; the rest is the relay's).
 //! - `admin`: `/admin/…`, the operators' API behind `--admin-token`.
 //! - `health`: `/healthz` and `/readyz`.
+//! - `openapi.json`: the OpenAPI 3.1 document of every route here, served at
+//!   `/openapi.json` (`tests/openapi.rs` holds the two to each other).
 //! - `scrape`: `/metrics`, on `--metrics-addr`.
 //! - `server`: the listener: TLS, connection limits and timeouts, request metrics.
 //! - `web`: the web chat's files, embedded, at `/` and `/web/{file}`.
@@ -314,6 +316,13 @@ pub fn routes(
         .and(with(s))
         .then(|id, s| async move { reply::finish(admin::set_disabled(id, false, s).await) });
     let healthz = warp::path!("healthz").and(warp::get()).map(health::healthz);
+    let openapi = warp::path!("openapi.json").and(warp::get()).map(|| {
+        warp::Reply::into_response(warp::reply::with_header(
+            OPENAPI,
+            "content-type",
+            "application/json",
+        ))
+    });
     let readyz = warp::path!("readyz")
         .and(warp::get())
         .and(with(s))
@@ -332,6 +341,8 @@ pub fn routes(
     seed.or(messenger)
         .unify()
         .or(healthz)
+        .unify()
+        .or(openapi)
         .unify()
         .or(readyz)
         .unify()
@@ -352,6 +363,9 @@ pub fn routes(
 fn conn() -> impl Filter<Extract = (Option<ConnInfo>,), Error = Infallible> + Clone {
     warp::ext::optional::<ConnInfo>()
 }
+
+/// The OpenAPI document of these routes.
+pub const OPENAPI: &str = include_str!("openapi.json");
 
 /// Answers for requests no route took: still JSON, never a 500.
 fn rejected(r: warp::Rejection) -> Response {

@@ -136,10 +136,10 @@ impl Sweeper {
                     self.cursor = 0;
                     break;
                 };
-                let (chunks, entries) = sweep_stream(tx, owner, cuts, ROWS)?;
+                let (chunks, entries) = sweep_stream(tx, owner, cuts, ROWS, &spent)?;
                 swept.entries += entries;
-                // A stream that gave as many as asked may have more.
-                self.cursor = if chunks == ROWS {
+                // A stream that gave as many as asked, or was cut short, may have more.
+                self.cursor = if chunks == ROWS || spent() {
                     owner
                 } else {
                     owner.saturating_add(1)
@@ -234,6 +234,7 @@ fn sweep_stream(
     owner: i64,
     cuts: Cuts,
     rows: usize,
+    spent: &dyn Fn() -> bool,
 ) -> rusqlite::Result<(usize, u64)> {
     let acked: u64 = tx
         .prepare_cached("SELECT acked FROM stream_acks WHERE owner = ?1")?
@@ -264,19 +265,24 @@ fn sweep_stream(
         cuts.any.is_some_and(|cut| batch <= cut)
             || cuts.acked.is_some_and(|cut| batch <= cut) && last <= acked
     };
-    let gone: Vec<_> = candidates.iter().take_while(past).collect();
-    let Some(&&(_, through, _)) = gone.last() else {
-        return Ok((0, 0));
-    };
+    let mut gone: Vec<_> = candidates.iter().take_while(past).collect();
     let mut release =
         tx.prepare_cached("UPDATE batches SET chunks = chunks - 1 WHERE id = ?1 RETURNING chunks")?;
     let mut drop_batch = tx.prepare_cached("DELETE FROM batches WHERE id = ?1")?;
-    for &&(_, _, batch) in &gone {
+    for (i, &&(_, _, batch)) in gone.iter().enumerate() {
         let left: Option<i64> = release.query_row([batch], |r| r.get(0)).optional()?;
+        // Its last chunk gone, a batch goes (its payloads may fill many pages).
         if left == Some(0) {
             drop_batch.execute([batch])?;
         }
+        if spent() {
+            gone.truncate(i + 1);
+            break;
+        }
     }
+    let Some(&&(_, through, _)) = gone.last() else {
+        return Ok((0, 0));
+    };
     tx.prepare_cached("DELETE FROM stream_chunks WHERE owner = ?1 AND last_seq <= ?2")?
         .execute(params![owner, through])?;
     // Per conversation, a range at its start (the table is keyed by owner, peer, first_seq):
