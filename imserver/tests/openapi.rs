@@ -69,6 +69,12 @@ fn served() -> BTreeSet<Route> {
     out
 }
 
+/// Whether a concrete `path` fits `template` (a document path).
+fn fits(template: &str, path: &str) -> bool {
+    let (t, p): (Vec<_>, Vec<_>) = (template.split('/').collect(), path.split('/').collect());
+    t.len() == p.len() && t.iter().zip(&p).all(|(t, p)| t.starts_with('{') || t == p)
+}
+
 /// A path of the document with its parameters filled in.
 fn concrete(path: &str) -> String {
     path.replace("{id}", "3")
@@ -108,14 +114,24 @@ async fn every_served_route_is_documented_and_every_documented_route_is_served()
     for (path, item) in doc["paths"].as_object().unwrap() {
         let url = srv.url(&concrete(path));
         for method in METHODS {
+            // Another documented route may take this path with this method (`DELETE
+            // /friends/requests` is `DELETE /friends/{id}` with a bad id).
+            let other = doc["paths"].as_object().unwrap().iter().any(|(t, item)| {
+                t != path && item.get(method).is_some() && fits(t, &concrete(path))
+            });
+            if item.get(method).is_none() && other {
+                continue;
+            }
+            // Every route but /logout (which would revoke it) with the caller's token.
+            let bearer = match path.as_str() {
+                "/logout" => "not a token",
+                p if p.starts_with("/admin/") => ADMIN,
+                _ => &token,
+            };
             let request = srv
                 .http
                 .request(method.to_uppercase().parse().unwrap(), &url)
-                .bearer_auth(if path.starts_with("/admin/") {
-                    ADMIN
-                } else {
-                    &token
-                })
+                .bearer_auth(bearer)
                 .json(&serde_json::json!({}));
             let reply = request.send().await.unwrap();
             let status = reply.status().as_u16();

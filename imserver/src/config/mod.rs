@@ -391,7 +391,7 @@ pub struct StoreConfig {
 
     /// The wait between two steps of a sweep that has more to delete: with
     /// `--retention-step`, the share of the writer's time the sweep takes at most.
-    #[arg(long, env = "IMSERVER_RETENTION_PAUSE", default_value = "10ms", value_parser = positive_duration)]
+    #[arg(long, env = "IMSERVER_RETENTION_PAUSE", default_value = "20ms", value_parser = positive_duration)]
     pub retention_pause: Duration,
 
     /// Entries each in-memory cache holds at most: users, friend lists and tokens (what

@@ -100,12 +100,7 @@ pub async fn requests(me: UserId, state: Arc<AppState>) -> ApiResult {
 }
 
 /// `POST /friends/requests/{id}/accept` and `/decline`.
-pub async fn answer(me: UserId, from: String, verb: String, state: Arc<AppState>) -> ApiResult {
-    let accept = match verb.as_str() {
-        "accept" => true,
-        "decline" => false,
-        _ => return Err(ApiError::not_found("Not found")),
-    };
+pub async fn answer(me: UserId, from: String, accept: bool, state: Arc<AppState>) -> ApiResult {
     let from = parse_id(&from)?;
     state.store.answer_request(me, from, accept).await??;
     let status = if accept { "accepted" } else { "declined" };

@@ -185,13 +185,18 @@ pub fn routes(
         .and(user(s.clone()))
         .and(with(s))
         .then(|me, s| async move { reply::finish(friends::requests(me, s).await) });
-    let answer = warp::path!("friends" / "requests" / String / String)
+    let accept = warp::path!("friends" / "requests" / String / "accept")
         .and(warp::post())
         .and(user(s.clone()))
         .and(with(s))
-        .then(|from, verb, me, s| async move {
-            reply::finish(friends::answer(me, from, verb, s).await)
-        });
+        .then(|from, me, s| async move { reply::finish(friends::answer(me, from, true, s).await) });
+    let decline = warp::path!("friends" / "requests" / String / "decline")
+        .and(warp::post())
+        .and(user(s.clone()))
+        .and(with(s))
+        .then(
+            |from, me, s| async move { reply::finish(friends::answer(me, from, false, s).await) },
+        );
     let unfriend = warp::path!("friends" / String)
         .and(warp::delete())
         .and(user(s.clone()))
@@ -283,7 +288,9 @@ pub fn routes(
     let messenger = ask
         .or(requests)
         .unify()
-        .or(answer)
+        .or(accept)
+        .unify()
+        .or(decline)
         .unify()
         .or(unfriend)
         .unify()
