@@ -9,14 +9,16 @@ pub struct Api {
 }
 
 impl Api {
-    pub fn new(server: &str) -> Self {
-        Api {
-            base: server.trim_end_matches('/').to_owned(),
-            http: reqwest::Client::builder()
-                .timeout(crate::WAIT)
-                .build()
-                .expect("a plain HTTP client builds"),
+    /// The API at `server`; over TLS with `tls` (for an `https://` server).
+    pub fn new(server: &str, tls: Option<improto::rustls::ClientConfig>) -> anyhow::Result<Self> {
+        let mut http = reqwest::Client::builder().timeout(crate::WAIT);
+        if let Some(tls) = tls {
+            http = http.use_preconfigured_tls(tls);
         }
+        Ok(Api {
+            base: server.trim_end_matches('/').to_owned(),
+            http: http.build().context("cannot set up the HTTP client")?,
+        })
     }
 
     pub async fn get(&self, path: &str, token: &str) -> anyhow::Result<Value> {

@@ -17,6 +17,7 @@
 mod http;
 mod session;
 mod stats;
+mod tls;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -47,6 +48,10 @@ struct Cli {
         global = true
     )]
     relay: String,
+    /// With an `https://` `--server`, the CA certificates (PEM) the server's certificate must
+    /// chain to, for the HTTP API and the relay alike; the system's roots when not given.
+    #[arg(long, env = "IMCTL_TLS_CA", global = true)]
+    tls_ca: Option<PathBuf>,
     /// Where the session (login token, mode 0600) and the stream position are kept.
     #[arg(long, env = "IMCTL_STATE_DIR", global = true)]
     state_dir: Option<PathBuf>,
@@ -156,7 +161,21 @@ async fn main() {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let dir = state_dir(cli.state_dir.as_deref())?;
-    let api = http::Api::new(&cli.server);
+    let (api, relay) = if cli.server.starts_with("https://") {
+        let roots = tls::roots(cli.tls_ca.as_deref())?;
+        let api = http::Api::new(&cli.server, Some(tls::http_config(roots.clone())?))?;
+        let relay = Relay {
+            addr: cli.relay.clone(),
+            tls: Some(tls::relay_target(&cli.relay, roots)?),
+        };
+        (api, relay)
+    } else {
+        let relay = Relay {
+            addr: cli.relay.clone(),
+            tls: None,
+        };
+        (http::Api::new(&cli.server, None)?, relay)
+    };
     let out = Out { json: cli.json };
     match cli.command {
         Command::Register {
@@ -200,14 +219,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Send { to, text } => {
             let s = Session::load(&dir)?;
-            let seq = send(&cli.relay, &s, &to, &text).await?;
+            let seq = send(&relay, &s, &to, &text).await?;
             out.show(&json!({"to": to, "seq": seq}), || {
                 format!("stored at seq {seq}")
             });
         }
         Command::Tail { count } => {
             let s = Session::load(&dir)?;
-            tail(&cli.relay, &s, &dir, count, &out).await?;
+            tail(&relay, &s, &dir, count, &out).await?;
         }
         Command::Friends => {
             let s = Session::load(&dir)?;
@@ -270,12 +289,42 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The relay: where, and over TLS or not.
+struct Relay {
+    addr: String,
+    tls: Option<improto::TlsTarget>,
+}
+
+impl Relay {
+    async fn connect(&self) -> anyhow::Result<improto::Client> {
+        let addr = self.addr.as_str();
+        let connecting = async {
+            match &self.tls {
+                Some(t) => {
+                    improto::Client::connect_tls(addr, &t.server_name, t.roots.clone()).await
+                }
+                None => improto::Client::connect(addr).await,
+            }
+        };
+        tokio::time::timeout(WAIT, connecting)
+            .await
+            .context("connecting to the relay timed out")?
+            .with_context(|| format!("cannot connect to the relay at {addr}"))
+    }
+
+    /// `Reconnecting`'s options for the session's user.
+    fn options(&self, s: &Session) -> ReconnectOptions {
+        let options = ReconnectOptions::new(&self.addr, &s.user, &s.token);
+        match &self.tls {
+            Some(t) => options.with_tls(&t.server_name, t.roots.clone()),
+            None => options,
+        }
+    }
+}
+
 /// Sends one message over a fresh v2 connection and returns its `seq` in the sender's stream.
-async fn send(relay: &str, s: &Session, to: &str, text: &str) -> anyhow::Result<u64> {
-    let mut client = tokio::time::timeout(WAIT, improto::Client::connect(relay))
-        .await
-        .context("connecting to the relay timed out")?
-        .with_context(|| format!("cannot connect to the relay at {relay}"))?;
+async fn send(relay: &Relay, s: &Session, to: &str, text: &str) -> anyhow::Result<u64> {
+    let mut client = relay.connect().await?;
     client
         .handshake(Regist::v2(&s.user, &s.token))
         .await
@@ -302,14 +351,14 @@ async fn send(relay: &str, s: &Session, to: &str, text: &str) -> anyhow::Result<
 /// Follows the stream with `Reconnecting`: resumes from the saved position, acknowledges
 /// what it prints, reconnects by itself.
 async fn tail(
-    relay: &str,
+    relay: &Relay,
     s: &Session,
     dir: &std::path::Path,
     count: Option<u64>,
     out: &Out,
 ) -> anyhow::Result<()> {
     let state = improto::FileState::new(dir.join(format!("stream-{}.json", s.user)));
-    let options = ReconnectOptions::new(relay, &s.user, &s.token);
+    let options = relay.options(s);
     let mut stream = Reconnecting::start(options, state).await?;
     let mut shown = 0;
     while count.is_none_or(|n| shown < n) {

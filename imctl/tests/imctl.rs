@@ -17,18 +17,56 @@ const ADMIN: &str = "an admin token of more than thirty-two characters";
 struct Env {
     server: Server,
     dir: tempfile::TempDir,
+    /// How imctl reaches the server: `--server`, `--relay`, and more (`--tls-ca`).
+    flags: Vec<String>,
 }
 
 impl Env {
     async fn start() -> Env {
+        Env::start_with(|_, _| {}).await
+    }
+
+    /// A server over TLS, with a certificate for `localhost` made now, which imctl is told to
+    /// trust with `--tls-ca`.
+    async fn start_tls() -> Env {
+        let mut env = Env::start_with(|config, dir| {
+            let made = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+            let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+            std::fs::write(&cert, made.cert.pem()).unwrap();
+            std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
+            config.net.tls_cert = Some(cert);
+            config.net.tls_key = Some(key);
+        })
+        .await;
+        let (http, tcp) = (env.server.http_addr().port(), env.server.tcp_addr().port());
+        let ca = env.dir.path().join("cert.pem");
+        env.flags = vec![
+            "--server".into(),
+            format!("https://localhost:{http}"),
+            "--relay".into(),
+            format!("localhost:{tcp}"),
+            "--tls-ca".into(),
+            ca.display().to_string(),
+        ];
+        env
+    }
+
+    async fn start_with(adjust: impl FnOnce(&mut Config, &Path)) -> Env {
         let dir = tempfile::tempdir().unwrap();
         let mut config = Config::local(dir.path().join("data"));
         config.auth.regist_limit = 0;
         config.auth.login_limit = 0;
         config.http.metrics_addr = Some("127.0.0.1:0".parse().unwrap());
         config.auth.admin_token = Some(imserver::config::Secret(ADMIN.to_owned()));
+        adjust(&mut config, dir.path());
         let server = Server::start(config).await.expect("the server starts");
-        Env { server, dir }
+        let flags = vec![
+            "--server".into(),
+            format!("http://{}", server.http_addr()),
+            "--relay".into(),
+            server.tcp_addr().to_string(),
+        ];
+        Env { server, dir, flags }
     }
 
     /// Runs `imctl args` as the device whose state is in `who`, with `stdin`: whether it
@@ -36,10 +74,7 @@ impl Env {
     async fn imctl(&self, who: &str, args: &[&str], stdin: &str) -> (bool, String, String) {
         let mut command = Command::new(env!("CARGO_BIN_EXE_imctl"));
         command
-            .arg("--server")
-            .arg(format!("http://{}", self.server.http_addr()))
-            .arg("--relay")
-            .arg(self.server.tcp_addr().to_string())
+            .args(&self.flags)
             .arg("--state-dir")
             .arg(self.dir.path().join(who))
             .args(args)
@@ -309,4 +344,27 @@ async fn admin_user_disable_locks_the_account_out_and_enable_lets_it_back() {
         .imctl("ann", &["login", "--user", &ann], "secret pw\n")
         .await;
     assert!(ok, "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_tls_the_api_and_the_relay_both_work_and_an_untrusted_server_is_refused() {
+    let env = Env::start_tls().await;
+    let ann = env.account("ann").await;
+    let bob = env.account("bob").await;
+    let sent = env
+        .json("ann", &["send", "--to", &bob, "over TLS"], "")
+        .await;
+    assert!(sent[0]["seq"].as_u64().is_some(), "{sent:?}");
+    let got = env.json("bob", &["tail", "--count", "1"], "").await;
+    assert_eq!(got[0]["message"], "over TLS");
+    assert_eq!(got[0]["sender"], ann.as_str());
+
+    // Without --tls-ca, the test's certificate chains to no system root: refused.
+    let mut untrusting = Env::start_tls().await;
+    untrusting.flags.truncate(4);
+    let (ok, _, err) = untrusting
+        .imctl("x", &["register", "--name", "x"], "pw\n")
+        .await;
+    assert!(!ok, "a server nobody vouches for was trusted");
+    assert!(err.contains("imctl:"), "{err}");
 }

@@ -72,6 +72,8 @@ pub use packet::{
     Ack, ErrorCode, ErrorPacket, Event, EventKind, Message, Packet, Presence, Read, Regist,
     Registered, Typing,
 };
+#[cfg(feature = "tls")]
+pub use reconnect::TlsTarget;
 pub use reconnect::{
     ClientState, FileState, Item, MemoryState, MessageSender, ReconnectOptions, Reconnecting,
     Saved, Stopped,

@@ -126,6 +126,20 @@ pub struct ReconnectOptions {
     pub min_backoff: Duration,
     /// The longest wait between attempts.
     pub max_backoff: Duration,
+    /// TLS to the relay (`--tls-cert` on the server): see [`ReconnectOptions::with_tls`].
+    #[cfg(feature = "tls")]
+    pub tls: Option<TlsTarget>,
+}
+
+/// Whom a TLS connection must reach: the name the server's certificate must carry, and the
+/// roots it must chain to.
+#[cfg(feature = "tls")]
+#[derive(Debug, Clone)]
+pub struct TlsTarget {
+    /// The server's name, as in its certificate (`chat.example.com`).
+    pub server_name: String,
+    /// The trusted roots.
+    pub roots: crate::rustls::RootCertStore,
 }
 
 impl ReconnectOptions {
@@ -137,7 +151,24 @@ impl ReconnectOptions {
             token: token.into(),
             min_backoff: Duration::from_millis(200),
             max_backoff: Duration::from_secs(30),
+            #[cfg(feature = "tls")]
+            tls: None,
         }
+    }
+
+    /// Connects over TLS (see [`Client::connect_tls`]), to a server whose certificate names
+    /// `server_name` and chains to `roots`.
+    #[cfg(feature = "tls")]
+    pub fn with_tls(
+        mut self,
+        server_name: impl Into<String>,
+        roots: crate::rustls::RootCertStore,
+    ) -> Self {
+        self.tls = Some(TlsTarget {
+            server_name: server_name.into(),
+            roots,
+        });
+        self
     }
 }
 
@@ -462,7 +493,14 @@ impl<S: ClientState> Task<S> {
     }
 
     async fn connect(&mut self) -> Result<(ClientSender, ClientReceiver, Registered), ProtoError> {
-        let mut client = Client::connect(&self.options.addr).await?;
+        let addr = &self.options.addr;
+        #[cfg(feature = "tls")]
+        let mut client = match &self.options.tls {
+            Some(tls) => Client::connect_tls(addr, &tls.server_name, tls.roots.clone()).await?,
+            None => Client::connect(addr).await?,
+        };
+        #[cfg(not(feature = "tls"))]
+        let mut client = Client::connect(addr).await?;
         let regist =
             Regist::v2(&self.options.user, &self.options.token).resume_after(self.delivered);
         let live = client.handshake(regist).await?;
