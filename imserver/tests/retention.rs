@@ -187,7 +187,9 @@ async fn the_database_stops_growing_under_a_steady_load_with_retention_on() {
     let text = "x".repeat(2000);
     let mut sizes = Vec::new();
     let mut sent_bytes = Vec::new();
+    // The first seq of each round, in Bob's stream and in Ann's (her sent copies).
     let mut first_of_round = Vec::new();
+    let mut a_first_of_round = Vec::new();
     for round in 0..ROUNDS {
         let mut b_seq = 0;
         for i in 0..PER_ROUND {
@@ -204,13 +206,16 @@ async fn the_database_stops_growing_under_a_steady_load_with_retention_on() {
             b_seq = recv_message(&mut bd).await.seq.unwrap();
             if i == 0 {
                 first_of_round.push(b_seq);
+                a_first_of_round.push(a_seq);
             }
         }
         bd.send(Ack::new(b_seq)).await.unwrap();
         sent_bytes.push(PER_ROUND * text.len());
-        // The load is steady: each round starts once the round before the last has gone.
+        // The load is steady: each round starts once the round before the last has gone,
+        // from both streams.
         if round >= 2 {
             resume_once_deleted_through(&srv, &b, first_of_round[round - 1]).await;
+            resume_once_deleted_through(&srv, &a, a_first_of_round[round - 1]).await;
         }
         sizes.push(database_bytes(srv.dir.path()));
     }
