@@ -158,3 +158,27 @@ fn a_count_of_zero_is_refused_where_zero_means_nothing() {
     let toml = print_config(&["--rate-limit", "0", "--idle-timeout", "0"], &[]);
     assert_eq!(value(&toml, "rate-limit"), "0");
 }
+
+#[test]
+fn retention_takes_a_duration_or_forever_and_the_admin_token_is_never_printed() {
+    let toml = print_config(&["--retention", "30days"], &[]);
+    assert_eq!(value(&toml, "retention"), "\"30days\"");
+    assert_eq!(value(&toml, "retention-unacked"), "\"forever\"");
+    let out = imserver(&["--retention", "0s"], &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("or forever"),
+        "{stderr}"
+    );
+
+    let secret = "a-very-secret-admin-token-of-40-characters";
+    let toml = print_config(&[], &[("IMSERVER_ADMIN_TOKEN", secret)]);
+    assert!(!toml.contains(secret), "{toml}");
+    assert!(
+        toml.contains("# admin-token = \"\"  (set; not printed)"),
+        "{toml}"
+    );
+    let out = imserver(&["--admin-token", "short"], &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("at least 32 characters"), "{stderr}");
+}

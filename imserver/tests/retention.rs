@@ -165,6 +165,41 @@ async fn unacknowledged_entries_go_only_with_retention_unacked_and_the_newest_en
     assert_eq!(live.oldest_seq, Some(3));
 }
 
+#[tokio::test]
+async fn with_both_retentions_unacknowledged_entries_still_go_after_the_longer_one() {
+    let (srv, a, b) = server(|c| {
+        c.store.retention = Keep(Some(Duration::from_millis(100)));
+        c.store.retention_unacked = Keep(Some(Duration::from_millis(600)));
+    })
+    .await;
+    let (_, mut ad) = regist(&srv, &a, Some(u64::MAX)).await;
+    for i in 1..=3 {
+        send_for_ack(&mut ad, &a.0, &b.0, &format!("m{i}")).await;
+    }
+    // Bob acknowledges nothing: only --retention-unacked deletes his m1 and m2, while
+    // traffic elsewhere (Ann to Cid, acknowledged) keeps the shorter retention busy.
+    let cid = srv.user("Cid").await;
+    let deadline = Instant::now() + WAIT;
+    let mut i = 0;
+    let (live, mut c) = loop {
+        i += 1;
+        let seq = send_for_ack(&mut ad, &a.0, &cid.0, &format!("busy {i}")).await;
+        ad.send(Ack::new(seq)).await.unwrap();
+        let (live, c) = regist(&srv, &b, Some(0)).await;
+        // Both gone (a step may take one and leave the other for the next).
+        if live.oldest_seq.is_some_and(|o| o >= 3) {
+            break (live, c);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "m1 and m2 outlived --retention-unacked"
+        );
+        sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!((live.seq, live.oldest_seq), (3, Some(3)));
+    assert_eq!(replay(&mut c, 3).await, [(3, "m3".to_owned())]);
+}
+
 /// The database's size in bytes as SQLite sees it (the WAL's pages included).
 fn database_bytes(dir: &Path) -> u64 {
     let db = rusqlite::Connection::open_with_flags(

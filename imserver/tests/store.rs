@@ -93,7 +93,10 @@ async fn a_failing_request_fails_alone_in_its_batch() {
     release.send(()).unwrap();
 
     assert!(befriend.await.is_err(), "the bad request fails");
-    assert!(!token.await.unwrap(), "no token for an account that does not exist");
+    assert!(
+        !token.await.unwrap(),
+        "no token for an account that does not exist"
+    );
     // The messages around them were stored, each in both streams, and delivered.
     let (tx, rx) = tokio::sync::oneshot::channel();
     store

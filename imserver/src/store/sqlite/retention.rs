@@ -20,10 +20,12 @@
 //! others of a batch (see `writer`), a step of about `--retention-step` of the writer's
 //! time; while a pass has more to do, the next step comes `--retention-pause` later, and a new
 //! pass starts every `--retention-every`. So the sweep takes at most about step / (step +
-//! pause) of the writer's time, and a message that waits for a step waits about that long. The space freed is reused by new rows; when more than a
-//! quarter of the file is free (a first sweep of an old database, or a load that fell), each
-//! step returns up to a megabyte of it to the file system (`auto_vacuum = INCREMENTAL`),
-//! keeping a few pages for what comes next.
+//! pause) of the writer's time, and a message that waits for a step waits about that long.
+//!
+//! **Space.** New rows reuse the pages freed. When more than a quarter of the file is free
+//! (a first sweep of an old database, or a load that fell), steps also return free pages to
+//! the file system (`auto_vacuum = INCREMENTAL`), 16 at a time within the same budget,
+//! keeping a few for what comes next.
 
 use std::time::{Duration, Instant};
 
@@ -116,8 +118,14 @@ impl Sweeper {
         let acked = self.policy.acked.map(|d| self.cut(tx, now - ms(d)));
         let any = self.policy.unacked.map(|d| self.cut(tx, now - ms(d)));
         let (acked, any) = (acked.transpose()?.flatten(), any.transpose()?.flatten());
-        // Marks older than the oldest one still needed are never needed again.
-        if let Some(oldest) = [acked, any].into_iter().flatten().map(|c| c.at).min() {
+        // Marks older than the one each cut-off uses are never needed again; until every
+        // cut-off has one (the longer retention has not been reached yet), all are kept.
+        let configured = [
+            self.policy.acked.map(|_| acked),
+            self.policy.unacked.map(|_| any),
+        ];
+        let used: Option<Vec<Mark>> = configured.into_iter().flatten().collect();
+        if let Some(oldest) = used.and_then(|marks| marks.iter().map(|m| m.at).min()) {
             tx.prepare_cached("DELETE FROM retention_marks WHERE at < ?1")?
                 .execute([oldest])?;
         }
