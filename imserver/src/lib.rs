@@ -23,13 +23,15 @@
 //! - `http/`: the HTTP API (routes in `mod`, `users`, `friends`, `history`, `guard` for
 //!   bearer tokens and rate limits, `body`, `reply`), `/healthz` and `/readyz` (`health`),
 //!   the WebSocket upgrade (`ws`), the web chat's files (`web`, from `imserver/web/`),
-//!   `/metrics` (`scrape`), and the listener with its limits and timeouts (`server`).
+//!   `/metrics` (`scrape`), the operators' API (`admin`), the OpenAPI document of all of
+//!   it (`openapi.json`), and the listener with its limits and timeouts (`server`).
 //! - `metrics`: every series the server reports, and how it is recorded.
 //! - `relay/`: the relay (`listener` for admission and TCP, `transport/` for TCP and
 //!   WebSocket framing, `session/` for one connection of either protocol version, `outbox`,
 //!   `router`).
 //! - `delivery`: the seam between the store and live connections ([`delivery::Delivery`]).
-//! - `store/`: the storage traits by concern, the social rules, and the SQLite backend.
+//! - `store/`: the storage traits by concern, the social rules, and the SQLite backend
+//!   (with its backup, and retention in `sqlite/retention.rs`).
 //! - `auth`: password hashing and login tokens.
 //! - `workers`: fixed sets of threads for blocking work (SQLite reads, password hashing).
 //!
