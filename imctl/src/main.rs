@@ -161,20 +161,17 @@ async fn main() {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let dir = state_dir(cli.state_dir.as_deref())?;
-    let (api, relay) = if cli.server.starts_with("https://") {
-        let roots = tls::roots(cli.tls_ca.as_deref())?;
-        let api = http::Api::new(&cli.server, Some(tls::http_config(roots.clone())?))?;
-        let relay = Relay {
-            addr: cli.relay.clone(),
-            tls: Some(tls::relay_target(&cli.relay, roots)?),
-        };
-        (api, relay)
-    } else {
-        let relay = Relay {
-            addr: cli.relay.clone(),
-            tls: None,
-        };
-        (http::Api::new(&cli.server, None)?, relay)
+    // TLS to both, or to neither: the server has one certificate for all of its listeners.
+    let roots = (cli.server.starts_with("https://"))
+        .then(|| tls::roots(cli.tls_ca.as_deref()))
+        .transpose()?;
+    let http_tls = roots.clone().map(tls::http_config).transpose()?;
+    let api = http::Api::new(&cli.server, http_tls)?;
+    let relay = Relay {
+        tls: roots
+            .map(|roots| tls::relay_target(&cli.relay, roots))
+            .transpose()?,
+        addr: cli.relay.clone(),
     };
     let out = Out { json: cli.json };
     match cli.command {
