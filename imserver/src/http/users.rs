@@ -101,21 +101,17 @@ pub async fn login(body: Result<Login, ApiError>, state: Arc<AppState>) -> ApiRe
         tracing::info!(user = user.id.get(), "login failed: wrong password");
         return Err(ApiError::bad_request("Wrong userID or password"));
     }
-    // Only once the password is right: a disabled account is not told apart from a wrong
-    // password to someone who does not know it.
-    let disabled = || {
-        tracing::info!(
-            user = user.id.get(),
-            "login refused: the account is disabled"
-        );
-        ApiError::forbidden_because("Account disabled")
-    };
-    if user.disabled {
-        return Err(disabled());
-    }
+    // Only once the password is right is a disabled account told apart from a wrong
+    // password: the store refuses its token (a login racing the disable as well).
     let token = auth::issue_token(state.store.as_ref(), user.id, state.token_ttl)
         .await?
-        .ok_or_else(disabled)?;
+        .ok_or_else(|| {
+            tracing::info!(
+                user = user.id.get(),
+                "login refused: the account is disabled"
+            );
+            ApiError::forbidden_because("Account disabled")
+        })?;
     tracing::info!(user = user.id.get(), "login");
     ok(&LoggedIn {
         profile: Profile::from(&user),
@@ -175,9 +171,5 @@ pub async fn regist(
         .await?
         .expect("a user without a chosen id is always created");
     tracing::info!(user = id.get(), "registered a new account");
-    ok(&Profile::from(&User {
-        id,
-        account,
-        disabled: false,
-    }))
+    ok(&Profile::from(&User { id, account }))
 }

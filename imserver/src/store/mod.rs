@@ -72,8 +72,6 @@ pub enum StoreError {
 pub struct User {
     pub id: UserId,
     pub account: Account,
-    /// An operator disabled the account: it cannot log in, and has no tokens.
-    pub disabled: bool,
 }
 
 /// What a user registered with.

@@ -19,7 +19,7 @@ use crate::store::{
 
 pub(super) fn user(c: &Connection, user: UserId) -> rusqlite::Result<Option<User>> {
     c.prepare_cached(
-        "SELECT id, name, sex, email, signature, password_hash, disabled FROM users WHERE id = ?1",
+        "SELECT id, name, sex, email, signature, password_hash FROM users WHERE id = ?1",
     )?
     .query_row([user.get()], |r| {
         Ok(User {
@@ -31,7 +31,6 @@ pub(super) fn user(c: &Connection, user: UserId) -> rusqlite::Result<Option<User
                 signature: r.get(4)?,
                 password_hash: r.get(5)?,
             },
-            disabled: r.get(6)?,
         })
     })
     .optional()

@@ -127,8 +127,6 @@ pub(super) enum Then {
     /// The read cache's copy of this user's friend list is stale.
     ForgetFriends(UserId),
     ForgetToken(TokenHash),
-    /// The read cache's copy of this user is stale.
-    ForgetUser(UserId),
     ForgetGroup(GroupId),
     /// The read cache's copy of whom this user blocks is stale.
     ForgetBlocks(UserId),
@@ -344,14 +342,12 @@ impl Writer {
                 (Then::Reply(answer), r) => answer(r.as_ref().map(|_| ()).map_err(fail)),
                 (Then::ForgetFriends(user), Ok(())) => self.cache.friends.forget(&user),
                 (Then::ForgetToken(hash), Ok(())) => self.cache.tokens.forget(&hash),
-                (Then::ForgetUser(user), Ok(())) => self.cache.users.forget(&user),
                 (Then::ForgetGroup(group), Ok(())) => self.cache.groups.forget(&group),
                 (Then::ForgetBlocks(user), Ok(())) => self.cache.blocked.forget(&user),
                 (Then::AcksWritten(acks), Ok(())) => self.acks.written(&acks),
                 (
                     Then::ForgetFriends(_)
                     | Then::ForgetToken(_)
-                    | Then::ForgetUser(_)
                     | Then::ForgetGroup(_)
                     | Then::ForgetBlocks(_)
                     | Then::AcksWritten(_),
@@ -548,8 +544,8 @@ impl State<'_> {
                     // Expired tokens are useless; forget them while we are here.
                     tx.prepare_cached("DELETE FROM tokens WHERE expires_at <= unixepoch()")?
                         .execute([])?;
-                    // Never for a disabled account (it may have been disabled while the
-                    // password was being checked).
+                    // Never for a disabled account: this is where a login learns it is
+                    // (even one whose password check raced the disable).
                     let stored = tx
                         .prepare_cached(
                             "INSERT INTO tokens (hash, user_id, expires_at)
@@ -599,7 +595,6 @@ impl State<'_> {
                 });
                 match changed {
                     Ok((found, revoked)) => {
-                        then.push(Then::ForgetUser(user));
                         then.extend(revoked.into_iter().map(Then::ForgetToken));
                         then.push(Then::reply(reply, found));
                     }
