@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use imserver::delivery::{Delivery, Entries};
-use imserver::store::{Appends, NewMessage, Outcome, Replies, SqliteStore, StoreError, Streams};
+use imserver::store::{Appends, NewMessage, Outcome, Replies, StoreError};
 use imserver::{Config, UserId};
 use tokio::sync::Notify;
 
@@ -81,7 +81,9 @@ fn append(c: &mut Criterion) {
     // The server's defaults.
     let mut config = Config::default().store;
     config.data_dir = dir.path().into();
-    let store = Arc::new(SqliteStore::open(&config, Arc::new(Nobody)).unwrap());
+    let store = runtime
+        .block_on(imserver::store::open(&config, Arc::new(Nobody)))
+        .unwrap();
     let user = |n: usize| UserId::new(n as i64).unwrap();
     let payload = imbench::payload(&imbench::message_of_payload_len(100));
     let mut group = c.benchmark_group("store");

@@ -71,7 +71,7 @@ use auth::PasswordHashers;
 pub use config::Config;
 pub use id::UserId;
 use net::{Net, PerIp, Tls, TlsError};
-use store::{Account, SqliteStore, Store, StoreError};
+use store::{Account, Store, StoreError};
 
 /// How long shutdown waits for connections to finish before giving up on them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -133,14 +133,7 @@ impl Server {
         };
 
         let router = Arc::new(relay::LocalRouter::default());
-        let store = {
-            let c = config.store.clone();
-            let delivery = router.clone();
-            tokio::task::spawn_blocking(move || SqliteStore::open(&c, delivery))
-                .await
-                .map_err(|e| StoreError::Io(std::io::Error::other(e)))??
-        };
-        let store: Arc<dyn Store> = Arc::new(store);
+        let store = store::open(&config.store, router.clone()).await?;
         let hashers =
             PasswordHashers::new(config.auth.password_hashers).map_err(StartError::Hashers)?;
         if config.demo {

@@ -7,10 +7,7 @@ use bytes::Bytes;
 use imserver::UserId;
 use imserver::config::Config;
 use imserver::delivery::{Delivery, Entries};
-use imserver::store::{
-    Appended, Appends, NewMessage, Outcome, Replies, Social, SqliteStore, Store, StoreError,
-    Streams, Tokens,
-};
+use imserver::store::{Appended, Appends, NewMessage, Outcome, Replies, StoreError};
 
 /// Remembers every entry handed to it.
 #[derive(Default)]
@@ -69,7 +66,7 @@ async fn a_failing_request_fails_alone_in_its_batch() {
     let mut config = Config::default().store;
     config.data_dir = dir.path().into();
     let delivered = Arc::new(Recorder::default());
-    let store = SqliteStore::open(&config, delivered.clone()).unwrap();
+    let store = imserver::store::open(&config, delivered.clone()).await.unwrap();
 
     // Hold the writer inside a barrier hook, so that everything queued meanwhile is one
     // batch, one transaction.

@@ -72,6 +72,20 @@ pub fn effective(args: impl IntoIterator<Item = OsString>) -> Result<String, Con
         if let Some(env) = arg.get_env() {
             out.push_str(&format!("# (environment: {})\n", env.to_string_lossy()));
         }
+        if long == "store"
+            && let Some(store) = matches.get_one::<super::Backend>(id)
+        {
+            // Its URL may hold a password, which is never printed; the line is then a
+            // comment, so that reading the file back cannot use a wrong one.
+            let shown = store.redacted();
+            match store {
+                super::Backend::Postgres(super::Secret(url)) if *url != shown => out.push_str(
+                    &format!("# {long} = {}  (holds a password; not printed)\n", quoted(&shown)),
+                ),
+                _ => out.push_str(&format!("{long} = {}\n", quoted(&shown))),
+            }
+            continue;
+        }
         if arg.is_hide_env_values_set() {
             // A secret: where it is set is shown, never what it is.
             let set = matches.get_raw(id).is_some();

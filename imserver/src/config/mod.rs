@@ -277,6 +277,64 @@ pub struct AuthConfig {
     pub admin_token: Option<Secret>,
 }
 
+/// Where the store is; see `--store`.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    /// A PostgreSQL connection URL, which may hold a password.
+    Postgres(Secret),
+}
+
+impl Backend {
+    /// As it may be shown: a URL without its password.
+    pub fn redacted(&self) -> String {
+        match self {
+            Backend::Sqlite => "sqlite".into(),
+            Backend::Postgres(Secret(url)) => redact_url(url),
+        }
+    }
+}
+
+impl std::fmt::Debug for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+/// `url` with the password of its `user:password@` part replaced by `…`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.into();
+    };
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    match authority.rsplit_once('@') {
+        Some((user, host)) if user.contains(':') => {
+            let name = user.split(':').next().unwrap_or("");
+            format!("{scheme}://{name}:…@{host}{path}")
+        }
+        _ => url.into(),
+    }
+}
+
+fn backend(s: &str) -> Result<Backend, String> {
+    if s == "sqlite" {
+        return Ok(Backend::Sqlite);
+    }
+    if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+        s.parse::<tokio_postgres::Config>()
+            .map_err(|e| format!("not a PostgreSQL URL: {e}"))?;
+        return Ok(Backend::Postgres(Secret(s.to_owned())));
+    }
+    Err("`sqlite`, or a PostgreSQL URL such as postgres://user@localhost/imserver".into())
+}
+
+fn at_least_two(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n >= 2 => Ok(n),
+        _ => Err("must be at least 2 (one for the writer, one for reads)".into()),
+    }
+}
+
 /// A secret from the configuration: never printed, in logs or by `print-config`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(pub String);
@@ -311,6 +369,18 @@ pub struct SocialConfig {
 /// The database.
 #[derive(Args, Debug, Clone)]
 pub struct StoreConfig {
+    /// Where the data lives: `sqlite`, an embedded database in `--data-dir` (the default:
+    /// nothing to install), or a PostgreSQL URL (`postgres://user:password@host:5432/db`),
+    /// which several imserver nodes may share (see deploy/cluster.md).
+    #[arg(long, env = "IMSERVER_STORE", default_value = "sqlite", value_parser = backend,
+          hide_env_values = true)]
+    pub store: Backend,
+
+    /// PostgreSQL connections this node keeps at most: one for the writer, the rest for
+    /// reads (streams on reconnect, history, what the cache does not hold yet).
+    #[arg(long, env = "IMSERVER_STORE_CONNECTIONS", default_value_t = 8, value_parser = at_least_two)]
+    pub store_connections: usize,
+
     /// Directory of the SQLite database; created on first start.
     #[arg(long, env = "IMSERVER_DATA_DIR", default_value = "./imserver-data")]
     pub data_dir: PathBuf,

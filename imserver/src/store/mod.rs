@@ -20,11 +20,19 @@
 //! - `social`: the rules of the social graph, one function per operation, the same for every
 //!   backend;
 //! - `groups`: the rules of groups, likewise;
+//! - `front`: the [`Store`] every backend is, over its writer and its queries;
+//! - `queue`: the writer's queue of requests, and what it does after each commit;
+//! - `acks`: acknowledgement positions, kept in memory and written now and then;
+//! - `receipts`: what a read receipt says;
 //! - `cache`: what every HTTP request reads, in memory;
-//! - `sqlite/`: the embedded SQLite backend.
+//! - `sqlite/`: the embedded SQLite backend (the default).
 
+mod acks;
 mod cache;
+mod front;
 pub mod groups;
+mod queue;
+mod receipts;
 pub mod social;
 mod sqlite;
 
@@ -33,7 +41,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures::future::BoxFuture;
 
-use crate::delivery::ConnId;
+use crate::config::StoreConfig;
+use crate::delivery::{ConnId, Delivery};
 use crate::id::{Address, GroupId, UserId};
 
 /// An event as it is stored in a stream: its frame's payload.
@@ -46,7 +55,20 @@ pub(crate) fn event_bytes(event: improto::Event) -> Bytes {
 }
 pub use groups::{Group, GroupError};
 pub use social::{RequestOutcome, SocialError};
-pub use sqlite::{SqliteStore, backup, restore};
+pub use sqlite::{backup, restore};
+
+/// Opens the store `config` names (creating and migrating it as needed), whose writer hands
+/// every committed stream entry to `delivery`.
+pub async fn open(
+    config: &StoreConfig,
+    delivery: Arc<dyn Delivery>,
+) -> Result<Arc<dyn Store>, StoreError> {
+    let c = config.clone();
+    let store = tokio::task::spawn_blocking(move || sqlite::open(&c, delivery))
+        .await
+        .map_err(|e| StoreError::Io(std::io::Error::other(e)))??;
+    Ok(Arc::new(store))
+}
 
 /// Storage failures. None of them is the client's fault; HTTP answers them with 500.
 #[derive(Debug, thiserror::Error)]

@@ -7,74 +7,15 @@
 //! and each stream it touches once per batch (see `draft`): per message there is only the
 //! message's own work.
 
-use std::sync::Arc;
-
 use rusqlite::{Transaction, params};
 
 use super::draft::StreamIx;
 use super::ids::{Key, Seen};
 use super::writer::{State, Statements};
-use crate::delivery::{Delivery, Entry, EntryKind};
+use crate::delivery::{Entry, EntryKind};
 use crate::id::{Address, GroupId, UserId};
-use crate::metrics::StoreMetrics;
-use crate::store::{Appended, Appends, Outcome, Replies, StoreError};
-
-/// What a request of appends is answered with after the commit.
-pub(super) struct Answer {
-    replies: Arc<dyn Replies>,
-    outcomes: Vec<Outcome>,
-    /// Why the messages after those in `outcomes` were not stored.
-    pub failed: Option<StoreError>,
-    /// Per user, the entries appended to their stream, in order.
-    entries: Vec<(UserId, Vec<Entry>)>,
-}
-
-impl Answer {
-    pub fn new(replies: Arc<dyn Replies>) -> Self {
-        Answer {
-            replies,
-            outcomes: Vec::new(),
-            failed: None,
-            entries: Vec::new(),
-        }
-    }
-
-    /// Where `to`'s entries are kept for the delivery after the commit.
-    fn slot(&mut self, to: UserId) -> usize {
-        match self.entries.iter().position(|(user, _)| *user == to) {
-            Some(slot) => slot,
-            None => {
-                self.entries.push((to, Vec::new()));
-                self.entries.len() - 1
-            }
-        }
-    }
-
-    /// After the commit (`Ok`), or the transaction's failure.
-    pub fn send(
-        self,
-        delivery: &dyn Delivery,
-        metrics: &StoreMetrics,
-        committed: Result<(), StoreError>,
-    ) {
-        if let Err(e) = committed {
-            self.replies.failed(e);
-            return;
-        }
-        metrics.appended(&self.outcomes);
-        if !self.outcomes.is_empty() {
-            self.replies.replied(self.outcomes);
-        }
-        if let Some(e) = self.failed {
-            self.replies.failed(e);
-        }
-        for (to, entries) in self.entries {
-            if !entries.is_empty() {
-                delivery.deliver(to, entries.into());
-            }
-        }
-    }
-}
+use crate::store::queue::Answer;
+use crate::store::{Appended, Appends, Outcome};
 
 /// Where one sender's messages to one receiver go, as a request looked them up.
 struct Receiver {

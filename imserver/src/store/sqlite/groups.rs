@@ -9,17 +9,11 @@ use std::sync::Arc;
 
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
-use super::writer::{State, Then, id, savepoint};
+use super::writer::{State, id, savepoint};
+use crate::store::queue::Then;
 use crate::id::{GroupId, UserId};
 use crate::store::groups::{self, Group, GroupError, GroupEvent, Plan};
-
-/// A change to a group (see [`groups`]).
-#[derive(Debug)]
-pub(super) enum GroupOp {
-    Add(UserId),
-    Remove(UserId),
-    Rename(String),
-}
+use crate::store::queue::GroupOp;
 
 impl State<'_> {
     /// Group `id` as it stands, from the writer's copy or the table.

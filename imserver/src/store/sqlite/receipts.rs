@@ -1,4 +1,4 @@
-//! Read positions and read receipts: a `Read` moves the reader's position in one
+//! Read positions and read receipts in SQLite (what they say: `store::receipts`): a `Read` moves
 //! conversation forward and, unless `--read-receipts off`, tells the senders of the newly
 //! read messages, each in their own terms: an `Event` of kind `read` whose `upTo` is the
 //! `seq` of the newest of *their* messages now read, in *their* stream (every received
@@ -9,24 +9,16 @@
 
 use std::collections::HashSet;
 
-use improto::{Envelope, Event, EventKind};
+use improto::Envelope;
 use rusqlite::{OptionalExtension, Transaction, params};
 
 use super::chunk::{CHUNK_AT, CONVERSATION_TABLES, HEAD, conversation_of, entries};
 use super::draft::load_head;
 use super::reads::{Payloads, bound, corrupt};
-use super::writer::{State, Then};
+use super::writer::State;
+use crate::store::receipts::{ReadReceipts, receipt};
+use crate::store::queue::Then;
 use crate::id::{Address, UserId};
-
-/// What a `Read` may do.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct ReadReceipts {
-    /// `--read-receipts`.
-    pub on: bool,
-    /// `--read-receipt-scan`: the newly read messages looked through, newest first, for their
-    /// senders; older ones get no receipt.
-    pub scan: usize,
-}
 
 impl State<'_> {
     /// `owner` has read the conversation with `peer` up to `seq` of their stream.
@@ -156,16 +148,4 @@ fn senders_read(
         }
     }
     Ok(newest)
-}
-
-/// The payload of a read receipt: `reader` has read up to `up_to` (in its receiver's
-/// stream) of the conversation `peer` is, as the reader has it (their group, or themself).
-fn receipt(reader: UserId, peer: Address, up_to: u64) -> bytes::Bytes {
-    let mut event = Event::new(EventKind::Read, reader.to_string(), "");
-    event.name = None;
-    event.up_to = Some(up_to);
-    if let Address::Group(g) = peer {
-        event.group = Some(g.to_string());
-    }
-    crate::store::event_bytes(event)
 }

@@ -34,6 +34,7 @@ use rusqlite::{OptionalExtension, Transaction, params};
 use super::ids;
 use crate::config::StoreConfig;
 use crate::id::UserId;
+use crate::store::queue::Swept;
 
 /// `--retention` and its companions.
 #[derive(Debug, Clone, Copy)]
@@ -89,15 +90,6 @@ pub(super) struct Sweeper {
     cursor: i64,
     /// The newest mark written, once read.
     last_mark: Option<(i64, i64)>,
-}
-
-/// What one step did.
-#[derive(Debug, Default, Clone, Copy)]
-pub(super) struct Swept {
-    /// Stream entries deleted.
-    pub entries: u64,
-    /// Whether the pass has more to do.
-    pub more: bool,
 }
 
 impl Sweeper {

@@ -6,7 +6,8 @@ use rusqlite::{Transaction, params};
 
 use super::chunk::HEAD;
 use super::draft::StreamIx;
-use super::writer::{ARE_FRIENDS, State, Then, savepoint};
+use super::writer::{ARE_FRIENDS, State, savepoint};
+use crate::store::queue::Then;
 use crate::id::UserId;
 use crate::store::social::{self, Change, Pair, Plan, Side, SocialError};
 

@@ -30,154 +30,22 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use rusqlite::{CachedStatement, Connection, Transaction, params};
-use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
+use tokio::sync::mpsc;
 
-use super::acks::AckBook;
-use super::append::Answer;
 use super::chunk::HEAD;
 use super::draft::{Draft, StreamIx};
 use super::fold::{fold, waiting};
-use super::groups::GroupOp;
 use super::ids::Ids;
-use super::receipts::ReadReceipts;
-use super::retention::{Policy, Sweeper, Swept};
+use super::retention::{Policy, Sweeper};
 use super::social::apply_change;
-use crate::config::{StoreConfig, Switch};
-use crate::delivery::{Delivery, Entry, EntryKind};
-use crate::id::{Address, GroupId, UserId};
-use crate::metrics::StoreMetrics;
-use crate::store::cache::ReadCache;
-use crate::store::social::{self, Change, Pair, Plan, RequestOutcome, SocialError};
-use crate::store::{Account, Appends, BarrierHook, Group, GroupError, StoreError, TokenHash};
-
-/// Where a request's answer goes.
-pub(super) type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
-
-/// A request to the writer thread, with its places in the queue (given back as the writer
-/// takes it).
-pub(super) type Queued = (Request, OwnedSemaphorePermit);
-
-/// A request to the writer thread.
-pub(super) enum Request {
-    Append(Appends),
-    /// Write the acknowledgement positions that moved (see `acks`); queue-only.
-    FlushAcks,
-    /// `(owner, peer, seq)`; queue-only.
-    Read(UserId, Address, u64),
-    /// `(user, at)`: the user's last connection closed; queue-only.
-    Seen(UserId, i64),
-    /// One step of the retention sweep (see `retention`).
-    Sweep(Reply<Swept>),
-    Barrier(BarrierHook),
-    CreateUser(Option<UserId>, Account, Reply<Option<UserId>>),
-    CreateToken(TokenHash, UserId, i64, Reply<bool>),
-    /// `(user, disabled)`.
-    SetDisabled(UserId, bool, Reply<bool>),
-    RevokeToken(TokenHash, Reply<bool>),
-    /// Friends without events (the demo users).
-    Befriend(UserId, UserId, Reply<()>),
-    /// `(from, to, message, at)`.
-    Ask(
-        UserId,
-        UserId,
-        String,
-        i64,
-        Reply<Result<RequestOutcome, SocialError>>,
-    ),
-    /// An operation of `a` on `b`.
-    Social(SocialOp, UserId, UserId, Reply<Result<(), SocialError>>),
-    /// `(owner, name, members, max)`.
-    CreateGroup(
-        UserId,
-        String,
-        Vec<UserId>,
-        usize,
-        Reply<Result<GroupId, GroupError>>,
-    ),
-    /// `(actor, group, op, max)`.
-    Group(
-        UserId,
-        GroupId,
-        GroupOp,
-        usize,
-        Reply<Result<(), GroupError>>,
-    ),
-    /// Stop after everything queued before it.
-    Close(oneshot::Sender<()>),
-}
-
-/// The social operations answered with `()`; see [`social`].
-#[derive(Debug, Clone, Copy)]
-pub(super) enum SocialOp {
-    Accept,
-    Decline,
-    Unfriend,
-    Block,
-    Unblock,
-}
-
-/// What to do once the batch has committed (or failed), in request order.
-pub(super) enum Then {
-    /// Hand a stream entry to the `Delivery`.
-    Deliver(UserId, Entry),
-    Appended(Answer),
-    Barrier(BarrierHook),
-    /// Answer a request: with its value when the batch committed, else with the error.
-    Reply(Box<dyn FnOnce(Result<(), StoreError>) + Send>),
-    /// The read cache's copy of this user's friend list is stale.
-    ForgetFriends(UserId),
-    ForgetToken(TokenHash),
-    ForgetGroup(GroupId),
-    /// The read cache's copy of whom this user blocks is stale.
-    ForgetBlocks(UserId),
-    /// These acknowledgement positions are written.
-    AcksWritten(Vec<(UserId, u64)>),
-    Close(oneshot::Sender<()>),
-}
-
-impl Then {
-    /// The answer to `reply` with `value`, once the batch is known to have committed.
-    fn reply<T: Send + 'static>(reply: Reply<T>, value: T) -> Then {
-        Then::Reply(Box::new(move |committed| {
-            let _ = reply.send(committed.map(|()| value));
-        }))
-    }
-
-    /// A request that failed on its own: its error, whatever the batch does.
-    fn failed<T: Send + 'static>(reply: Reply<T>, e: StoreError) -> Then {
-        Then::Reply(Box::new(move |_| {
-            let _ = reply.send(Err(e));
-        }))
-    }
-
-    /// A request the transaction never got to (it failed first): answered with the batch's
-    /// error.
-    fn unapplied(request: Request) -> Then {
-        fn never<T: Send + 'static>(reply: Reply<T>) -> Then {
-            Then::Reply(Box::new(move |result| {
-                let _ = reply.send(Err(result.err().unwrap_or(StoreError::Closed)));
-            }))
-        }
-        match request {
-            Request::Append(a) => Then::Appended(Answer::new(a.replies)),
-            Request::FlushAcks | Request::Read(..) | Request::Seen(..) => {
-                Then::Reply(Box::new(|_| {}))
-            }
-            Request::Barrier(hook) => Then::Barrier(hook),
-            Request::CreateUser(.., reply) => never(reply),
-            Request::CreateToken(.., reply) => never(reply),
-            Request::RevokeToken(_, reply) => never(reply),
-            Request::SetDisabled(.., reply) => never(reply),
-            Request::Sweep(reply) => never(reply),
-            Request::Befriend(.., reply) => never(reply),
-            Request::Ask(.., reply) => never(reply),
-            Request::Social(.., reply) => never(reply),
-            Request::CreateGroup(.., reply) => never(reply),
-            Request::Group(.., reply) => never(reply),
-            Request::Close(tx) => Then::Close(tx),
-        }
-    }
-}
+use crate::config::StoreConfig;
+use crate::delivery::{Entry, EntryKind};
+use crate::id::{GroupId, UserId};
+use crate::store::acks::AckBook;
+use crate::store::receipts::ReadReceipts;
+use crate::store::queue::{Answer, BatchLimits, Queued, Reply, Request, Settle, Swept, Then};
+use crate::store::social::{self, Change};
+use crate::store::{Account, Group, StoreError, TokenHash};
 
 /// The writer thread's state between batches.
 pub(super) struct Writer {
@@ -202,33 +70,14 @@ pub(super) struct Writer {
     fold_rows: usize,
     /// `--read-receipts` and `--read-receipt-scan`.
     receipts: ReadReceipts,
-    /// Told of every change to what it caches, after the commit and before the answer.
-    cache: Arc<ReadCache>,
-    /// The acknowledgement positions not written yet.
-    acks: Arc<AckBook>,
     /// The retention sweep's place, with `--retention` or `--retention-unacked`.
     sweeper: Option<Sweeper>,
-    delivery: Arc<dyn Delivery>,
-    metrics: StoreMetrics,
-}
-
-/// How much one transaction takes at most.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct BatchLimits {
-    /// `--max-batch`: messages (and other writes).
-    pub writes: usize,
-    /// `--max-batch-bytes`: message payload bytes, all stored in one row.
-    pub bytes: usize,
+    /// What is told after each transaction (the acknowledgement book among it).
+    settle: Settle,
 }
 
 impl Writer {
-    pub fn new(
-        conn: Connection,
-        config: &StoreConfig,
-        cache: Arc<ReadCache>,
-        acks: Arc<AckBook>,
-        delivery: Arc<dyn Delivery>,
-    ) -> rusqlite::Result<Self> {
+    pub fn new(conn: Connection, config: &StoreConfig, settle: Settle) -> rusqlite::Result<Self> {
         let recent = waiting(&conn)?;
         let max_heads = config.cache_entries;
         let retention = Policy::of(config);
@@ -241,15 +90,9 @@ impl Writer {
             groups: HashMap::new(),
             recent,
             fold_rows: config.fold_rows,
-            receipts: ReadReceipts {
-                on: config.read_receipts == Switch::On,
-                scan: config.read_receipt_scan,
-            },
-            cache,
-            acks,
+            receipts: ReadReceipts::of(config),
             sweeper: retention.is_on().then(|| Sweeper::new(retention)),
-            delivery,
-            metrics: StoreMetrics::new(),
+            settle,
         };
         w.load_blocks()?;
         Ok(w)
@@ -267,29 +110,13 @@ impl Writer {
     pub fn run(mut self, mut rx: mpsc::UnboundedReceiver<Queued>, limits: BatchLimits) {
         let mut batch = Vec::new();
         while let Some(first) = rx.blocking_recv() {
-            self.metrics.queue.set(rx.len() as f64);
-            let (mut writes, mut bytes) = (0, 0);
-            let mut next = Some(first);
-            while let Some((request, places)) = next {
-                // Its places in the queue are free once it is out of it.
-                drop(places);
-                if let Request::Append(a) = &request {
-                    writes += a.messages.len();
-                    bytes += a.messages.iter().map(|m| m.payload.len()).sum::<usize>();
-                } else {
-                    writes += 1;
-                }
-                batch.push(request);
-                next = if writes < limits.writes && bytes < limits.bytes {
-                    rx.try_recv().ok()
-                } else {
-                    None
-                };
-            }
+            self.settle.metrics.queue.set(rx.len() as f64);
+            let writes = limits.fill(first, &mut rx, &mut batch);
             let started = Instant::now();
             let closing = self.commit(&mut batch);
-            self.metrics.batch.record(writes as f64);
-            self.metrics.commit.record(started.elapsed().as_secs_f64());
+            self.settle.metrics.batch.record(writes as f64);
+            let commit = &self.settle.metrics.commit;
+            commit.record(started.elapsed().as_secs_f64());
             if closing {
                 rx.close();
                 return;
@@ -328,38 +155,8 @@ impl Writer {
                 Err(e) => tracing::error!(error = %e, "cannot count the rows to fold"),
             }
         }
-        let mut closing = false;
-        let fail = |e: &rusqlite::Error| StoreError::Transaction(e.to_string());
-        for t in then {
-            match (t, &result) {
-                (Then::Deliver(to, entry), Ok(())) => self.delivery.deliver(to, [entry].into()),
-                (Then::Deliver(..), Err(_)) => {}
-                (Then::Appended(answer), r) => {
-                    let committed = r.as_ref().map(|_| ()).map_err(fail);
-                    answer.send(self.delivery.as_ref(), &self.metrics, committed);
-                }
-                (Then::Barrier(hook), r) => hook(r.as_ref().map(|_| ()).map_err(fail)),
-                (Then::Reply(answer), r) => answer(r.as_ref().map(|_| ()).map_err(fail)),
-                (Then::ForgetFriends(user), Ok(())) => self.cache.friends.forget(&user),
-                (Then::ForgetToken(hash), Ok(())) => self.cache.tokens.forget(&hash),
-                (Then::ForgetGroup(group), Ok(())) => self.cache.groups.forget(&group),
-                (Then::ForgetBlocks(user), Ok(())) => self.cache.blocked.forget(&user),
-                (Then::AcksWritten(acks), Ok(())) => self.acks.written(&acks),
-                (
-                    Then::ForgetFriends(_)
-                    | Then::ForgetToken(_)
-                    | Then::ForgetGroup(_)
-                    | Then::ForgetBlocks(_)
-                    | Then::AcksWritten(_),
-                    Err(_),
-                ) => {}
-                (Then::Close(tx), _) => {
-                    closing = true;
-                    let _ = tx.send(());
-                }
-            }
-        }
-        closing
+        self.settle
+            .settle(then, result.map_err(|e| e.to_string()))
     }
 
     /// Applies every request, leaving in `then` what to do after the commit. On an error
@@ -384,7 +181,7 @@ impl Writer {
             recent: &mut self.recent,
             fold_rows: self.fold_rows,
             receipts: self.receipts,
-            acks: &self.acks,
+            acks: &self.settle.acks,
             sweeper: self.sweeper.as_mut(),
             draft: Draft::default(),
         };
@@ -635,14 +432,7 @@ impl State<'_> {
                 return answered(then, reply, changed);
             }
             Request::Social(op, a, b, reply) => {
-                let rules: fn(Pair) -> Plan<()> = match op {
-                    SocialOp::Accept => |p| social::answer(p, true),
-                    SocialOp::Decline => |p| social::answer(p, false),
-                    SocialOp::Unfriend => social::unfriend,
-                    SocialOp::Block => social::block,
-                    SocialOp::Unblock => social::unblock,
-                };
-                match self.social(tx, a, b, rules, None, then) {
+                match self.social(tx, a, b, op.rules(), None, then) {
                     Ok(answer) => then.push(Then::reply(reply, answer)),
                     Err(e) => {
                         then.push(Then::failed(reply, failed(&e)));

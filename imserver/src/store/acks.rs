@@ -18,7 +18,7 @@ use crate::id::UserId;
 
 /// The acknowledgement positions not written yet.
 #[derive(Debug, Default)]
-pub(super) struct AckBook {
+pub(crate) struct AckBook {
     pending: Mutex<HashMap<UserId, u64>>,
 }
 
