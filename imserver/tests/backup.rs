@@ -31,6 +31,9 @@ fn s(p: &Path) -> String {
 
 #[tokio::test]
 async fn a_backup_taken_under_load_restores_everything_acknowledged_before_it() {
+    if common::sqlite_only("backup and restore") {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let p = spawn(&data, None, &["--demo", "--rate-limit", "0"]);
@@ -110,6 +113,9 @@ async fn a_backup_taken_under_load_restores_everything_acknowledged_before_it() 
 
 #[tokio::test]
 async fn backup_and_restore_refuse_what_is_not_a_database() {
+    if common::sqlite_only("backup and restore") {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let (ok, said) = imserver(vec![
         "backup".into(),

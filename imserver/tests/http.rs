@@ -240,15 +240,26 @@ async fn passwords_are_stored_only_as_argon2id_hashes() {
     let (status, _) = srv.post_json("/regist", body).await;
     assert_eq!(status, 200);
 
-    // Read the database file the way an attacker with the disk would.
-    let db = rusqlite::Connection::open(srv.dir.path().join("imserver.sqlite3")).unwrap();
-    let hashes: Vec<String> = db
-        .prepare("SELECT password_hash FROM users")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
+    // Read the database the way an attacker with the disk (or the database) would.
+    let hashes: Vec<String> = match srv.database() {
+        Some(url) => {
+            let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            let rows = client
+                .query("SELECT password_hash FROM users", &[])
+                .await
+                .unwrap();
+            rows.iter().map(|r| r.get(0)).collect()
+        }
+        None => {
+            let db = rusqlite::Connection::open(srv.dir.path().join("imserver.sqlite3")).unwrap();
+            let mut stmt = db.prepare("SELECT password_hash FROM users").unwrap();
+            let rows = stmt.query_map([], |r| r.get(0)).unwrap();
+            rows.collect::<Result<_, _>>().unwrap()
+        }
+    };
     assert_eq!(hashes.len(), 3);
     for h in &hashes {
         assert!(h.starts_with("$argon2id$"), "{h}");

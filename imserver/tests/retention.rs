@@ -83,6 +83,9 @@ async fn replay(c: &mut Client, head: u64) -> Vec<(u64, String)> {
 
 #[tokio::test]
 async fn acknowledged_entries_go_and_a_resume_from_before_them_is_told_where_the_stream_goes_on() {
+    if common::sqlite_only("retention") {
+        return;
+    }
     let (srv, a, b) = server(|c| c.store.retention = Keep(Some(Duration::from_millis(300)))).await;
     let (_, mut ad) = regist(&srv, &a, Some(u64::MAX)).await;
     let (_, mut bd) = regist(&srv, &b, Some(u64::MAX)).await;
@@ -144,6 +147,9 @@ async fn acknowledged_entries_go_and_a_resume_from_before_them_is_told_where_the
 
 #[tokio::test]
 async fn unacknowledged_entries_go_only_with_retention_unacked_and_the_newest_entry_stays() {
+    if common::sqlite_only("retention") {
+        return;
+    }
     let (srv, a, b) =
         server(|c| c.store.retention_unacked = Keep(Some(Duration::from_millis(300)))).await;
     let (_, mut ad) = regist(&srv, &a, Some(u64::MAX)).await;
@@ -167,6 +173,9 @@ async fn unacknowledged_entries_go_only_with_retention_unacked_and_the_newest_en
 
 #[tokio::test]
 async fn with_both_retentions_unacknowledged_entries_still_go_after_the_longer_one() {
+    if common::sqlite_only("retention") {
+        return;
+    }
     let (srv, a, b) = server(|c| {
         c.store.retention = Keep(Some(Duration::from_millis(100)));
         c.store.retention_unacked = Keep(Some(Duration::from_millis(600)));
@@ -214,6 +223,9 @@ fn database_bytes(dir: &Path) -> u64 {
 
 #[tokio::test]
 async fn the_database_stops_growing_under_a_steady_load_with_retention_on() {
+    if common::sqlite_only("retention") {
+        return;
+    }
     const ROUNDS: usize = 10;
     const PER_ROUND: usize = 100;
     let (srv, a, b) = server(|c| c.store.retention = Keep(Some(Duration::from_millis(200)))).await;
@@ -266,6 +278,9 @@ async fn the_database_stops_growing_under_a_steady_load_with_retention_on() {
 
 #[tokio::test]
 async fn an_older_database_is_rebuilt_once_so_that_retention_can_return_free_space() {
+    if common::sqlite_only("retention") {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     {
         // A database made before incremental vacuum (auto_vacuum = NONE).
@@ -291,6 +306,9 @@ async fn an_older_database_is_rebuilt_once_so_that_retention_can_return_free_spa
 
 #[tokio::test]
 async fn space_freed_by_a_large_deletion_goes_back_to_the_file_system() {
+    if common::sqlite_only("retention") {
+        return;
+    }
     let (srv, a, b) = server(|c| {
         c.store.retention_unacked = Keep(Some(Duration::from_millis(300)));
     })

@@ -79,9 +79,12 @@ pub fn effective(args: impl IntoIterator<Item = OsString>) -> Result<String, Con
             // comment, so that reading the file back cannot use a wrong one.
             let shown = store.redacted();
             match store {
-                super::Backend::Postgres(super::Secret(url)) if *url != shown => out.push_str(
-                    &format!("# {long} = {}  (holds a password; not printed)\n", quoted(&shown)),
-                ),
+                super::Backend::Postgres(super::Secret(url)) if *url != shown => {
+                    out.push_str(&format!(
+                        "# {long} = {}  (holds a password; not printed)\n",
+                        quoted(&shown)
+                    ))
+                }
                 _ => out.push_str(&format!("{long} = {}\n", quoted(&shown))),
             }
             continue;

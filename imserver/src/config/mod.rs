@@ -589,6 +589,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_store_url_is_shown_without_its_password() {
+        let url = "postgres://im:s3cret@db.example:5432/im";
+        assert_eq!(redact_url(url), "postgres://im:…@db.example:5432/im");
+        assert_eq!(redact_url("postgres://im@db/im"), "postgres://im@db/im");
+        let parsed = backend(url).unwrap();
+        assert!(!format!("{parsed:?}").contains("s3cret"));
+        assert!(backend("mysql://x").is_err());
+        assert!(backend("postgres://db/im?sslmode=nonsense").is_err());
+    }
+
+    #[test]
     fn durations_take_units_or_bare_seconds() {
         assert_eq!(duration("300"), Ok(Duration::from_secs(300)));
         assert_eq!(duration("250ms"), Ok(Duration::from_millis(250)));

@@ -25,12 +25,14 @@
 //! - `acks`: acknowledgement positions, kept in memory and written now and then;
 //! - `receipts`: what a read receipt says;
 //! - `cache`: what every HTTP request reads, in memory;
-//! - `sqlite/`: the embedded SQLite backend (the default).
+//! - `sqlite/`: the embedded SQLite backend (the default);
+//! - `postgres/`: the PostgreSQL backend, which several nodes share.
 
 mod acks;
 mod cache;
 mod front;
 pub mod groups;
+mod postgres;
 mod queue;
 mod receipts;
 pub mod social;
@@ -41,7 +43,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures::future::BoxFuture;
 
-use crate::config::StoreConfig;
+use crate::config::{Backend, Secret, StoreConfig};
 use crate::delivery::{ConnId, Delivery};
 use crate::id::{Address, GroupId, UserId};
 
@@ -63,11 +65,25 @@ pub async fn open(
     config: &StoreConfig,
     delivery: Arc<dyn Delivery>,
 ) -> Result<Arc<dyn Store>, StoreError> {
-    let c = config.clone();
-    let store = tokio::task::spawn_blocking(move || sqlite::open(&c, delivery))
-        .await
-        .map_err(|e| StoreError::Io(std::io::Error::other(e)))??;
-    Ok(Arc::new(store))
+    match &config.store {
+        Backend::Sqlite => {
+            let c = config.clone();
+            let store = tokio::task::spawn_blocking(move || sqlite::open(&c, delivery))
+                .await
+                .map_err(|e| StoreError::Io(std::io::Error::other(e)))??;
+            Ok(Arc::new(store))
+        }
+        Backend::Postgres(Secret(url)) => {
+            if config.retention.0.is_some() || config.retention_unacked.0.is_some() {
+                return Err(StoreError::Backend(
+                    "--retention and --retention-unacked work with --store sqlite only (for \
+                     now): PostgreSQL keeps every entry"
+                        .into(),
+                ));
+            }
+            Ok(Arc::new(postgres::open(url, config, delivery).await?))
+        }
+    }
 }
 
 /// Storage failures. None of them is the client's fault; HTTP answers them with 500.

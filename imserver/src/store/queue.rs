@@ -16,8 +16,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use super::acks::AckBook;
 use super::cache::ReadCache;
 use super::{
-    Account, Appended, Appends, BarrierHook, GroupError, GroupId, Outcome, Replies,
-    RequestOutcome, SocialError, StoreError, TokenHash,
+    Account, Appended, Appends, BarrierHook, GroupError, GroupId, Outcome, Replies, RequestOutcome,
+    SocialError, StoreError, TokenHash,
 };
 use crate::delivery::{Delivery, Entry};
 use crate::id::{Address, UserId};
@@ -255,7 +255,12 @@ impl Answer {
     }
 
     /// After the commit (`Ok`), or the transaction's failure.
-    fn send(self, delivery: &dyn Delivery, metrics: &StoreMetrics, committed: Result<(), StoreError>) {
+    fn send(
+        self,
+        delivery: &dyn Delivery,
+        metrics: &StoreMetrics,
+        committed: Result<(), StoreError>,
+    ) {
         if let Err(e) = committed {
             self.replies.failed(e);
             return;

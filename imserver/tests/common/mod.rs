@@ -10,9 +10,95 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use improto::{Client, Message, Packet, Regist};
-use imserver::config::AuthMode;
+use imserver::config::{AuthMode, Backend, Secret};
 use imserver::{Config, Server};
 use tokio::time::timeout;
+
+/// `IMSERVER_TEST_POSTGRES`, a PostgreSQL URL (`postgres://postgres@127.0.0.1/test`): when
+/// set, every server these suites start uses a database of its own on that PostgreSQL
+/// (`--store`) instead of SQLite. `scripts/test` runs the suites both ways.
+pub fn postgres() -> Option<String> {
+    std::env::var("IMSERVER_TEST_POSTGRES")
+        .ok()
+        .filter(|url| !url.is_empty())
+}
+
+/// True (and says so) when the suites do not run on PostgreSQL: for the tests of several
+/// nodes sharing one store.
+pub fn postgres_only(what: &str) -> bool {
+    let on_sqlite = postgres().is_none();
+    if on_sqlite {
+        eprintln!("skipped on SQLite: {what} needs PostgreSQL (IMSERVER_TEST_POSTGRES)");
+    }
+    on_sqlite
+}
+
+/// True (and says so) when the suites run on PostgreSQL: for the tests of what only the
+/// SQLite store does (its file, backups, retention).
+pub fn sqlite_only(what: &str) -> bool {
+    let on_postgres = postgres().is_some();
+    if on_postgres {
+        eprintln!("skipped on PostgreSQL: {what} is SQLite's only");
+    }
+    on_postgres
+}
+
+/// The database of the server whose data dir is `dir`, made when missing (the same for a
+/// restart on the same dir): its URL, when the suites run on PostgreSQL.
+pub fn database_for(dir: &std::path::Path) -> Option<String> {
+    use std::hash::{Hash, Hasher};
+    let base = postgres()?;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    dir.hash(&mut h);
+    let name = format!("imtest_{:016x}", h.finish());
+    let (prefix, _) = base.rsplit_once('/').expect("a URL with a database");
+    admin(&base, format!("CREATE DATABASE {name}"));
+    Some(format!("{prefix}/{name}"))
+}
+
+/// Drops the database `url` names (see [`database_for`]), closing its connections.
+pub fn drop_database(url: &str) {
+    let base = postgres().expect("on PostgreSQL");
+    let name = url.rsplit_once('/').expect("a URL with a database").1;
+    admin(
+        &base,
+        format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+    );
+}
+
+/// Runs `sql` on `url` from a thread of its own (callers may be on a runtime or not); an
+/// existing database is no error.
+fn admin(url: &str, sql: String) {
+    let url = url.to_owned();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .expect("IMSERVER_TEST_POSTGRES answers");
+            tokio::spawn(conn);
+            match client.batch_execute(&sql).await {
+                Ok(()) => {}
+                Err(e)
+                    if e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_DATABASE) => {}
+                Err(e) => panic!("{sql}: {e}"),
+            }
+        });
+    })
+    .join()
+    .unwrap();
+}
+
+/// `config` on PostgreSQL when the suites run there (see [`postgres`]), in a database of
+/// `config`'s data dir.
+pub fn on_test_store(config: &mut Config) {
+    if let Some(url) = database_for(&config.store.data_dir) {
+        config.store.store = Backend::Postgres(Secret(url));
+    }
+}
 
 /// Generous bound on every wait, so a broken test fails instead of hanging. Never a speed
 /// assertion.
@@ -50,6 +136,7 @@ impl TestServer {
         config.auth.login_limit = 0;
         config.relay.rate_limit = 0;
         config.relay.presence_delay = Duration::from_secs(24 * 3600);
+        on_test_store(&mut config);
         adjust(&mut config);
         let server = Server::start(config.clone()).await.expect("server starts");
         TestServer {
@@ -57,6 +144,14 @@ impl TestServer {
             http: reqwest::Client::new(),
             dir,
             config,
+        }
+    }
+
+    /// The database, when on PostgreSQL.
+    pub fn database(&self) -> Option<&str> {
+        match &self.config.store.store {
+            Backend::Postgres(Secret(url)) => Some(url),
+            Backend::Sqlite => None,
         }
     }
 
@@ -216,6 +311,13 @@ impl TestServer {
         (c, live.seq)
     }
 
+    /// Another node on the same store (PostgreSQL), with new ports: stopped by the caller.
+    pub async fn another_node(&self) -> Server {
+        Server::start(self.config.clone())
+            .await
+            .expect("another node starts")
+    }
+
     /// Stops the server gracefully (the data dir stays).
     pub async fn stop(&mut self) {
         if let Some(s) = self.server.take() {
@@ -230,6 +332,14 @@ impl TestServer {
         self.stop().await;
         let config = self.config.clone();
         self.server = Some(Server::start(config).await.expect("server restarts"));
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(url) = self.database() {
+            drop_database(url);
+        }
     }
 }
 

@@ -33,6 +33,7 @@ pub fn spawn(
             "--data-dir",
         ])
         .arg(data_dir)
+        .args(super::database_for(data_dir).map(|url| format!("--store={url}")))
         .args(extra)
         .env("RUST_LOG", "info")
         .stdout(Stdio::piped())

@@ -10,10 +10,10 @@ use std::sync::Arc;
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use super::writer::{State, id, savepoint};
-use crate::store::queue::Then;
 use crate::id::{GroupId, UserId};
 use crate::store::groups::{self, Group, GroupError, GroupEvent, Plan};
 use crate::store::queue::GroupOp;
+use crate::store::queue::Then;
 
 impl State<'_> {
     /// Group `id` as it stands, from the writer's copy or the table.

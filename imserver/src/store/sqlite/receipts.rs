@@ -16,9 +16,9 @@ use super::chunk::{CHUNK_AT, CONVERSATION_TABLES, HEAD, conversation_of, entries
 use super::draft::load_head;
 use super::reads::{Payloads, bound, corrupt};
 use super::writer::State;
-use crate::store::receipts::{ReadReceipts, receipt};
-use crate::store::queue::Then;
 use crate::id::{Address, UserId};
+use crate::store::queue::Then;
+use crate::store::receipts::{ReadReceipts, receipt};
 
 impl State<'_> {
     /// `owner` has read the conversation with `peer` up to `seq` of their stream.

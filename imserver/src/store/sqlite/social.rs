@@ -7,8 +7,8 @@ use rusqlite::{Transaction, params};
 use super::chunk::HEAD;
 use super::draft::StreamIx;
 use super::writer::{ARE_FRIENDS, State, savepoint};
-use crate::store::queue::Then;
 use crate::id::UserId;
+use crate::store::queue::Then;
 use crate::store::social::{self, Change, Pair, Plan, Side, SocialError};
 
 impl State<'_> {

@@ -42,8 +42,8 @@ use crate::config::StoreConfig;
 use crate::delivery::{Entry, EntryKind};
 use crate::id::{GroupId, UserId};
 use crate::store::acks::AckBook;
-use crate::store::receipts::ReadReceipts;
 use crate::store::queue::{Answer, BatchLimits, Queued, Reply, Request, Settle, Swept, Then};
+use crate::store::receipts::ReadReceipts;
 use crate::store::social::{self, Change};
 use crate::store::{Account, Group, StoreError, TokenHash};
 
@@ -155,8 +155,7 @@ impl Writer {
                 Err(e) => tracing::error!(error = %e, "cannot count the rows to fold"),
             }
         }
-        self.settle
-            .settle(then, result.map_err(|e| e.to_string()))
+        self.settle.settle(then, result.map_err(|e| e.to_string()))
     }
 
     /// Applies every request, leaving in `then` what to do after the commit. On an error

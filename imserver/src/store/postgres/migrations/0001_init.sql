@@ -87,10 +87,11 @@ CREATE TABLE entries (
 CREATE INDEX entries_conversation ON entries (owner, peer, seq) WHERE peer IS NOT NULL;
 
 -- A retried message (same sender, same client id) is stored once, whichever node it lands
--- on: this finds the first copy's seq in the sender's own stream.
+-- on: this finds the first copy's seq in the sender's own stream. Ids are kept as the bytes
+-- the client sent (any JSON string, NUL included, which TEXT refuses).
 CREATE TABLE message_ids (
     sender    BIGINT NOT NULL,
-    client_id TEXT NOT NULL,
+    client_id BYTEA NOT NULL,
     seq       BIGINT NOT NULL,
     PRIMARY KEY (sender, client_id)
 );
