@@ -65,6 +65,15 @@ pub struct Entry {
 /// Entries of one user's stream, in `seq` order, shared by every connection they go to.
 pub type Entries = Arc<[Entry]>;
 
+/// A cached read that a commit made stale (see `store::cache`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stale {
+    Token(crate::store::TokenHash),
+    Friends(UserId),
+    Blocks(UserId),
+    Group(crate::id::GroupId),
+}
+
 /// Where committed stream entries go.
 pub trait Delivery: Send + Sync + 'static {
     /// Queues `entries` for the live connections of `to`. Called on the store's thread,
@@ -76,6 +85,25 @@ pub trait Delivery: Send + Sync + 'static {
     /// version 2 connections of `to`. Best effort: a connection whose queue is full does
     /// without it.
     fn live(&self, to: UserId, payload: Bytes);
+
+    /// A commit on this node made `what` stale: other nodes forget it too (this node's cache
+    /// is told by the store). Must not block.
+    fn stale(&self, _what: Stale) {}
+
+    /// `user` has a connection on this node: from now on, what other nodes append to their
+    /// stream reaches it here. Awaited on every `Regist`, before the replay.
+    fn watch(&self, _user: UserId) -> futures::future::BoxFuture<'_, ()> {
+        Box::pin(futures::future::ready(()))
+    }
+
+    /// `user` may have no connection left on this node.
+    fn unwatch(&self, _user: UserId) {}
+
+    /// Closes every connection of `user`, on every node; returns how many were on this one
+    /// (none, for a delivery that holds no connections).
+    fn disconnect(&self, _user: UserId) -> usize {
+        0
+    }
 }
 
 #[cfg(test)]

@@ -49,6 +49,7 @@
 //! `lastSeq` or the acknowledged position.
 
 pub mod auth;
+pub mod bus;
 pub mod config;
 pub mod delivery;
 pub mod http;
@@ -93,6 +94,8 @@ pub enum StartError {
     Hashers(std::io::Error),
     #[error("cannot create the demo users: {0}")]
     Demo(String),
+    #[error("the bus: {0}")]
+    Bus(String),
 }
 
 /// A running server.
@@ -133,7 +136,26 @@ impl Server {
         };
 
         let router = Arc::new(relay::LocalRouter::default());
-        let store = store::open(&config.store, router.clone()).await?;
+        let (delivery, bus): (Arc<dyn delivery::Delivery>, _) = match &config.bus.bus {
+            None => (router.clone(), None),
+            Some(url) => {
+                if config.store.store == config::Backend::Sqlite {
+                    return Err(StartError::Bus(
+                        "--bus joins the nodes of one PostgreSQL store (--store postgres://…); \
+                         a SQLite store has one node"
+                            .into(),
+                    ));
+                }
+                let bus = bus::NatsBus::connect(url, &config.bus, router.clone())
+                    .await
+                    .map_err(|e| StartError::Bus(format!("cannot connect to {url}: {e}")))?;
+                (bus.clone(), Some(bus))
+            }
+        };
+        let store = store::open(&config.store, delivery.clone()).await?;
+        if let Some(bus) = bus {
+            bus.set_store(store.clone());
+        }
         let hashers =
             PasswordHashers::new(config.auth.password_hashers).map_err(StartError::Hashers)?;
         if config.demo {
@@ -146,6 +168,7 @@ impl Server {
 
         let presence = Arc::new(relay::Presence::new(
             router.clone(),
+            delivery.clone(),
             store.clone(),
             config.relay.presence_delay,
         ));
@@ -153,9 +176,9 @@ impl Server {
         let relay = Arc::new(relay::Relay::new(
             store.clone(),
             router.clone(),
+            delivery,
             presence,
-            config.auth.auth,
-            &config.relay,
+            &config,
             tasks.clone(),
             shutdown.clone(),
         ));

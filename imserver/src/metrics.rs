@@ -35,6 +35,7 @@ pub const ERRORS_SENT: &str = "imserver_errors_sent_total";
 pub const EVICTED: &str = "imserver_slow_readers_evicted_total";
 pub const RETENTION_DELETED: &str = "imserver_retention_deleted_entries_total";
 pub const REPLAYED: &str = "imserver_replay_entries";
+pub const REPAIRED: &str = "imserver_entries_repaired_total";
 pub const BATCH_SIZE: &str = "imserver_store_batch_writes";
 pub const COMMIT_SECONDS: &str = "imserver_store_commit_seconds";
 pub const STORE_QUEUE: &str = "imserver_store_queue_depth";
@@ -77,6 +78,7 @@ pub fn install() -> PrometheusHandle {
             // dashboards see them before the first one.
             counter!(EVICTED).absolute(0);
             counter!(RETENTION_DELETED).absolute(0);
+            counter!(REPAIRED).absolute(0);
             for (listener, limit) in REFUSALS {
                 counter!(REFUSED, "listener" => *listener, "limit" => *limit).absolute(0);
             }
@@ -123,6 +125,11 @@ fn describe() {
     describe_counter!(
         RETENTION_DELETED,
         "Stream entries deleted by retention (--retention, --retention-unacked)"
+    );
+    describe_counter!(
+        REPAIRED,
+        "Stream positions read from the store because live delivery skipped them (the bus \
+         between nodes lost or reordered entries)"
     );
     describe_histogram!(REPLAYED, "Stream entries replayed per Regist");
     describe_histogram!(BATCH_SIZE, "Writes per store transaction (group commit)");
@@ -188,6 +195,7 @@ pub struct RelayMetrics {
     pub acks_sent: Counter,
     pub client_acks: Counter,
     pub replayed: Histogram,
+    pub repaired: Counter,
 }
 
 impl RelayMetrics {
@@ -198,6 +206,7 @@ impl RelayMetrics {
             acks_sent: counter!(ACKS_SENT),
             client_acks: counter!(CLIENT_ACKS),
             replayed: histogram!(REPLAYED),
+            repaired: counter!(REPAIRED),
         }
     }
 }

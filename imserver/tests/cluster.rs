@@ -6,7 +6,7 @@ mod common;
 use std::collections::HashSet;
 use std::net::SocketAddr;
 
-use common::{TestServer, WAIT, postgres_only, send_for_ack, sync};
+use common::{TestServer, WAIT, cluster_only, send_for_ack, sync};
 use improto::{Client, Packet, Regist};
 use tokio::time::timeout;
 
@@ -27,7 +27,7 @@ async fn v2_at(addr: SocketAddr, user: &str, token: &str, last_seq: Option<u64>)
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_appending_to_one_stream_keep_it_gapless_and_recognise_each_others_retries() {
-    if postgres_only("two nodes on one store") {
+    if cluster_only("two nodes on one store") {
         return;
     }
     let a = TestServer::start_secure().await;
@@ -85,7 +85,7 @@ async fn two_nodes_appending_to_one_stream_keep_it_gapless_and_recognise_each_ot
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_that_start_together_on_a_new_database_migrate_it_once() {
-    if postgres_only("two nodes on one store") {
+    if cluster_only("two nodes on one store") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -114,4 +114,183 @@ async fn nodes_that_start_together_on_a_new_database_migrate_it_once() {
     {
         common::drop_database(url);
     }
+}
+
+/// Two nodes on one store and the bus; `drop_every` is `--bus-drop-every` on both.
+async fn two_nodes(drop_every: u64) -> (TestServer, imserver::Server) {
+    let a = TestServer::start_with(|c| {
+        c.auth.auth = imserver::config::AuthMode::Token;
+        common::on_test_bus(c);
+        c.bus.bus_drop_every = drop_every;
+    })
+    .await;
+    let b = a.another_node().await;
+    (a, b)
+}
+
+/// The next `Message` on `c`, passing over events.
+async fn next_message(c: &mut Client) -> improto::Message {
+    loop {
+        match common::recv_packet(c).await {
+            Packet::Message(m) => return m,
+            Packet::Event(_) | Packet::Ack(_) => continue,
+            other => panic!("expected a Message, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_on_different_nodes_chat_live_and_a_users_devices_on_both_see_everything() {
+    if cluster_only("live delivery between nodes") {
+        return;
+    }
+    let (a, b) = two_nodes(0).await;
+    let (ann, ta) = a.user("Ann").await;
+    let (bob, tb) = a.user("Bob").await;
+    let mut ann1 = v2_at(a.tcp(), &ann, &ta, None).await;
+    let mut ann2 = v2_at(b.tcp_addr(), &ann, &ta, None).await;
+    let mut bob1 = v2_at(b.tcp_addr(), &bob, &tb, None).await;
+
+    // Ann on node A to Bob on node B; Ann's other device, on B, gets the copy.
+    assert_eq!(send_for_ack(&mut ann1, &ann, &bob, "hi bob").await, 1);
+    let m = next_message(&mut bob1).await;
+    assert_eq!((m.message.as_str(), m.seq), ("hi bob", Some(1)));
+    let copy = next_message(&mut ann2).await;
+    assert_eq!((copy.message.as_str(), copy.seq), ("hi bob", Some(1)));
+    // And back, from node B to node A.
+    assert_eq!(send_for_ack(&mut bob1, &bob, &ann, "hi ann").await, 2);
+    for c in [&mut ann1, &mut ann2] {
+        let m = next_message(c).await;
+        assert_eq!((m.message.as_str(), m.seq), ("hi ann", Some(2)));
+    }
+
+    // A friend request made on node B reaches Ann on node A at once.
+    let ask = serde_json::json!({"user": ann, "message": ""});
+    let (status, body) = b_post(&b, "/friends/requests", &tb, ask).await;
+    assert_eq!(status, 200, "{body}");
+    match common::recv_packet(&mut ann1).await {
+        Packet::Event(e) => assert_eq!((e.user.as_deref(), e.seq), (Some(bob.as_str()), Some(3))),
+        other => panic!("expected the friend request, got {other:?}"),
+    }
+
+    // A group made on node A, a message to it from node B.
+    let (status, body) = a
+        .post_as(
+            "/groups",
+            &ta,
+            serde_json::json!({"name": "g", "members": [bob]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let group = body["group"].as_str().expect("a group id").to_owned();
+    let mut sent = improto::Message::new(bob.as_str(), group.as_str(), "to all");
+    sent = sent.with_id("g-1");
+    bob1.send(sent).await.unwrap();
+    for c in [&mut ann1, &mut ann2] {
+        let m = next_message(c).await;
+        assert_eq!(
+            (m.message.as_str(), m.receiver.as_str()),
+            ("to all", group.as_str())
+        );
+    }
+
+    // History is the same from either node.
+    let path = format!("/history/{bob}");
+    let (_, from_a) = a.get_as(&path, &ta).await;
+    let (_, from_b) = b_get(&b, &path, &ta).await;
+    assert_eq!(from_a, from_b);
+    assert_eq!(
+        from_a["messages"].as_array().map(Vec::len),
+        Some(2),
+        "{from_a}"
+    );
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_the_bus_loses_are_read_from_the_store_in_order() {
+    if cluster_only("a lossy bus") {
+        return;
+    }
+    // Every third bus message of entries is left out, on both nodes.
+    let (a, b) = two_nodes(3).await;
+    let (ann, ta) = a.user("Ann").await;
+    let (bob, tb) = a.user("Bob").await;
+    let mut ann1 = v2_at(a.tcp(), &ann, &ta, None).await;
+    let mut bob1 = v2_at(b.tcp_addr(), &bob, &tb, None).await;
+    const N: u64 = 40;
+    for i in 1..=N {
+        assert_eq!(
+            send_for_ack(&mut ann1, &ann, &bob, &format!("m{i}")).await,
+            i
+        );
+    }
+    for i in 1..=N {
+        let m = next_message(&mut bob1).await;
+        assert_eq!(
+            (m.message, m.seq),
+            (format!("m{i}"), Some(i)),
+            "in order, none missing, none twice"
+        );
+    }
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_revoked_on_one_node_is_refused_on_the_other() {
+    if cluster_only("cache notices between nodes") {
+        return;
+    }
+    let (a, b) = two_nodes(0).await;
+    let (_, token) = a.user("Ann").await;
+    // Node B has the token in its cache.
+    assert_eq!(b_get(&b, "/friends/requests", &token).await.0, 200);
+    assert_eq!(
+        a.post_as("/logout", &token, serde_json::json!({})).await.0,
+        200
+    );
+    let started = std::time::Instant::now();
+    timeout(WAIT, async {
+        while b_get(&b, "/friends/requests", &token).await.0 != 401 {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("node B refuses the revoked token");
+    eprintln!("refused on the other node after {:?}", started.elapsed());
+    b.shutdown().await;
+}
+
+/// GET `path` on node `b` as the owner of `token`.
+async fn b_get(b: &imserver::Server, path: &str, token: &str) -> (u16, serde_json::Value) {
+    b_call(b, reqwest::Method::GET, path, token, None).await
+}
+
+/// POST `body` to `path` on node `b` as the owner of `token`.
+async fn b_post(
+    b: &imserver::Server,
+    path: &str,
+    token: &str,
+    body: serde_json::Value,
+) -> (u16, serde_json::Value) {
+    b_call(b, reqwest::Method::POST, path, token, Some(body)).await
+}
+
+async fn b_call(
+    b: &imserver::Server,
+    method: reqwest::Method,
+    path: &str,
+    token: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let url = format!("http://{}{path}", b.http_addr());
+    let mut req = reqwest::Client::new()
+        .request(method, url)
+        .bearer_auth(token);
+    if let Some(body) = body {
+        req = req.json(&body);
+    }
+    let r = timeout(WAIT, req.send()).await.unwrap().unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or_default())
 }

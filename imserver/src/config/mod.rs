@@ -63,6 +63,53 @@ pub struct Config {
 
     #[command(flatten)]
     pub store: StoreConfig,
+
+    #[command(flatten)]
+    pub bus: BusConfig,
+}
+
+/// The message bus between nodes that share a PostgreSQL store.
+#[derive(Args, Debug, Clone)]
+pub struct BusConfig {
+    /// A NATS server (`nats://host:4222`) that carries live delivery between the nodes of
+    /// one PostgreSQL store: each committed entry, typing and presence go to the nodes
+    /// where their user is online, and every node forgets what another changed (tokens,
+    /// friends, blocks, groups). Unset: this node is alone.
+    #[arg(long, env = "IMSERVER_BUS")]
+    pub bus: Option<String>,
+
+    /// The first part of every subject this cluster uses on the bus (`PREFIX.user.ID`,
+    /// `PREFIX.cache`): clusters that share a NATS server need different ones.
+    #[arg(long, env = "IMSERVER_BUS_PREFIX", default_value = "im", value_parser = subject_token)]
+    pub bus_prefix: String,
+
+    /// Bus messages (entries for one user, live frames, cache notices) waiting to be
+    /// published. Past it a user's entries are not sent, and the other nodes are told to
+    /// read that user's stream from the store instead: nothing is lost.
+    #[arg(long, env = "IMSERVER_BUS_QUEUE", default_value_t = 65_536, value_parser = at_least_one)]
+    pub bus_queue: usize,
+
+    /// For tests: leave out every Nth bus message of entries, as a lossy bus would (0:
+    /// none). What is left out is repaired from the store.
+    #[arg(
+        long,
+        env = "IMSERVER_BUS_DROP_EVERY",
+        default_value_t = 0,
+        hide = true
+    )]
+    pub bus_drop_every: u64,
+}
+
+/// A NATS subject token: letters, digits, `-` and `_`.
+fn subject_token(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if ok {
+        Ok(s.to_owned())
+    } else {
+        Err("letters, digits, `-` and `_` only".into())
+    }
 }
 
 /// What every listener shares: TLS and the limit per client address.

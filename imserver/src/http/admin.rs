@@ -70,7 +70,7 @@ pub async fn set_disabled(id: String, disabled: bool, state: Arc<AppState>) -> A
     }
     // The tokens are gone: the connections they opened go too.
     let closed = if disabled {
-        state.relay.router.disconnect(user)
+        state.relay.delivery.disconnect(user)
     } else {
         0
     };

@@ -32,14 +32,18 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 pub use transport::WsTransport;
 
-use crate::config::{AuthMode, RelayConfig, RelayPolicy};
+use crate::config::{AuthMode, Config, RelayConfig, RelayPolicy};
+use crate::delivery::Delivery;
 use crate::metrics::RelayMetrics;
 use crate::store::Store;
 
 /// What every session shares.
 pub struct Relay {
     pub store: Arc<dyn Store>,
+    /// This node's connections.
     pub router: Arc<LocalRouter>,
+    /// What reaches every node's connections: the router itself, or the bus (`--bus`).
+    pub delivery: Arc<dyn Delivery>,
     pub presence: Arc<Presence>,
     pub auth: AuthMode,
     /// `--relay-policy friends`.
@@ -58,12 +62,13 @@ impl Relay {
     pub fn new(
         store: Arc<dyn Store>,
         router: Arc<LocalRouter>,
+        delivery: Arc<dyn Delivery>,
         presence: Arc<Presence>,
-        auth: AuthMode,
-        c: &RelayConfig,
+        config: &Config,
         tasks: TaskTracker,
         shutdown: CancellationToken,
     ) -> Self {
+        let c = &config.relay;
         Relay {
             gate: Gate::new(c.max_connections, c.refusal_backlog),
             metrics: RelayMetrics::new(),
@@ -71,8 +76,9 @@ impl Relay {
             shutdown,
             store,
             router,
+            delivery,
             presence,
-            auth,
+            auth: config.auth.auth,
             friends_only: c.relay_policy == RelayPolicy::Friends,
             limits: Limits::new(c),
         }

@@ -28,6 +28,9 @@ pub enum Outbound {
     Live(Bytes),
     /// v2: the answer to a `Ping`, once the frames before it have taken effect.
     Pong,
+    /// Read the stream from the store after what this connection was given: the bus
+    /// between nodes may have lost entries of it.
+    Resync,
 }
 
 /// How much may wait in one queue.

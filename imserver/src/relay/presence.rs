@@ -20,7 +20,10 @@ use crate::id::UserId;
 use crate::store::Store;
 
 pub struct Presence {
+    /// Whether a user is online here.
     router: Arc<LocalRouter>,
+    /// Where friends are told (on every node, with `--bus`).
+    delivery: Arc<dyn Delivery>,
     store: Arc<dyn Store>,
     /// `--presence-delay`.
     delay: Duration,
@@ -31,9 +34,15 @@ pub struct Presence {
 }
 
 impl Presence {
-    pub fn new(router: Arc<LocalRouter>, store: Arc<dyn Store>, delay: Duration) -> Self {
+    pub fn new(
+        router: Arc<LocalRouter>,
+        delivery: Arc<dyn Delivery>,
+        store: Arc<dyn Store>,
+        delay: Duration,
+    ) -> Self {
         Presence {
             router,
+            delivery,
             store,
             delay,
             pending: Mutex::default(),
@@ -117,7 +126,7 @@ impl Presence {
             .expect("presence frames always encode")
             .into();
         for (friend, _) in friends {
-            self.router.live(friend, payload.clone());
+            self.delivery.live(friend, payload.clone());
         }
     }
 }

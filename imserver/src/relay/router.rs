@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 
-use super::outbox::Outbox;
+use super::outbox::{Outbound, Outbox};
 use crate::delivery::{ConnId, Delivery, Entries, EntryKind};
 use crate::id::UserId;
 
@@ -82,6 +82,26 @@ impl LocalRouter {
         self.users.load(Ordering::Relaxed)
     }
 
+    /// Tells every connection of `user` here to read its stream from the store (the bus
+    /// lost something for it).
+    pub fn resync(&self, user: UserId) {
+        if let Some(conns) = self.shard(user).get(&user) {
+            for c in conns {
+                c.push(Outbound::Resync);
+            }
+        }
+    }
+
+    /// Tells every connection here to read its stream from the store.
+    pub fn resync_all(&self) {
+        for shard in &self.shards {
+            let shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+            for c in shard.values().flatten() {
+                c.push(Outbound::Resync);
+            }
+        }
+    }
+
     /// Closes every connection of `user` on this node (an operator disabled the account);
     /// returns how many.
     pub fn disconnect(&self, user: UserId) -> usize {
@@ -127,5 +147,9 @@ impl Delivery for LocalRouter {
                 c.live(&payload);
             }
         }
+    }
+
+    fn disconnect(&self, user: UserId) -> usize {
+        LocalRouter::disconnect(self, user)
     }
 }

@@ -31,6 +31,17 @@ pub(crate) struct ReadCache {
 }
 
 impl ReadCache {
+    /// Forgets what a commit (on this node or another) made stale.
+    pub fn forget(&self, what: crate::delivery::Stale) {
+        use crate::delivery::Stale;
+        match what {
+            Stale::Token(hash) => self.tokens.forget(&hash),
+            Stale::Friends(user) => self.friends.forget(&user),
+            Stale::Blocks(user) => self.blocked.forget(&user),
+            Stale::Group(group) => self.groups.forget(&group),
+        }
+    }
+
     /// Tables of at most `entries` entries each.
     pub fn new(entries: usize) -> Self {
         ReadCache {

@@ -315,6 +315,10 @@ impl<R: Reads> Store for Front<R> {
         .boxed()
     }
 
+    fn forget(&self, what: crate::delivery::Stale) {
+        self.cache.forget(what);
+    }
+
     fn close(&self) -> BoxFuture<'_, ()> {
         async move {
             let (tx, rx) = oneshot::channel();

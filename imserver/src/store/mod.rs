@@ -448,4 +448,7 @@ pub trait Store: Accounts + Tokens + Social + Groups + Streams + Send + Sync + '
 
     /// Finishes queued writes and stops; later calls fail with [`StoreError::Closed`].
     fn close(&self) -> BoxFuture<'_, ()>;
+
+    /// Another node's commit made `what` stale: the cache forgets it.
+    fn forget(&self, what: crate::delivery::Stale);
 }

@@ -19,7 +19,7 @@ use super::{
     Account, Appended, Appends, BarrierHook, GroupError, GroupId, Outcome, Replies, RequestOutcome,
     SocialError, StoreError, TokenHash,
 };
-use crate::delivery::{Delivery, Entry};
+use crate::delivery::{Delivery, Entry, Stale};
 use crate::id::{Address, UserId};
 use crate::metrics::StoreMetrics;
 
@@ -289,6 +289,12 @@ pub(crate) struct Settle {
 }
 
 impl Settle {
+    /// `what` changed: forgotten here and, through the `Delivery`, on other nodes.
+    fn stale(&self, what: Stale) {
+        self.cache.forget(what);
+        self.delivery.stale(what);
+    }
+
     /// Does every `then`, in order, now that the transaction committed (`Ok`) or failed
     /// (with the reason). Returns true on `Close`.
     pub fn settle(&self, then: Vec<Then>, result: Result<(), String>) -> bool {
@@ -304,10 +310,10 @@ impl Settle {
                 }
                 (Then::Barrier(hook), r) => hook(r.as_ref().map(|_| ()).map_err(fail)),
                 (Then::Reply(answer), r) => answer(r.as_ref().map(|_| ()).map_err(fail)),
-                (Then::ForgetFriends(user), Ok(())) => self.cache.friends.forget(&user),
-                (Then::ForgetToken(hash), Ok(())) => self.cache.tokens.forget(&hash),
-                (Then::ForgetGroup(group), Ok(())) => self.cache.groups.forget(&group),
-                (Then::ForgetBlocks(user), Ok(())) => self.cache.blocked.forget(&user),
+                (Then::ForgetFriends(user), Ok(())) => self.stale(Stale::Friends(user)),
+                (Then::ForgetToken(hash), Ok(())) => self.stale(Stale::Token(hash)),
+                (Then::ForgetGroup(group), Ok(())) => self.stale(Stale::Group(group)),
+                (Then::ForgetBlocks(user), Ok(())) => self.stale(Stale::Blocks(user)),
                 (Then::AcksWritten(acks), Ok(())) => self.acks.written(&acks),
                 (
                     Then::ForgetFriends(_)

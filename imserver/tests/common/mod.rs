@@ -23,14 +23,31 @@ pub fn postgres() -> Option<String> {
         .filter(|url| !url.is_empty())
 }
 
-/// True (and says so) when the suites do not run on PostgreSQL: for the tests of several
-/// nodes sharing one store.
-pub fn postgres_only(what: &str) -> bool {
-    let on_sqlite = postgres().is_none();
-    if on_sqlite {
-        eprintln!("skipped on SQLite: {what} needs PostgreSQL (IMSERVER_TEST_POSTGRES)");
+/// `IMSERVER_TEST_NATS`, a NATS URL (`nats://127.0.0.1:4222`) for the tests of several
+/// nodes.
+pub fn nats() -> Option<String> {
+    std::env::var("IMSERVER_TEST_NATS")
+        .ok()
+        .filter(|url| !url.is_empty())
+}
+
+/// True (and says so) unless the suites run on PostgreSQL with a NATS server: for the
+/// tests of several nodes sharing one store.
+pub fn cluster_only(what: &str) -> bool {
+    let alone = postgres().is_none() || nats().is_none();
+    if alone {
+        eprintln!("skipped: {what} needs IMSERVER_TEST_POSTGRES and IMSERVER_TEST_NATS");
     }
-    on_sqlite
+    alone
+}
+
+/// `config` with the bus (`IMSERVER_TEST_NATS`), on subjects of its own database's name so
+/// that tests running at once never hear each other.
+pub fn on_test_bus(config: &mut Config) {
+    if let (Some(url), Backend::Postgres(Secret(db))) = (nats(), &config.store.store) {
+        config.bus.bus = Some(url);
+        config.bus.bus_prefix = db.rsplit_once('/').expect("a database").1.to_owned();
+    }
 }
 
 /// True (and says so) when the suites run on PostgreSQL: for the tests of what only the

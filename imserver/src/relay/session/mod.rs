@@ -53,7 +53,7 @@ use super::listener::Admitted;
 use super::outbox::{self, Inbox, Outbound, Outbox, QueueLimits, Untold};
 use super::transport::{Close, Transport, spliceable};
 use crate::auth;
-use crate::delivery::{ConnId, Delivery};
+use crate::delivery::ConnId;
 use crate::id::{Address, UserId};
 use crate::metrics;
 use crate::store::{Appended, Appends, NewMessage, Outcome, Replies, StoreError};
@@ -275,6 +275,7 @@ pub(super) async fn run<T: Transport>(
     if let Some(user) = s.user {
         metrics::connection(T::NAME, s.dialect.name(), -1.0);
         if s.relay.router.unsubscribe(user, id) == 0 {
+            s.relay.delivery.unwatch(user);
             s.relay.presence.left(user).await;
         }
     }
@@ -507,6 +508,8 @@ impl<T: Transport> Session<T> {
         }
         // Registered from here on: the end of the session unsubscribes it.
         self.user = Some(user);
+        // Other nodes' entries reach this node from here on, too.
+        self.relay.delivery.watch(user).await;
         metrics::connection(T::NAME, self.dialect.name(), 1.0);
         info!(
             conn = self.id,
@@ -532,20 +535,26 @@ impl<T: Transport> Session<T> {
         } else {
             Arc::new(Untold(self.outbox.clone()))
         });
-        self.replay(user).await
+        let replayed = self.replay(user, u64::MAX).await?;
+        self.relay.metrics.replayed.record(replayed as f64);
+        Ok(())
     }
 
-    /// Writes every stored entry of `user`'s stream after `last_sent`, in order (those for
-    /// this dialect; the others are passed over).
-    async fn replay(&mut self, user: UserId) -> Result<(), Stop> {
+    /// Writes every stored entry of `user`'s stream after `last_sent` up to `upto`, in order
+    /// (those for this dialect; the others are passed over). Returns how many it wrote.
+    async fn replay(&mut self, user: UserId, upto: u64) -> Result<u64, Stop> {
         let store = self.relay.store.clone();
         let limit = self.relay.limits.replay_batch;
         let mut replayed = 0;
         loop {
             let batch = store.read_stream(user, self.last_sent, limit).await?;
-            let done = batch.len() < limit;
+            let mut done = batch.len() < limit;
             let mut last = self.last_sent;
             for entry in batch {
+                if entry.seq > upto {
+                    done = true;
+                    break;
+                }
                 if self.dialect.receives_stored(&entry.payload, user) {
                     self.transport.push_entry(&entry.payload, entry.seq);
                     replayed += 1;
@@ -554,10 +563,8 @@ impl<T: Transport> Session<T> {
             }
             self.flush(last).await?;
             if done {
-                let m = &self.relay.metrics;
-                m.replayed.record(replayed as f64);
-                m.delivered.increment(replayed);
-                return Ok(());
+                self.relay.metrics.delivered.increment(replayed);
+                return Ok(replayed);
             }
         }
     }
@@ -705,7 +712,7 @@ impl<T: Transport> Session<T> {
         let frame = Packet::from(Typing::from(user.to_string(), receiver.to_string()));
         let payload: Bytes = frame.to_json().expect("typing frames encode").into();
         for member in to {
-            self.relay.router.live(member, payload.clone());
+            self.relay.delivery.live(member, payload.clone());
         }
         Ok(())
     }
@@ -735,6 +742,15 @@ impl<T: Transport> Session<T> {
             match next {
                 Outbound::Entries(entries) => {
                     for e in entries.iter() {
+                        if e.seq > last + 1 {
+                            // Entries before this one never came: the bus between nodes
+                            // lost them, or they are on their way from another node (or, on
+                            // version 1, they are this connection's own messages, whose
+                            // copies it is not given). Read them from the store first.
+                            self.flush(last).await?;
+                            self.repair(e.seq - 1).await?;
+                            last = self.last_sent;
+                        }
                         if e.seq > last {
                             if self.dialect.receives(e.kind) {
                                 self.transport.push_entry(&e.payload, e.seq);
@@ -751,6 +767,11 @@ impl<T: Transport> Session<T> {
                     }
                 }
                 Outbound::Pong => self.transport.push_packet(&Packet::Pong),
+                Outbound::Resync => {
+                    self.flush(last).await?;
+                    self.repair(u64::MAX).await?;
+                    last = self.last_sent;
+                }
             }
             item = if self.transport.buffered() < COALESCE_BYTES {
                 inbox.queue.try_recv().ok()
@@ -762,6 +783,17 @@ impl<T: Transport> Session<T> {
             self.relay.metrics.delivered.increment(delivered);
         }
         self.flush(last).await
+    }
+
+    /// Writes the stored entries after `last_sent` up to `upto` (all there are, for
+    /// `u64::MAX`): what this connection should have been given and was not.
+    async fn repair(&mut self, upto: u64) -> Result<(), Stop> {
+        let Some(user) = self.user else {
+            return Ok(());
+        };
+        let written = self.replay(user, upto).await?;
+        self.relay.metrics.repaired.increment(written);
+        Ok(())
     }
 
     /// Answers what became of this connection's messages (v2 only: see [`Untold`]), and
