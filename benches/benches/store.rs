@@ -38,7 +38,7 @@ impl Replies for Done {
         }
     }
 
-    fn failed(&self, e: StoreError) {
+    fn failed(&self, e: StoreError, _: Vec<Option<String>>) {
         panic!("not stored: {e}");
     }
 }

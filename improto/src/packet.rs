@@ -423,6 +423,9 @@ pub enum ErrorCode {
     NotFriends,
     /// A `Message` (or `Typing`) to a group the sender is not a member of. Not stored.
     NotMember,
+    /// The server could not store the `Message` now (its database is away): nothing was
+    /// stored. Send it again later, same `id`.
+    Unavailable,
     /// A code this library does not know (from a newer server).
     Other(String),
 }
@@ -439,6 +442,7 @@ wire_names!(ErrorCode {
     TooManyConnections => "too_many_connections",
     NotFriends => "not_friends",
     NotMember => "not_member",
+    Unavailable => "unavailable",
 });
 
 impl ErrorCode {

@@ -548,7 +548,7 @@ impl<S: ClientState> Task<S> {
         }
     }
 
-    /// Sends again what was refused as over the rate limit.
+    /// Sends again what was refused as over the rate limit, or as not storable now.
     async fn resend_later(&mut self, tx: &mut ClientSender) -> Result<(), End> {
         while let Some(id) = self.retry_later.pop_front() {
             if let Some(m) = self
@@ -670,7 +670,7 @@ impl<S: ClientState> Task<S> {
             Packet::Typing(t) => self.hand(Item::Typing(t)).await,
             Packet::Presence(p) => self.hand(Item::Presence(p)).await,
             Packet::Error(e) => match (&e.code, e.id) {
-                (ErrorCode::RateLimited, Some(id)) => {
+                (ErrorCode::RateLimited | ErrorCode::Unavailable, Some(id)) => {
                     self.retry_later.push_back(id);
                     Ok(())
                 }

@@ -36,7 +36,7 @@ impl Replies for Answers {
             .extend(outcomes.into_iter().map(Some));
     }
 
-    fn failed(&self, _: StoreError) {
+    fn failed(&self, _: StoreError, _: Vec<Option<String>>) {
         self.0.lock().unwrap().push(None);
     }
 }

@@ -15,6 +15,7 @@ const TYPING_EVERY = 2_500;
 // Server error codes, in words.
 const WORDS = {
   rate_limited: 'You are sending too fast. The message waits and goes out again in a moment.',
+  unavailable: 'The server cannot store messages right now. The message waits and goes out again in a moment.',
   not_friends: 'Not sent: this server delivers messages between friends only.',
   not_member: 'Not sent: you are not a member of this group.',
   too_large: 'Not sent: the message is too long.',

@@ -31,6 +31,9 @@ pub enum Outbound {
     /// Read the stream from the store after what this connection was given: the bus
     /// between nodes may have lost entries of it.
     Resync,
+    /// v2: messages this connection sent could not be stored now, by client id: each is
+    /// refused as `unavailable`, to be sent again.
+    Unstored(Vec<Option<String>>),
 }
 
 /// How much may wait in one queue.
@@ -139,11 +142,17 @@ impl Replies for Outbox {
         self.push(Outbound::Replies(outcomes));
     }
 
-    fn failed(&self, error: StoreError) {
-        // Unstored, so unacknowledged: closing the connection tells the sender (a v1 one
-        // cannot be told otherwise), and keeps unstored messages from piling up.
-        tracing::error!(conn = self.id, %error, "a message could not be stored; closing its sender");
-        self.evict();
+    fn failed(&self, error: StoreError, unstored: Vec<Option<String>>) {
+        // The database is away: each message is refused as `unavailable`, to be sent again.
+        // When they are not known, or the server is closing, closing the connection tells
+        // the sender instead (it sends them again when it reconnects).
+        if unstored.is_empty() || matches!(error, StoreError::Closed) {
+            tracing::error!(conn = self.id, %error, "messages could not be stored; closing their sender");
+            self.evict();
+            return;
+        }
+        tracing::warn!(conn = self.id, %error, messages = unstored.len(), "messages could not be stored; refused as unavailable");
+        self.push(Outbound::Unstored(unstored));
     }
 }
 
@@ -166,8 +175,10 @@ impl Replies for Untold {
         }
     }
 
-    fn failed(&self, error: StoreError) {
-        self.0.failed(error);
+    fn failed(&self, error: StoreError, _unstored: Vec<Option<String>>) {
+        // Version 1 cannot be told: closing the connection is all it understands.
+        tracing::error!(conn = self.0.id, %error, "messages could not be stored; closing their sender");
+        self.0.evict();
     }
 }
 

@@ -181,9 +181,10 @@ pub trait Replies: Send + Sync + 'static {
     /// delivered: each one's outcome, in order.
     fn replied(&self, outcomes: Vec<Outcome>);
 
-    /// A message could not be stored (nor any after it in its request); those before it
-    /// were answered by [`replied`](Self::replied).
-    fn failed(&self, error: StoreError);
+    /// Messages could not be stored: `unstored` holds their client ids, in order (empty
+    /// when they are not known); those before them were answered by
+    /// [`replied`](Self::replied). Nothing of them is stored.
+    fn failed(&self, error: StoreError, unstored: Vec<Option<String>>);
 }
 
 /// The outcome of an append.

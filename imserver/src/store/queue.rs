@@ -189,7 +189,11 @@ impl Then {
             }))
         }
         match request {
-            Request::Append(a) => Then::Appended(Answer::new(a.replies)),
+            Request::Append(a) => {
+                let mut answer = Answer::new(a.replies);
+                answer.unstored = a.messages.into_iter().map(|m| m.client_id).collect();
+                Then::Appended(answer)
+            }
             Request::FlushAcks | Request::Read(..) | Request::Seen(..) => {
                 Then::Reply(Box::new(|_| {}))
             }
@@ -215,6 +219,8 @@ pub(crate) struct Answer {
     pub outcomes: Vec<Outcome>,
     /// Why the messages after those in `outcomes` were not stored.
     pub failed: Option<StoreError>,
+    /// The client ids of messages not stored beyond those in `outcomes`, when known.
+    pub unstored: Vec<Option<String>>,
     /// Per user, the entries appended to their stream, in order.
     pub entries: Vec<(UserId, Vec<Entry>)>,
 }
@@ -225,6 +231,7 @@ impl Answer {
             replies,
             outcomes: Vec::new(),
             failed: None,
+            unstored: Vec::new(),
             entries: Vec::new(),
         }
     }
@@ -262,7 +269,10 @@ impl Answer {
         committed: Result<(), StoreError>,
     ) {
         if let Err(e) = committed {
-            self.replies.failed(e);
+            // Nothing of the transaction is stored: what it would have answered included.
+            let mut unstored: Vec<_> = self.outcomes.into_iter().map(|o| o.client_id).collect();
+            unstored.extend(self.unstored);
+            self.replies.failed(e, unstored);
             return;
         }
         metrics.appended(&self.outcomes);
@@ -270,7 +280,7 @@ impl Answer {
             self.replies.replied(self.outcomes);
         }
         if let Some(e) = self.failed {
-            self.replies.failed(e);
+            self.replies.failed(e, self.unstored);
         }
         for (to, entries) in self.entries {
             if !entries.is_empty() {

@@ -3,6 +3,7 @@
 #![allow(dead_code)] // each test binary uses its own subset
 
 pub mod process;
+pub mod proxy;
 pub mod ws;
 
 use std::net::SocketAddr;
@@ -330,9 +331,14 @@ impl TestServer {
 
     /// Another node on the same store (PostgreSQL), with new ports: stopped by the caller.
     pub async fn another_node(&self) -> Server {
-        Server::start(self.config.clone())
-            .await
-            .expect("another node starts")
+        self.another_node_with(|_| {}).await
+    }
+
+    /// [`another_node`](Self::another_node), its configuration changed by `adjust`.
+    pub async fn another_node_with(&self, adjust: impl FnOnce(&mut Config)) -> Server {
+        let mut config = self.config.clone();
+        adjust(&mut config);
+        Server::start(config).await.expect("another node starts")
     }
 
     /// Stops the server gracefully (the data dir stays).

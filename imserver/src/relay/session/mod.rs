@@ -767,6 +767,14 @@ impl<T: Transport> Session<T> {
                     }
                 }
                 Outbound::Pong => self.transport.push_packet(&Packet::Pong),
+                Outbound::Unstored(ids) => {
+                    for id in ids {
+                        self.unacked = self.unacked.saturating_sub(1);
+                        let reason = "the message could not be stored now; send it again later";
+                        let error = ErrorPacket::new(ErrorCode::Unavailable, reason);
+                        self.push_error(error.with_id(id));
+                    }
+                }
                 Outbound::Resync => {
                     self.flush(last).await?;
                     self.repair(u64::MAX).await?;

@@ -16,15 +16,68 @@ use super::lock::Draft;
 use super::{group_id, rows, seq, user_id};
 use crate::delivery::{Entry, EntryKind};
 use crate::id::{Address, GroupId, UserId};
-use crate::store::queue::{Answer, Then};
+use crate::store::queue::{Answer, Request, Then};
 use crate::store::{Appended, Appends, StoreError};
 
-/// Appends every request of `batch` in `tx`; their answers go to `then`.
+/// Appends every request of `batch` in `tx`; their answers go to `then`, whatever happens
+/// (on an error, the transaction fails and every request of it is answered so).
 pub(super) async fn append(
     tx: &Transaction<'_>,
     batch: Vec<Appends>,
     then: &mut Vec<Then>,
 ) -> Result<(), StoreError> {
+    let unapplied = |batch: Vec<Appends>| {
+        batch
+            .into_iter()
+            .map(|a| Then::unapplied(Request::Append(a)))
+    };
+    let Known {
+        mut draft,
+        members,
+        mut stored,
+        blocked,
+        friends,
+    } = match known(tx, &batch).await {
+        Ok(known) => known,
+        Err(e) => {
+            then.extend(unapplied(batch));
+            return Err(e);
+        }
+    };
+    let mut batch = batch.into_iter();
+    for a in batch.by_ref() {
+        let mut answer = Answer::new(a.replies.clone());
+        let appended = messages(
+            &mut draft,
+            &members,
+            &mut stored,
+            &blocked,
+            &friends,
+            a,
+            &mut answer,
+        );
+        then.push(Then::Appended(answer));
+        if let Err(e) = appended {
+            then.extend(unapplied(batch.collect()));
+            return Err(e);
+        }
+    }
+    draft.write(tx).await
+}
+
+/// What a batch's messages need to know, read under the locks of every stream it appends
+/// to: the groups' members, which client ids were stored before, who blocks whom, who is
+/// friends with whom (as `(sender, receiver)` pairs).
+struct Known {
+    draft: Draft,
+    members: HashMap<GroupId, Vec<UserId>>,
+    stored: HashMap<(i64, Vec<u8>), u64>,
+    blocked: HashSet<(i64, i64)>,
+    friends: HashSet<(i64, i64)>,
+}
+
+/// Locks the streams `batch` appends to and reads what it needs to know.
+async fn known(tx: &Transaction<'_>, batch: &[Appends]) -> Result<Known, StoreError> {
     let mut draft = Draft::default();
     let groups: Vec<i64> = batch
         .iter()
@@ -39,7 +92,7 @@ pub(super) async fn append(
     let mut members = members(tx, &groups).await?;
     let streams = |members: &HashMap<GroupId, Vec<UserId>>| -> Vec<UserId> {
         let mut owners = Vec::new();
-        for a in &batch {
+        for a in batch {
             owners.push(a.sender);
             for m in &a.messages {
                 match m.receiver {
@@ -62,7 +115,7 @@ pub(super) async fn append(
     // blocks whom, who is friends with whom.
     let mut keys: (Vec<i64>, Vec<&[u8]>) = Default::default();
     let mut pairs: (Vec<i64>, Vec<i64>) = Default::default();
-    for a in &batch {
+    for a in batch {
         for m in &a.messages {
             if let Some(id) = &m.client_id {
                 keys.0.push(a.sender.get());
@@ -117,7 +170,7 @@ pub(super) async fn append(
         .await
     };
     let (stored, blocked, friends) = futures::try_join!(stored, blocked, friends)?;
-    let mut stored: HashMap<(i64, Vec<u8>), u64> = stored
+    let stored: HashMap<(i64, Vec<u8>), u64> = stored
         .into_iter()
         .map(|r| ((r.get(0), r.get(1)), seq(r.get(2))))
         .collect();
@@ -126,89 +179,104 @@ pub(super) async fn append(
     let blocked: HashSet<(i64, i64)> = blocked.into_iter().map(pair).collect();
     let friends: HashSet<(i64, i64)> = friends.into_iter().map(pair).collect();
 
-    for a in batch {
-        let mut answer = Answer::new(a.replies.clone());
-        let sender = a.sender;
-        let own_slot = answer.slot(sender);
-        for m in a.messages {
-            let group = match m.receiver {
-                Address::Group(g) => Some(g),
-                Address::User(_) => None,
+    Ok(Known {
+        draft,
+        members,
+        stored,
+        blocked,
+        friends,
+    })
+}
+
+/// Appends the messages of `a` (each to its receivers' streams and a copy to its
+/// sender's) into `draft`, and what became of them into `answer`.
+fn messages(
+    draft: &mut Draft,
+    members: &HashMap<GroupId, Vec<UserId>>,
+    stored: &mut HashMap<(i64, Vec<u8>), u64>,
+    blocked: &HashSet<(i64, i64)>,
+    friends: &HashSet<(i64, i64)>,
+    a: Appends,
+    answer: &mut Answer,
+) -> Result<(), StoreError> {
+    let sender = a.sender;
+    let own_slot = answer.slot(sender);
+    for m in a.messages {
+        let group = match m.receiver {
+            Address::Group(g) => Some(g),
+            Address::User(_) => None,
+        };
+        if let Some(id) = &m.client_id
+            && let Some(&seq) = stored.get(&(sender.get(), id.as_bytes().to_vec()))
+        {
+            let duplicate = Appended::Stored {
+                seq,
+                duplicate: true,
             };
-            if let Some(id) = &m.client_id
-                && let Some(&seq) = stored.get(&(sender.get(), id.as_bytes().to_vec()))
-            {
-                let duplicate = Appended::Stored {
-                    seq,
-                    duplicate: true,
-                };
-                answer.outcome(m.client_id, group, duplicate);
-                continue;
-            }
-            // The streams besides the sender's that it goes to.
-            let owners: Vec<UserId> = match m.receiver {
-                Address::User(to) if to == sender => Vec::new(),
-                Address::User(to) => {
-                    if a.friends_only && !friends.contains(&(sender.get(), to.get())) {
-                        answer.outcome(m.client_id, group, Appended::NotFriends);
-                        continue;
-                    }
-                    if blocked.contains(&(sender.get(), to.get())) {
-                        Vec::new()
-                    } else {
-                        vec![to]
-                    }
-                }
-                Address::Group(g) => match members.get(&g) {
-                    Some(members) if members.contains(&sender) => {
-                        members.iter().copied().filter(|&u| u != sender).collect()
-                    }
-                    _ => {
-                        answer.outcome(m.client_id, group, Appended::NotMember);
-                        continue;
-                    }
-                },
-            };
-            let own = draft.push(sender, m.payload.clone(), Some((m.receiver, false)), 0)?;
-            if let Some(id) = &m.client_id {
-                stored.insert((sender.get(), id.as_bytes().to_vec()), own);
-                draft.client_id(sender, id.as_bytes().to_vec(), own);
-            }
-            let (kind, conversation) = match m.receiver {
-                Address::Group(_) => (EntryKind::Group, m.receiver),
-                Address::User(_) => (EntryKind::Received, Address::User(sender)),
-            };
-            for owner in owners {
-                let received =
-                    draft.push(owner, m.payload.clone(), Some((conversation, true)), own)?;
-                let slot = answer.slot(owner);
-                answer.entries[slot].1.push(Entry {
-                    seq: received,
-                    payload: m.payload.clone(),
-                    kind,
-                    origin: None,
-                });
-            }
-            answer.entries[own_slot].1.push(Entry {
-                seq: own,
-                payload: m.payload,
-                // A message to oneself is received, too (a v1 client is shown it).
-                kind: if m.receiver == Address::User(sender) {
-                    EntryKind::Received
-                } else {
-                    EntryKind::Sent
-                },
-                origin: a.origin,
-            });
-            let stored = Appended::Stored {
-                seq: own,
-                duplicate: false,
-            };
-            answer.outcome(m.client_id, group, stored);
+            answer.outcome(m.client_id, group, duplicate);
+            continue;
         }
-        then.push(Then::Appended(answer));
+        // The streams besides the sender's that it goes to.
+        let owners: Vec<UserId> = match m.receiver {
+            Address::User(to) if to == sender => Vec::new(),
+            Address::User(to) => {
+                if a.friends_only && !friends.contains(&(sender.get(), to.get())) {
+                    answer.outcome(m.client_id, group, Appended::NotFriends);
+                    continue;
+                }
+                if blocked.contains(&(sender.get(), to.get())) {
+                    Vec::new()
+                } else {
+                    vec![to]
+                }
+            }
+            Address::Group(g) => match members.get(&g) {
+                Some(members) if members.contains(&sender) => {
+                    members.iter().copied().filter(|&u| u != sender).collect()
+                }
+                _ => {
+                    answer.outcome(m.client_id, group, Appended::NotMember);
+                    continue;
+                }
+            },
+        };
+        let own = draft.push(sender, m.payload.clone(), Some((m.receiver, false)), 0)?;
+        if let Some(id) = &m.client_id {
+            stored.insert((sender.get(), id.as_bytes().to_vec()), own);
+            draft.client_id(sender, id.as_bytes().to_vec(), own);
+        }
+        let (kind, conversation) = match m.receiver {
+            Address::Group(_) => (EntryKind::Group, m.receiver),
+            Address::User(_) => (EntryKind::Received, Address::User(sender)),
+        };
+        for owner in owners {
+            let received = draft.push(owner, m.payload.clone(), Some((conversation, true)), own)?;
+            let slot = answer.slot(owner);
+            answer.entries[slot].1.push(Entry {
+                seq: received,
+                payload: m.payload.clone(),
+                kind,
+                origin: None,
+            });
+        }
+        answer.entries[own_slot].1.push(Entry {
+            seq: own,
+            payload: m.payload,
+            // A message to oneself is received, too (a v1 client is shown it).
+            kind: if m.receiver == Address::User(sender) {
+                EntryKind::Received
+            } else {
+                EntryKind::Sent
+            },
+            origin: a.origin,
+        });
+        let stored = Appended::Stored {
+            seq: own,
+            duplicate: false,
+        };
+        answer.outcome(m.client_id, group, stored);
     }
-    draft.write(tx).await
+    Ok(())
 }
 
 /// The members of `groups`, each group's in the order they joined.
