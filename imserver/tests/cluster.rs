@@ -294,3 +294,98 @@ async fn b_call(
     let status = r.status().as_u16();
     (status, r.json().await.unwrap_or_default())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_mid_stream_loses_nothing_acknowledged_and_its_clients_go_on_elsewhere() {
+    use common::process::{acked_stream, login, spawn, stream_of, until_acked};
+    if cluster_only("three nodes") {
+        return;
+    }
+    // Three imserver processes on one database and one bus.
+    let dir = tempfile::tempdir().unwrap();
+    let db = common::database_for(dir.path()).unwrap();
+    let prefix = db.rsplit_once('/').unwrap().1.to_owned();
+    let nats = common::nats().unwrap();
+    let args = [
+        "--demo",
+        "--auth",
+        "token",
+        "--rate-limit",
+        "0",
+        "--bus",
+        &nats,
+        "--bus-prefix",
+        &prefix,
+    ];
+    let mut nodes: Vec<_> = (0..3).map(|_| spawn(dir.path(), None, &args)).collect();
+    let http = reqwest::Client::new();
+
+    // User 2 listens on node 3 throughout.
+    let t2 = login(&http, nodes[2].http, "2", "123").await;
+    let mut listener = v2_at(nodes[2].tcp, "2", &t2, None).await;
+    // User 1 streams acknowledged messages to 2 through node 1, which dies mid-stream.
+    let stream = acked_stream(&nodes[0]).await;
+    until_acked(&stream.acked, 50).await;
+    nodes[0].child.kill().unwrap(); // SIGKILL
+    nodes[0].child.wait().unwrap();
+    let sent = stream.streamer.await.unwrap();
+    stream.collector.await.unwrap();
+    let acked = stream.acked.lock().unwrap().clone();
+    assert!(acked.len() >= 50);
+    eprintln!("node 1 killed: {} acknowledged of {sent} sent", acked.len());
+
+    // The sender goes on through node 2, resuming from the last seq it was acknowledged,
+    // and sends again everything it was not told about (stored once, whichever node).
+    let t1 = login(&http, nodes[1].http, "1", "123").await;
+    let last = acked.last().unwrap().1;
+    let mut sender = v2_at(nodes[1].tcp, "1", &t1, Some(last)).await;
+    for i in acked.len() as u64..sent + 5 {
+        let text = format!("durable {i}");
+        let m = improto::Message::new("1", "2", text).with_id(format!("c-{i}"));
+        sender.send(m).await.unwrap();
+    }
+    let mut seqs = Vec::new();
+    while seqs.len() < (sent + 5) as usize - acked.len() {
+        match common::recv_packet(&mut sender).await {
+            Packet::Ack(a) => seqs.push(a.seq),
+            Packet::Error(e) => panic!("{e:?}"),
+            _ => {}
+        }
+    }
+
+    // The receiver's stream, from node 2: every acknowledged message is there, nothing is
+    // twice, and the seqs have no gap.
+    let entries = stream_of(nodes[1].tcp, "2", &t2).await;
+    let seqs: Vec<u64> = entries.iter().map(|e| e.0).collect();
+    assert_eq!(
+        seqs,
+        (1..=entries.len() as u64).collect::<Vec<_>>(),
+        "gapless"
+    );
+    let ids: Vec<&str> = entries.iter().map(|e| e.1.as_str()).collect();
+    let unique: HashSet<&str> = ids.iter().copied().collect();
+    assert_eq!(unique.len(), ids.len(), "nothing twice");
+    for (id, _) in &acked {
+        assert!(unique.contains(id.as_str()), "{id} was acknowledged");
+    }
+    for i in 0..sent + 5 {
+        assert!(
+            unique.contains(format!("c-{i}").as_str()),
+            "c-{i} sent again"
+        );
+    }
+
+    // The listener on node 3 got all of it live, in order, without a gap, across the death
+    // of the node the messages first came through.
+    let mut got = Vec::new();
+    while got.len() < entries.len() {
+        if let Packet::Message(m) = common::recv_packet(&mut listener).await {
+            got.push(m.seq.unwrap());
+        }
+    }
+    assert_eq!(got, seqs);
+    for node in &mut nodes[1..] {
+        let _ = node.child.kill();
+    }
+    common::drop_database(&db);
+}
