@@ -30,8 +30,10 @@
 //!   WebSocket framing, `session/` for one connection of either protocol version, `outbox`,
 //!   `router`).
 //! - `delivery`: the seam between the store and live connections ([`delivery::Delivery`]).
-//! - `store/`: the storage traits by concern, the social rules, and the SQLite backend
-//!   (with its backup, and retention in `sqlite/retention.rs`).
+//! - `bus`: the NATS bus between nodes (`--bus`), a `Delivery` over the local router.
+//! - `store/`: the storage traits by concern, the social rules, the store every backend is
+//!   (`front`, over a writer's `queue`), the SQLite backend (with its backup, and retention
+//!   in `sqlite/retention.rs`), the PostgreSQL backend (`postgres/`), and `migrate`.
 //! - `auth`: password hashing and login tokens.
 //! - `workers`: fixed sets of threads for blocking work (SQLite reads, password hashing).
 //!

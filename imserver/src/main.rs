@@ -46,6 +46,25 @@ struct Restore {
     replace: bool,
 }
 
+/// `imserver migrate`: a SQLite store copied, whole, into an empty PostgreSQL database, in
+/// one transaction. Stop the server first.
+#[derive(clap::Parser)]
+#[command(name = "imserver migrate")]
+struct Migrate {
+    /// The SQLite store: `sqlite:DIR`, DIR being the server's `--data-dir`.
+    #[arg(long, value_parser = sqlite_dir)]
+    from: std::path::PathBuf,
+    /// The PostgreSQL database (`postgres://user:password@host/db`); it must be empty.
+    #[arg(long, env = "IMSERVER_STORE", hide_env_values = true)]
+    to: String,
+}
+
+fn sqlite_dir(s: &str) -> Result<std::path::PathBuf, String> {
+    s.strip_prefix("sqlite:")
+        .map(Into::into)
+        .ok_or_else(|| "sqlite:DIR, DIR being the server's --data-dir".into())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -78,6 +97,21 @@ async fn main() -> anyhow::Result<()> {
             .await?;
             let (bytes, dir) = bytes.context("restore failed")?;
             println!("restored {bytes} bytes into {}", dir.display());
+            return Ok(());
+        }
+        Some("migrate") => {
+            let m = Migrate::parse_from(args.iter().skip(1));
+            let copied = imserver::store::migrate::sqlite_to_postgres(&m.from, &m.to)
+                .await
+                .context("migrate failed")?;
+            println!(
+                "copied {} users, {} groups and {} streams ({} entries) to {}",
+                copied.users,
+                copied.groups,
+                copied.streams,
+                copied.entries,
+                imserver::config::redact_url(&m.to)
+            );
             return Ok(());
         }
         _ => {}

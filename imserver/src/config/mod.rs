@@ -33,7 +33,8 @@ use clap::{Args, CommandFactory, FromArgMatches, Parser, ValueEnum};
     after_help = "Commands (as the first argument):\n  \
     print-config  print the effective configuration as TOML, every flag with its help\n  \
     backup        copy a running server's database: backup --data-dir DIR --to FILE\n  \
-    restore       put a backup back: restore --from FILE --data-dir DIR [--replace]"
+    restore       put a backup back: restore --from FILE --data-dir DIR [--replace]\n  \
+    migrate       copy a SQLite store into PostgreSQL: migrate --from sqlite:DIR --to postgres://…"
 )]
 pub struct Config {
     /// A TOML file of flags (`max-connections = 20000`, keys as the flags are named); the

@@ -26,12 +26,14 @@
 //! - `receipts`: what a read receipt says;
 //! - `cache`: what every HTTP request reads, in memory;
 //! - `sqlite/`: the embedded SQLite backend (the default);
-//! - `postgres/`: the PostgreSQL backend, which several nodes share.
+//! - `postgres/`: the PostgreSQL backend, which several nodes share;
+//! - `migrate`: `imserver migrate`, a SQLite store copied into PostgreSQL.
 
 mod acks;
 mod cache;
 mod front;
 pub mod groups;
+pub mod migrate;
 mod postgres;
 mod queue;
 mod receipts;

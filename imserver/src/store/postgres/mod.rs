@@ -16,10 +16,12 @@
 //!   other change;
 //! - `lock`: locking streams and gathering what a transaction appends;
 //! - `append`: messages; `changes`: the social graph, groups, read positions, accounts;
-//! - `reads`: the queries.
+//! - `reads`: the queries;
+//! - `import`: `imserver migrate`'s side here.
 
 mod append;
 mod changes;
+mod import;
 mod lock;
 mod reads;
 mod schema;
@@ -41,6 +43,7 @@ use crate::config::StoreConfig;
 use crate::delivery::Delivery;
 use crate::metrics::StoreMetrics;
 
+pub(crate) use import::Import;
 pub(crate) use reads::PgReads;
 
 /// The PostgreSQL store.

@@ -294,6 +294,39 @@ fn decode(mut data: &[u8]) -> Option<Vec<(Key, u64)>> {
     Some(entries)
 }
 
+/// Every stored client id, as `(sender, id, seq)`: for `imserver migrate`.
+pub(super) fn all(conn: &Connection) -> rusqlite::Result<Vec<(i64, Vec<u8>, u64)>> {
+    let mut out = Vec::new();
+    let mut singles = conn.prepare("SELECT sender, id, seq FROM message_id_singles")?;
+    let rows = singles.query_map([], |r| {
+        let key: Vec<u8> = r.get(1)?;
+        Ok((
+            r.get(0)?,
+            key.get(4..).unwrap_or_default().to_vec(),
+            r.get(2)?,
+        ))
+    })?;
+    for row in rows {
+        out.push(row?);
+    }
+    let mut runs = conn.prepare("SELECT sender, entries FROM message_id_runs")?;
+    let mut rows = runs.query([])?;
+    while let Some(row) = rows.next()? {
+        let sender: i64 = row.get(0)?;
+        let entries: Vec<u8> = row.get(1)?;
+        let owner = id_of(sender)?;
+        let decoded = decode(&entries).ok_or_else(|| corrupt(owner))?;
+        for (key, seq) in decoded {
+            out.push((sender, key.id().to_vec(), seq));
+        }
+    }
+    Ok(out)
+}
+
+fn id_of(n: i64) -> rusqlite::Result<UserId> {
+    UserId::new(n).ok_or(rusqlite::Error::IntegralValueOutOfRange(0, n))
+}
+
 fn corrupt(sender: UserId) -> rusqlite::Error {
     rusqlite::Error::FromSqlConversionFailure(
         2,

@@ -24,6 +24,7 @@ mod append;
 mod backup;
 mod chunk;
 mod draft;
+pub(crate) mod export;
 mod fold;
 mod groups;
 mod ids;
