@@ -5,11 +5,12 @@
 # prints the median of each figure. Stops only the processes it started, by PID.
 #
 #   benches/run.sh                 # everything, 3 runs each (about 5 minutes)
-#   RUNS=5 benches/run.sh relay    # some: relay latency v2 ws metrics retention group conns offline http
+#   RUNS=5 benches/run.sh relay    # some: relay latency v2 ws metrics retention group conns offline http cluster
 #   IMSERVER_EXTRA="--max-batch 4096" benches/run.sh v2   # server flags to try
 #
 # Needs Python 3 (for the medians) and wrk (for `http`; installed with apt-get when
-# missing). Not part of CI: timings belong here, not in tests.
+# missing); `cluster` needs PostgreSQL (BENCH_POSTGRES, a database URL whose user may create
+# databases; psql) and NATS (BENCH_NATS). Not part of CI: timings belong here, not in tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,6 +20,7 @@ CONNS=${CONNS:-19000}
 HOLD=${HOLD:-10}
 OUT=${OUT:-target/bench}
 WS_CONNS=${WS_CONNS:-10000}
+CLUSTER_MESSAGES=${CLUSTER_MESSAGES:-200000}
 SCENARIOS=${*:-relay latency v2 ws metrics retention group conns offline http}
 BIN=target/release
 
@@ -91,6 +93,31 @@ bench() {
     echo "-- $label: imbench $*" | tee -a "$LOG"
     "$BIN/imbench" --pid "$PID" "$@" 2>&1 | tee -a "$LOG" | grep '^RESULT' |
         sed "s/^RESULT /$label /" >>"$RESULTS"
+}
+
+# Starts N imserver nodes on a new PostgreSQL database and one bus, plus "$@"; sets PIDS,
+# TCPS and HTTPS (comma-separated) and DB.
+start_nodes() {
+    local n=$1
+    shift
+    DB="imbench_$$_${RANDOM}"
+    psql "$BENCH_POSTGRES" -qc "CREATE DATABASE $DB"
+    local pids=() tcps=() https=()
+    for _ in $(seq "$n"); do
+        start_imserver --store "${BENCH_POSTGRES%/*}/$DB" --bus "$BENCH_NATS" --bus-prefix "$DB" "$@"
+        pids+=("$PID") tcps+=("$TCP") https+=("$HTTP")
+    done
+    PIDS=$(IFS=,; echo "${pids[*]}")
+    TCPS=$(IFS=,; echo "${tcps[*]}")
+    HTTPS=$(IFS=,; echo "${https[*]}")
+}
+
+stop_nodes() {
+    for pid in ${PIDS//,/ }; do
+        kill "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+    psql "$BENCH_POSTGRES" -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)"
 }
 
 # Server CPU ticks (user + system) of $PID.
@@ -225,6 +252,22 @@ for run in $(seq "$RUNS"); do
             wrk_route http-conversations /conversations "$token"
             stop
             ;;
+        cluster)
+            # v2 on PostgreSQL with 1, 2 and 3 nodes on one bus (with 2 or 3, each pair's
+            # sender and receiver on different nodes), next to SQLite: CPU per message summed
+            # over every node, PostgreSQL and NATS, each also reported on its own.
+            BENCH_POSTGRES=${BENCH_POSTGRES:-postgres://postgres@127.0.0.1:5432/test}
+            BENCH_NATS=${BENCH_NATS:-nats://127.0.0.1:4222}
+            start_imserver
+            bench cluster-sqlite --tcp "$TCP" --http "$HTTP" relay --proto 2 --messages "$CLUSTER_MESSAGES"
+            stop
+            for n in 1 2 3; do
+                start_nodes "$n"
+                PID=$PIDS bench "cluster-pg-$n" --cpu-of postgres,nats-server --tcp "$TCPS" --http "$HTTPS" \
+                    relay --proto 2 --messages "$CLUSTER_MESSAGES"
+                stop_nodes
+            done
+            ;;
         *)
             echo "unknown scenario $scenario" >&2
             exit 2
@@ -254,7 +297,8 @@ for line in open(sys.argv[1]):
 shown = ["msgs_per_s", "cpu_us_per_msg", "copies_per_s", "cpu_us_per_copy", "missing", "out_of_order", "p50_us", "p99_us",
          "rss_bytes_per_conn", "probes_delivered", "dropped", "connects_per_s",
          "store_per_s", "drain_per_s", "cpu_us_per_store", "cpu_us_per_drain",
-         "req_per_s", "cpu_us_per_req", "non_2xx", "rss_mib"]
+         "req_per_s", "cpu_us_per_req", "non_2xx", "rss_mib",
+         "cpu_us_per_msg_imserver", "cpu_us_per_msg_postgres", "cpu_us_per_msg_nats_server"]
 for label in order:
     cols = [f"{k}={statistics.median(runs[label][k]):g}" for k in shown if runs[label][k]]
     print(f"{label:14} " + " ".join(cols))
@@ -275,6 +319,9 @@ for label, ref, keys in [
     ("ws-ws", "ws-tcp", ["cpu_us_per_msg", "msgs_per_s"]),
     ("metrics-on", "metrics-off", ["cpu_us_per_msg", "msgs_per_s"]),
     ("retention-sweep", "retention-off", ["p50_us", "p99_us"]),
+    ("cluster-pg-1", "cluster-sqlite", ["cpu_us_per_msg", "msgs_per_s"]),
+    ("cluster-pg-2", "cluster-pg-1", ["cpu_us_per_msg", "msgs_per_s"]),
+    ("cluster-pg-3", "cluster-pg-1", ["cpu_us_per_msg", "msgs_per_s"]),
 ]:
     keys = [k if isinstance(k, tuple) else (k, k) for k in keys]
     pairs = [(k, median(label, k), median(ref, r)) for k, r in keys]

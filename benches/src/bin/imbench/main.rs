@@ -34,21 +34,28 @@ use clap::{Parser, Subcommand};
     about = "Load generator for imserver: relay throughput and latency, idle connections, offline storage"
 )]
 struct Cli {
-    /// The relay's TCP address.
-    #[arg(long, global = true, default_value = "127.0.0.1:8888")]
-    tcp: SocketAddr,
-    /// The HTTP API's address. With it, users are registered and logged in, and connections
-    /// carry tokens (the server needs `--regist-limit 0`); without it, the server must run
-    /// with `--auth open`.
-    #[arg(long, global = true)]
-    http: Option<SocketAddr>,
+    /// The relay's TCP address; several (comma-separated) for several nodes of one store:
+    /// `relay` puts each pair's sender and receiver on different nodes, the other modes use
+    /// the first.
+    #[arg(long, global = true, default_value = "127.0.0.1:8888", value_delimiter = ',')]
+    tcp: Vec<SocketAddr>,
+    /// The HTTP API's address (one per `--tcp`, in the same order). With it, users are
+    /// registered and logged in, and connections carry tokens (the server needs
+    /// `--regist-limit 0`); without it, the server must run with `--auth open`.
+    #[arg(long, global = true, value_delimiter = ',')]
+    http: Vec<SocketAddr>,
     /// How the connections reach the relay: `tcp` (`--tcp`), or `ws`: WebSocket on the HTTP
     /// port's `/ws` (`--http`; version 2 only).
     #[arg(long, global = true, value_enum, default_value = "tcp")]
     transport: wire::Transport,
-    /// The server's PID, to report its CPU time per message and its memory.
-    #[arg(long, global = true)]
-    pid: Option<u32>,
+    /// The server's PID, to report its CPU time per message and its memory; several
+    /// (comma-separated) for several nodes: their CPU time is summed.
+    #[arg(long, global = true, value_delimiter = ',')]
+    pid: Vec<u32>,
+    /// Processes whose CPU time is summed in too, by name (`postgres`, `nats-server`): every
+    /// process of that name at each reading, each reported on its own as well.
+    #[arg(long, global = true, value_delimiter = ',')]
+    cpu_of: Vec<String>,
     /// Give up on a stream after this many seconds without a frame.
     #[arg(long, global = true, default_value_t = 10)]
     idle: u64,
@@ -85,20 +92,29 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        let server = server::Server::new(cli.pid)?;
+        let server = server::Server::new(cli.pid, cli.cpu_of)?;
         let idle = Duration::from_secs(cli.idle);
-        let ep = wire::Endpoint {
-            transport: cli.transport,
-            tcp: cli.tcp,
-            http: cli.http,
-        };
+        if !cli.http.is_empty() && cli.http.len() != cli.tcp.len() {
+            anyhow::bail!("give as many --http addresses as --tcp ones, in the same order");
+        }
+        let nodes: Vec<wire::Endpoint> = cli
+            .tcp
+            .iter()
+            .enumerate()
+            .map(|(i, &tcp)| wire::Endpoint {
+                transport: cli.transport,
+                tcp,
+                http: cli.http.get(i).copied(),
+            })
+            .collect();
+        let ep = nodes[0].clone();
         let report = match cli.mode {
-            Mode::Relay(o) => relay::run(&ep, &server, idle, o).await?,
+            Mode::Relay(o) => relay::run(&nodes, &server, idle, o).await?,
             Mode::Group(o) => group::run(&ep, &server, idle, o).await?,
             Mode::Conns(o) => conns::run(&ep, &server, idle, o).await?,
             Mode::Offline(o) => offline::run(&ep, &server, idle, o).await?,
             Mode::Token { user, password } => {
-                let http = cli
+                let http = ep
                     .http
                     .ok_or_else(|| anyhow::anyhow!("token needs --http"))?;
                 let token = peer::login(&reqwest::Client::new(), http, &user, &password).await?;

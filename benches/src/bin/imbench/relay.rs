@@ -31,18 +31,21 @@ pub struct Opts {
 }
 
 pub async fn run(
-    ep: &Endpoint,
+    nodes: &[Endpoint],
     server: &Server,
     idle: Duration,
     o: Opts,
 ) -> anyhow::Result<Report> {
+    let ep = &nodes[0];
     let per_pair = o.messages / o.pairs as u64;
     let accounts = peer::accounts(ep.http, 2 * o.pairs, 100_000).await?;
     let mut pairs = Vec::with_capacity(o.pairs);
-    for pair in accounts.chunks(2) {
+    for (i, pair) in accounts.chunks(2).enumerate() {
         let (from, to) = (&pair[0], &pair[1]);
-        let (s_frames, s_write) = peer::open(ep, None, from, o.proto, 4096).await?;
-        let (r_frames, r_write) = peer::open(ep, None, to, o.proto, 64 * 1024).await?;
+        // With several nodes, each pair's sender and receiver are on different ones.
+        let (s_node, r_node) = (&nodes[i % nodes.len()], &nodes[(i + 1) % nodes.len()]);
+        let (s_frames, s_write) = peer::open(s_node, None, from, o.proto, 4096).await?;
+        let (r_frames, r_write) = peer::open(r_node, None, to, o.proto, 64 * 1024).await?;
         let frames = MessageFrames::new(&from.id, &to.id, o.size, o.proto);
         pairs.push((frames, s_frames, s_write, r_frames, r_write));
     }
@@ -108,6 +111,7 @@ pub async fn run(
         .param("size", o.size)
         .param("window", o.window)
         .param("proto", o.proto as u8 + 1)
+        .param("nodes", nodes.len())
         .param(
             "transport",
             match ep.transport {

@@ -9,7 +9,7 @@ use crate::server::{Sample, Server};
 
 pub struct Report {
     mode: &'static str,
-    fields: Vec<(&'static str, String)>,
+    fields: Vec<(String, String)>,
 }
 
 impl Report {
@@ -21,8 +21,8 @@ impl Report {
     }
 
     /// A setting of the run.
-    pub fn param(&mut self, key: &'static str, value: impl Display) -> &mut Report {
-        self.fields.push((key, value.to_string()));
+    pub fn param(&mut self, key: impl Into<String>, value: impl Display) -> &mut Report {
+        self.fields.push((key.into(), value.to_string()));
         self
     }
 
@@ -30,7 +30,7 @@ impl Report {
         self.param(key, value)
     }
 
-    pub fn float(&mut self, key: &'static str, value: f64) -> &mut Report {
+    pub fn float(&mut self, key: impl Into<String>, value: f64) -> &mut Report {
         self.param(key, format!("{value:.3}"))
     }
 
@@ -51,6 +51,9 @@ impl Report {
     pub fn server(&mut self, server: &Server, before: &Sample, after: &Sample, items: u64) {
         if server.measured() {
             self.float("cpu_us_per_msg", before.cpu_us_per(after, items));
+            for (part, us) in before.parts_us_per(after, items) {
+                self.float(format!("cpu_us_per_msg_{}", part.replace('-', "_")), us);
+            }
             self.float("rss_mib", after.rss_bytes as f64 / (1 << 20) as f64);
         }
     }

@@ -5,23 +5,29 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 
-/// A process to measure. Every reading is optional: without a PID the harness still reports
-/// rates and latencies.
+/// The processes to measure: the server's (`--pid`, one per node) and others by name
+/// (`--cpu-of`). Every reading is optional: without them the harness still reports rates
+/// and latencies.
 pub struct Server {
-    pid: Option<u32>,
+    pids: Vec<u32>,
+    names: Vec<String>,
     /// Clock ticks per second, the unit of `utime` and `stime` in `/proc/<pid>/stat`.
     ticks_per_sec: u64,
 }
 
-/// One reading of the server.
-#[derive(Clone, Copy, Debug, Default)]
+/// One reading.
+#[derive(Clone, Debug, Default)]
 pub struct Sample {
+    /// The CPU time of the `--pid` processes and of the named ones, summed.
     pub cpu: Duration,
+    /// The `--pid` processes' resident memory, summed.
     pub rss_bytes: u64,
+    /// Per part: `imserver` (the `--pid` processes), then each name.
+    pub parts: Vec<(String, Duration)>,
 }
 
 impl Server {
-    pub fn new(pid: Option<u32>) -> anyhow::Result<Server> {
+    pub fn new(pids: Vec<u32>, names: Vec<String>) -> anyhow::Result<Server> {
         let ticks_per_sec = std::process::Command::new("getconf")
             .arg("CLK_TCK")
             .output()
@@ -29,52 +35,106 @@ impl Server {
             .and_then(|o| String::from_utf8(o.stdout).ok())
             .and_then(|s| s.trim().parse().ok())
             .unwrap_or(100);
-        let server = Server { pid, ticks_per_sec };
+        let server = Server {
+            pids,
+            names,
+            ticks_per_sec,
+        };
         server.sample()?; // fail early on a wrong PID
         Ok(server)
     }
 
     /// Whether there is a process to read.
     pub fn measured(&self) -> bool {
-        self.pid.is_some()
+        !self.pids.is_empty()
     }
 
-    /// The server's CPU time and RSS now; zeros without a PID.
+    /// The CPU time and RSS now; zeros without a PID.
     pub fn sample(&self) -> anyhow::Result<Sample> {
-        let Some(pid) = self.pid else {
-            return Ok(Sample::default());
-        };
+        let mut sample = Sample::default();
+        let mut own = Duration::ZERO;
+        for &pid in &self.pids {
+            let (cpu, rss) = self.read(pid)?;
+            own += cpu;
+            sample.rss_bytes += rss;
+        }
+        sample.cpu = own;
+        if !self.names.is_empty() {
+            sample.parts.push(("imserver".into(), own));
+        }
+        for name in &self.names {
+            let mut cpu = Duration::ZERO;
+            for pid in named(name) {
+                // A process may end between the listing and the reading.
+                if let Ok((c, _)) = self.read(pid) {
+                    cpu += c;
+                }
+            }
+            sample.cpu += cpu;
+            sample.parts.push((name.clone(), cpu));
+        }
+        Ok(sample)
+    }
+
+    /// One process's CPU time (user and system, every thread, and its children that ended)
+    /// and RSS.
+    fn read(&self, pid: u32) -> anyhow::Result<(Duration, u64)> {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .with_context(|| format!("reading /proc/{pid}/stat (is the server running?)"))?;
+            .with_context(|| format!("reading /proc/{pid}/stat (is the process running?)"))?;
         // The command name may hold spaces and parentheses: count fields after the last ')'.
         let fields: Vec<&str> = stat
             .rsplit_once(')')
             .map(|(_, rest)| rest.split_whitespace().collect())
             .unwrap_or_default();
-        // Fields 14 and 15 of proc(5), utime and stime, are the 12th and 13th after it.
-        let (Some(utime), Some(stime)) = (fields.get(11), fields.get(12)) else {
-            bail!("unexpected /proc/{pid}/stat: {stat}");
-        };
-        let ticks: u64 = utime.parse::<u64>()? + stime.parse::<u64>()?;
+        // Fields 14 to 17 of proc(5), utime, stime, cutime and cstime, are the 12th to 15th
+        // after it.
+        let mut ticks = 0;
+        for i in 11..15 {
+            let Some(field) = fields.get(i) else {
+                bail!("unexpected /proc/{pid}/stat: {stat}");
+            };
+            ticks += field.parse::<u64>()?;
+        }
         let cpu = Duration::from_nanos(ticks * 1_000_000_000 / self.ticks_per_sec);
-
         let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
         let rss_kib: u64 = status
             .lines()
             .find_map(|l| l.strip_prefix("VmRSS:"))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
             .context("VmRSS in /proc/<pid>/status")?;
-        Ok(Sample {
-            cpu,
-            rss_bytes: rss_kib * 1024,
-        })
+        Ok((cpu, rss_kib * 1024))
     }
 }
 
+/// The processes named `name` now.
+fn named(name: &str) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|comm| comm.trim_end() == name)
+        })
+        .collect()
+}
+
 impl Sample {
-    /// Server CPU time per item (message, connection) between two samples, in microseconds.
+    /// CPU time per item (message, connection) between two samples, in microseconds.
     pub fn cpu_us_per(&self, later: &Sample, items: u64) -> f64 {
-        let spent = later.cpu.saturating_sub(self.cpu);
-        spent.as_secs_f64() * 1e6 / items.max(1) as f64
+        per(later.cpu.saturating_sub(self.cpu), items)
     }
+
+    /// [`cpu_us_per`](Self::cpu_us_per) for each part.
+    pub fn parts_us_per(&self, later: &Sample, items: u64) -> Vec<(String, f64)> {
+        self.parts
+            .iter()
+            .zip(&later.parts)
+            .map(|((name, a), (_, b))| (name.clone(), per(b.saturating_sub(*a), items)))
+            .collect()
+    }
+}
+
+fn per(spent: Duration, items: u64) -> f64 {
+    spent.as_secs_f64() * 1e6 / items.max(1) as f64
 }
