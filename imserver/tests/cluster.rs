@@ -389,3 +389,41 @@ async fn a_node_killed_mid_stream_loses_nothing_acknowledged_and_its_clients_go_
     }
     common::drop_database(&db);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connection_limit_of_a_user_counts_their_connections_on_every_node() {
+    if cluster_only("connections counted on every node") {
+        return;
+    }
+    let a = TestServer::start_with(|c| {
+        c.auth.auth = imserver::config::AuthMode::Token;
+        c.relay.max_connections_per_user = 2;
+        common::on_test_bus(c);
+    })
+    .await;
+    let b = a.another_node().await;
+    let (ann, token) = a.user("Ann").await;
+    let one = v2_at(a.tcp(), &ann, &token, None).await;
+    let _two = v2_at(b.tcp_addr(), &ann, &token, None).await;
+    // A third, on either node, is one too many.
+    for addr in [a.tcp(), b.tcp_addr()] {
+        let mut three = timeout(WAIT, Client::connect(addr)).await.unwrap().unwrap();
+        three.send(Regist::v2(&ann, &token)).await.unwrap();
+        common::expect_error(&mut three, improto::ErrorCode::TooManyConnections).await;
+        common::expect_eof(&mut three).await;
+    }
+    // Once one closes, there is room again, on the other node.
+    drop(one);
+    timeout(WAIT, async {
+        loop {
+            let mut c = Client::connect(b.tcp_addr()).await.unwrap();
+            if c.handshake(Regist::v2(&ann, &token)).await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("room again after a connection closed");
+    b.shutdown().await;
+}

@@ -21,6 +21,7 @@ use super::{
     Groups, HistoryPage, Position, RequestOutcome, Social, SocialError, Store, StoreError,
     StoreFuture, StoredEntry, Streams, TokenHash, TokenRecord, Tokens, User,
 };
+use crate::delivery::ConnId;
 use crate::id::{Address, GroupId, UserId};
 
 /// A backend's queries. Each runs off the async threads or without blocking them, and may
@@ -56,6 +57,21 @@ pub(crate) trait Reads: Send + Sync + 'static {
     -> StoreFuture<'static, Vec<Conversation>>;
     /// A trivial query: the database answers.
     fn ping(&self) -> StoreFuture<'static, ()>;
+
+    /// See [`Store::claim_connection`]: true unless the backend counts connections of
+    /// every node.
+    fn claim_connection(
+        &self,
+        _user: UserId,
+        _conn: ConnId,
+        _max: usize,
+    ) -> StoreFuture<'static, bool> {
+        futures::future::ready(Ok(true)).boxed()
+    }
+
+    fn release_connection(&self, _user: UserId, _conn: ConnId) -> StoreFuture<'static, ()> {
+        futures::future::ready(Ok(())).boxed()
+    }
 }
 
 /// A [`Store`] over a backend's writer (behind `queue`) and its `reads`.
@@ -317,6 +333,14 @@ impl<R: Reads> Store for Front<R> {
 
     fn forget(&self, what: crate::delivery::Stale) {
         self.cache.forget(what);
+    }
+
+    fn claim_connection(&self, user: UserId, conn: ConnId, max: usize) -> StoreFuture<'_, bool> {
+        self.reads.claim_connection(user, conn, max)
+    }
+
+    fn release_connection(&self, user: UserId, conn: ConnId) -> StoreFuture<'_, ()> {
+        self.reads.release_connection(user, conn)
     }
 
     fn close(&self) -> BoxFuture<'_, ()> {

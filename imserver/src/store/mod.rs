@@ -454,4 +454,12 @@ pub trait Store: Accounts + Tokens + Social + Groups + Streams + Send + Sync + '
 
     /// Another node's commit made `what` stale: the cache forgets it.
     fn forget(&self, what: crate::delivery::Stale);
+
+    /// `user` opened relay connection `conn` on this node: false when they have `max`
+    /// already, counted on every node that shares the store (`--max-connections-per-user`).
+    /// A store that serves one node answers true: the relay counts its own connections.
+    fn claim_connection(&self, user: UserId, conn: ConnId, max: usize) -> StoreFuture<'_, bool>;
+
+    /// Connection `conn` of `user`, claimed before, has closed.
+    fn release_connection(&self, user: UserId, conn: ConnId) -> StoreFuture<'_, ()>;
 }

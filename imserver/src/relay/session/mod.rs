@@ -274,6 +274,9 @@ pub(super) async fn run<T: Transport>(
 
     if let Some(user) = s.user {
         metrics::connection(T::NAME, s.dialect.name(), -1.0);
+        if let Err(e) = s.relay.store.release_connection(user, id).await {
+            warn!(conn = id, error = %e, "cannot count a closed connection out");
+        }
         if s.relay.router.unsubscribe(user, id) == 0 {
             s.relay.delivery.unwatch(user);
             s.relay.presence.left(user).await;
@@ -496,15 +499,30 @@ impl<T: Transport> Session<T> {
         }
         // Subscribe before reading the store: see the module docs.
         let max = self.relay.limits.max_connections_per_user;
-        match self.relay.router.subscribe(user, self.outbox.clone(), max) {
-            None => {
-                return Err(Stop::refused(
-                    ErrorCode::TooManyConnections,
-                    format!("this user already has {max} connections"),
-                ));
+        let too_many = || {
+            Stop::refused(
+                ErrorCode::TooManyConnections,
+                format!("this user already has {max} connections"),
+            )
+        };
+        let Some(here) = self.relay.router.subscribe(user, self.outbox.clone(), max) else {
+            return Err(too_many());
+        };
+        // On a store several nodes share, the limit counts every node's connections.
+        let claimed = match self.relay.store.claim_connection(user, self.id, max).await {
+            Ok(claimed) => claimed,
+            Err(e) => {
+                // Better a user over the limit than every user locked out.
+                warn!(conn = self.id, error = %e, "cannot count the user's connections on every node");
+                true
             }
-            Some(1) => self.relay.presence.changed(user),
-            Some(_) => {}
+        };
+        if !claimed {
+            self.relay.router.unsubscribe(user, self.id);
+            return Err(too_many());
+        }
+        if here == 1 {
+            self.relay.presence.changed(user);
         }
         // Registered from here on: the end of the session unsubscribes it.
         self.user = Some(user);

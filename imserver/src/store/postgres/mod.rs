@@ -17,12 +17,14 @@
 //! - `lock`: locking streams and gathering what a transaction appends;
 //! - `append`: messages; `changes`: the social graph, groups, read positions, accounts;
 //! - `reads`: the queries;
-//! - `import`: `imserver migrate`'s side here.
+//! - `import`: `imserver migrate`'s side here;
+//! - `nodes`: relay connections counted on every node (`--max-connections-per-user`).
 
 mod append;
 mod changes;
 mod import;
 mod lock;
+mod nodes;
 mod reads;
 mod schema;
 mod writer;
@@ -92,6 +94,7 @@ pub(crate) async fn open(
         .build()
         .map_err(|e| StoreError::Backend(Box::new(e)))?;
     schema::migrate(&pool).await?;
+    let node = nodes::Node::join(&pool).await?;
 
     let (queue, rx) = Queue::new(config.store_queue);
     let cache = Arc::new(ReadCache::new(config.cache_entries));
@@ -111,7 +114,7 @@ pub(crate) async fn open(
     queue.flush_acks_every(config.ack_flush, &acks)?;
     Ok(Front {
         queue,
-        reads: PgReads::new(pool),
+        reads: PgReads::new(pool, node),
         cache,
         acks,
     })

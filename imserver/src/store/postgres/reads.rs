@@ -2,13 +2,16 @@
 //! them wait: PostgreSQL readers see the last commit).
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use deadpool_postgres::{Object, Pool};
 use futures::FutureExt;
 
 use super::changes::load_group;
+use super::nodes::Node;
 use super::{bound, group_id, row, rows, seq, user_id};
+use crate::delivery::ConnId;
 use crate::id::{Address, GroupId, UserId};
 use crate::store::front::Reads;
 use crate::store::{
@@ -18,11 +21,16 @@ use crate::store::{
 
 pub(crate) struct PgReads {
     pool: Pool,
+    /// This node, which counts its relay connections.
+    node: Arc<Node>,
 }
 
 impl PgReads {
-    pub fn new(pool: Pool) -> Self {
-        PgReads { pool }
+    pub fn new(pool: Pool, node: Node) -> Self {
+        PgReads {
+            pool,
+            node: Arc::new(node),
+        }
     }
 
     /// A connection, waiting at most for the pool's wait timeout.
@@ -356,6 +364,21 @@ impl Reads for PgReads {
                 .collect()
         }
         .boxed()
+    }
+
+    fn claim_connection(
+        &self,
+        user: UserId,
+        conn: ConnId,
+        max: usize,
+    ) -> StoreFuture<'static, bool> {
+        let node = self.node.clone();
+        async move { node.claim(user, conn, max).await }.boxed()
+    }
+
+    fn release_connection(&self, _user: UserId, conn: ConnId) -> StoreFuture<'static, ()> {
+        let node = self.node.clone();
+        async move { node.release(conn).await }.boxed()
     }
 
     fn ping(&self) -> StoreFuture<'static, ()> {

@@ -7,7 +7,10 @@ use deadpool_postgres::Pool;
 use crate::store::StoreError;
 
 /// The migrations, in order; a migration's version is its place here, from 1.
-const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("migrations/0001_init.sql"),
+    include_str!("migrations/0002_connections.sql"),
+];
 
 /// The advisory lock every node takes to migrate (an arbitrary number: "imserver").
 const LOCK: i64 = 0x696d_7365_7276_6572;
