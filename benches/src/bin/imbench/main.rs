@@ -37,7 +37,12 @@ struct Cli {
     /// The relay's TCP address; several (comma-separated) for several nodes of one store:
     /// `relay` puts each pair's sender and receiver on different nodes, the other modes use
     /// the first.
-    #[arg(long, global = true, default_value = "127.0.0.1:8888", value_delimiter = ',')]
+    #[arg(
+        long,
+        global = true,
+        default_value = "127.0.0.1:8888",
+        value_delimiter = ','
+    )]
     tcp: Vec<SocketAddr>,
     /// The HTTP API's address (one per `--tcp`, in the same order). With it, users are
     /// registered and logged in, and connections carry tokens (the server needs
