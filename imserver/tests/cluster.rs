@@ -6,24 +6,9 @@ mod common;
 use std::collections::HashSet;
 use std::net::SocketAddr;
 
-use common::{TestServer, WAIT, cluster_only, send_for_ack, sync};
+use common::{TestServer, WAIT, cluster_only, send_for_ack, sync, v2_at};
 use improto::{Client, Packet, Regist};
 use tokio::time::timeout;
-
-/// A v2 connection of `user` to the relay at `addr`, resuming after `last_seq`.
-async fn v2_at(addr: SocketAddr, user: &str, token: &str, last_seq: Option<u64>) -> Client {
-    let mut c = timeout(WAIT, Client::connect(addr))
-        .await
-        .expect("in time")
-        .expect("connects");
-    let mut regist = Regist::v2(user, token);
-    regist.last_seq = last_seq;
-    timeout(WAIT, c.handshake(regist))
-        .await
-        .expect("in time")
-        .expect("registered");
-    c
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_appending_to_one_stream_keep_it_gapless_and_recognise_each_others_retries() {
@@ -39,7 +24,7 @@ async fn two_nodes_appending_to_one_stream_keep_it_gapless_and_recognise_each_ot
     // Two senders, one on each node, to one receiver, at the same time.
     const EACH: usize = 150;
     let send = |addr: SocketAddr, from: String, token: String, to: String| async move {
-        let mut c = v2_at(addr, &from, &token, None).await;
+        let mut c = v2_at(addr, &from, &token, None).await.0;
         let mut seqs = Vec::new();
         for i in 0..EACH {
             seqs.push(send_for_ack(&mut c, &from, &to, &format!("{from}-{i}")).await);
@@ -57,7 +42,7 @@ async fn two_nodes_appending_to_one_stream_keep_it_gapless_and_recognise_each_ot
 
     // The receiver's stream, read from either node: every message once, seqs 1..=300.
     for addr in [a.tcp(), b.tcp_addr()] {
-        let mut c = v2_at(addr, &r, &tr, Some(0)).await;
+        let mut c = v2_at(addr, &r, &tr, Some(0)).await.0;
         let mut seqs = Vec::new();
         let mut texts = HashSet::new();
         while seqs.len() < 2 * EACH {
@@ -73,12 +58,12 @@ async fn two_nodes_appending_to_one_stream_keep_it_gapless_and_recognise_each_ot
     }
 
     // A retry that lands on the other node is recognised: the same seq, nothing new.
-    let mut again = v2_at(b.tcp_addr(), &s1, &t1, None).await;
+    let mut again = v2_at(b.tcp_addr(), &s1, &t1, None).await.0;
     assert_eq!(
         send_for_ack(&mut again, &s1, &r, &format!("{s1}-7")).await,
         8
     );
-    let mut c = v2_at(a.tcp(), &r, &tr, Some(2 * EACH as u64)).await;
+    let mut c = v2_at(a.tcp(), &r, &tr, Some(2 * EACH as u64)).await.0;
     assert!(sync(&mut c).await.is_empty(), "no second copy");
     b.shutdown().await;
 }
@@ -147,9 +132,9 @@ async fn users_on_different_nodes_chat_live_and_a_users_devices_on_both_see_ever
     let (a, b) = two_nodes(0).await;
     let (ann, ta) = a.user("Ann").await;
     let (bob, tb) = a.user("Bob").await;
-    let mut ann1 = v2_at(a.tcp(), &ann, &ta, None).await;
-    let mut ann2 = v2_at(b.tcp_addr(), &ann, &ta, None).await;
-    let mut bob1 = v2_at(b.tcp_addr(), &bob, &tb, None).await;
+    let mut ann1 = v2_at(a.tcp(), &ann, &ta, None).await.0;
+    let mut ann2 = v2_at(b.tcp_addr(), &ann, &ta, None).await.0;
+    let mut bob1 = v2_at(b.tcp_addr(), &bob, &tb, None).await.0;
 
     // Ann on node A to Bob on node B; Ann's other device, on B, gets the copy.
     assert_eq!(send_for_ack(&mut ann1, &ann, &bob, "hi bob").await, 1);
@@ -216,8 +201,8 @@ async fn entries_the_bus_loses_are_read_from_the_store_in_order() {
     let (a, b) = two_nodes(3).await;
     let (ann, ta) = a.user("Ann").await;
     let (bob, tb) = a.user("Bob").await;
-    let mut ann1 = v2_at(a.tcp(), &ann, &ta, None).await;
-    let mut bob1 = v2_at(b.tcp_addr(), &bob, &tb, None).await;
+    let mut ann1 = v2_at(a.tcp(), &ann, &ta, None).await.0;
+    let mut bob1 = v2_at(b.tcp_addr(), &bob, &tb, None).await.0;
     const N: u64 = 40;
     for i in 1..=N {
         assert_eq!(
@@ -322,7 +307,7 @@ async fn a_node_killed_mid_stream_loses_nothing_acknowledged_and_its_clients_go_
 
     // User 2 listens on node 3 throughout.
     let t2 = login(&http, nodes[2].http, "2", "123").await;
-    let mut listener = v2_at(nodes[2].tcp, "2", &t2, None).await;
+    let mut listener = v2_at(nodes[2].tcp, "2", &t2, None).await.0;
     // User 1 streams acknowledged messages to 2 through node 1, which dies mid-stream.
     let stream = acked_stream(&nodes[0]).await;
     until_acked(&stream.acked, 50).await;
@@ -338,7 +323,7 @@ async fn a_node_killed_mid_stream_loses_nothing_acknowledged_and_its_clients_go_
     // and sends again everything it was not told about (stored once, whichever node).
     let t1 = login(&http, nodes[1].http, "1", "123").await;
     let last = acked.last().unwrap().1;
-    let mut sender = v2_at(nodes[1].tcp, "1", &t1, Some(last)).await;
+    let mut sender = v2_at(nodes[1].tcp, "1", &t1, Some(last)).await.0;
     for i in acked.len() as u64..sent + 5 {
         let text = format!("durable {i}");
         let m = improto::Message::new("1", "2", text).with_id(format!("c-{i}"));
@@ -403,8 +388,8 @@ async fn the_connection_limit_of_a_user_counts_their_connections_on_every_node()
     .await;
     let b = a.another_node().await;
     let (ann, token) = a.user("Ann").await;
-    let one = v2_at(a.tcp(), &ann, &token, None).await;
-    let _two = v2_at(b.tcp_addr(), &ann, &token, None).await;
+    let one = v2_at(a.tcp(), &ann, &token, None).await.0;
+    let _two = v2_at(b.tcp_addr(), &ann, &token, None).await.0;
     // A third, on either node, is one too many.
     for addr in [a.tcp(), b.tcp_addr()] {
         let mut three = timeout(WAIT, Client::connect(addr)).await.unwrap().unwrap();

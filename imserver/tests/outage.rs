@@ -4,27 +4,11 @@
 
 mod common;
 
-use std::net::SocketAddr;
-
 use common::proxy::{Proxy, through, upstream};
-use common::{TestServer, WAIT, cluster_only, recv_packet, send_for_ack, sync};
-use improto::{Client, ErrorCode, Message, Packet, Regist};
+use common::{TestServer, WAIT, cluster_only, recv_packet, send_for_ack, sync, v2_at};
+use improto::{Client, ErrorCode, Message, Packet};
 use imserver::config::{AuthMode, Backend, Secret};
 use tokio::time::timeout;
-
-async fn v2_at(addr: SocketAddr, user: &str, token: &str, last_seq: Option<u64>) -> Client {
-    let mut c = timeout(WAIT, Client::connect(addr))
-        .await
-        .expect("in time")
-        .expect("connects");
-    let mut regist = Regist::v2(user, token);
-    regist.last_seq = last_seq;
-    timeout(WAIT, c.handshake(regist))
-        .await
-        .expect("in time")
-        .expect("registered");
-    c
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn while_postgresql_is_away_messages_are_refused_as_unavailable_and_go_through_after() {
@@ -46,7 +30,7 @@ async fn while_postgresql_is_away_messages_are_refused_as_unavailable_and_go_thr
     let proxy = proxy.unwrap();
     let (ann, ta) = srv.user("Ann").await;
     let (bob, tb) = srv.user("Bob").await;
-    let mut a = v2_at(srv.tcp(), &ann, &ta, None).await;
+    let mut a = v2_at(srv.tcp(), &ann, &ta, None).await.0;
     assert_eq!(send_for_ack(&mut a, &ann, &bob, "before").await, 1);
 
     proxy.cut();
@@ -86,7 +70,7 @@ async fn while_postgresql_is_away_messages_are_refused_as_unavailable_and_go_thr
     .expect("stored once PostgreSQL is back");
     assert_eq!(seq, 2);
     // Nothing half-written: the receiver's stream is the two messages, once each, in order.
-    let mut b = v2_at(srv.tcp(), &bob, &tb, Some(0)).await;
+    let mut b = v2_at(srv.tcp(), &bob, &tb, Some(0)).await.0;
     let got: Vec<(String, Option<u64>)> = sync(&mut b)
         .await
         .into_iter()
@@ -129,8 +113,8 @@ async fn while_nats_is_away_messages_are_stored_and_reach_the_other_node_when_it
         .await;
     let (ann, ta) = a.user("Ann").await;
     let (bob, tb) = a.user("Bob").await;
-    let mut ann1 = v2_at(a.tcp(), &ann, &ta, None).await;
-    let mut bob1 = v2_at(b.tcp_addr(), &bob, &tb, None).await;
+    let mut ann1 = v2_at(a.tcp(), &ann, &ta, None).await.0;
+    let mut bob1 = v2_at(b.tcp_addr(), &bob, &tb, None).await.0;
     assert_eq!(send_for_ack(&mut ann1, &ann, &bob, "m1").await, 1);
     assert_eq!(next(&mut bob1).await, ("m1".to_owned(), Some(1)));
 

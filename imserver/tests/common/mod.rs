@@ -318,15 +318,7 @@ impl TestServer {
 
     /// A v2 connection of `user` (after the handshake), resuming after `last_seq` if given.
     pub async fn v2(&self, user: &str, token: &str, last_seq: Option<u64>) -> (Client, u64) {
-        let mut c = self.raw().await;
-        let mut regist = Regist::v2(user, token);
-        regist.last_seq = last_seq;
-        let live = timeout(WAIT, c.handshake(regist))
-            .await
-            .expect("in time")
-            .expect("registered");
-        assert_eq!(live.sender, user);
-        (c, live.seq)
+        v2_at(self.tcp(), user, token, last_seq).await
     }
 
     /// Another node on the same store (PostgreSQL), with new ports: stopped by the caller.
@@ -364,6 +356,28 @@ impl Drop for TestServer {
             drop_database(url);
         }
     }
+}
+
+/// A v2 connection of `user` to the relay at `addr` (of any node), after the handshake,
+/// resuming after `last_seq` if given; with the head of the user's stream.
+pub async fn v2_at(
+    addr: SocketAddr,
+    user: &str,
+    token: &str,
+    last_seq: Option<u64>,
+) -> (Client, u64) {
+    let mut c = timeout(WAIT, Client::connect(addr))
+        .await
+        .expect("in time")
+        .expect("connects");
+    let mut regist = Regist::v2(user, token);
+    regist.last_seq = last_seq;
+    let live = timeout(WAIT, c.handshake(regist))
+        .await
+        .expect("in time")
+        .expect("registered");
+    assert_eq!(live.sender, user);
+    (c, live.seq)
 }
 
 /// A server in token mode with three fresh users, a (3), b (4) and c (5): their ids and

@@ -112,7 +112,7 @@ fn main() -> anyhow::Result<()> {
                 http: cli.http.get(i).copied(),
             })
             .collect();
-        let ep = nodes[0].clone();
+        let ep = nodes[0];
         let report = match cli.mode {
             Mode::Relay(o) => relay::run(&nodes, &server, idle, o).await?,
             Mode::Group(o) => group::run(&ep, &server, idle, o).await?,
