@@ -113,65 +113,131 @@ async fn two_nodes(drop_every: u64) -> (TestServer, imserver::Server) {
     (a, b)
 }
 
-/// The next `Message` on `c`, passing over events.
+/// The next `Message` on `c`, passing over events and live frames.
 async fn next_message(c: &mut Client) -> improto::Message {
     loop {
         match common::recv_packet(c).await {
             Packet::Message(m) => return m,
-            Packet::Event(_) | Packet::Ack(_) => continue,
+            Packet::Event(_) | Packet::Ack(_) | Packet::Typing(_) | Packet::Presence(_) => continue,
             other => panic!("expected a Message, got {other:?}"),
         }
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn users_on_different_nodes_chat_live_and_a_users_devices_on_both_see_everything() {
-    if cluster_only("live delivery between nodes") {
+async fn three_nodes_serve_one_messenger_chat_groups_friends_typing_and_history() {
+    use common::process::spawn;
+    if cluster_only("three nodes") {
         return;
     }
-    let (a, b) = two_nodes(0).await;
-    let (ann, ta) = a.user("Ann").await;
-    let (bob, tb) = a.user("Bob").await;
-    let mut ann1 = v2_at(a.tcp(), &ann, &ta, None).await.0;
-    let mut ann2 = v2_at(b.tcp_addr(), &ann, &ta, None).await.0;
-    let mut bob1 = v2_at(b.tcp_addr(), &bob, &tb, None).await.0;
+    // Three imserver processes on one database and one bus.
+    let dir = tempfile::tempdir().unwrap();
+    let db = common::database_for(dir.path()).unwrap();
+    let prefix = db.rsplit_once('/').unwrap().1.to_owned();
+    let nats = common::nats().unwrap();
+    let args = [
+        "--auth",
+        "token",
+        "--regist-limit",
+        "0",
+        "--login-limit",
+        "0",
+        "--bus",
+        &nats,
+        "--bus-prefix",
+        &prefix,
+    ];
+    let nodes: Vec<_> = (0..3).map(|_| spawn(dir.path(), None, &args)).collect();
+    let (n1, n2, n3) = (&nodes[0], &nodes[1], &nodes[2]);
+    let account = |name: &str| {
+        serde_json::json!({"password": "pw", "name": name, "sex": "-",
+        "email": format!("{name}@example.com"), "signature": "-"})
+    };
+    let mut users = Vec::new();
+    for (name, node) in [("Ann", n1), ("Bob", n2), ("Cy", n3)] {
+        let (status, body) = post_at(node.http, "/regist", "", account(name)).await;
+        assert_eq!(status, 200, "{body}");
+        let id = body["user"].as_str().unwrap().to_owned();
+        let login = serde_json::json!({"user": id, "password": "pw"});
+        let (_, body) = post_at(node.http, "/login", "", login).await;
+        users.push((id, body["token"].as_str().unwrap().to_owned()));
+    }
+    let [(ann, ta), (bob, tb), (cy, tc)] = <[_; 3]>::try_from(users).unwrap();
+    // Ann has a device on node 1 and one on node 2; Bob is on node 2, Cy on node 3.
+    let mut ann1 = v2_at(n1.tcp, &ann, &ta, None).await.0;
+    let mut ann2 = v2_at(n2.tcp, &ann, &ta, None).await.0;
+    let mut bob2 = v2_at(n2.tcp, &bob, &tb, None).await.0;
+    let mut cy3 = v2_at(n3.tcp, &cy, &tc, None).await.0;
 
-    // Ann on node A to Bob on node B; Ann's other device, on B, gets the copy.
+    // 1:1 from node 1 to node 2; Ann's other device gets the copy.
     assert_eq!(send_for_ack(&mut ann1, &ann, &bob, "hi bob").await, 1);
-    let m = next_message(&mut bob1).await;
-    assert_eq!((m.message.as_str(), m.seq), ("hi bob", Some(1)));
+    assert_eq!(next_message(&mut bob2).await.message, "hi bob");
     let copy = next_message(&mut ann2).await;
     assert_eq!((copy.message.as_str(), copy.seq), ("hi bob", Some(1)));
-    // And back, from node B to node A.
-    assert_eq!(send_for_ack(&mut bob1, &bob, &ann, "hi ann").await, 2);
+    // And back, from node 2 to both of Ann's devices.
+    assert_eq!(send_for_ack(&mut bob2, &bob, &ann, "hi ann").await, 2);
     for c in [&mut ann1, &mut ann2] {
         let m = next_message(c).await;
         assert_eq!((m.message.as_str(), m.seq), ("hi ann", Some(2)));
     }
 
-    // A friend request made on node B reaches Ann on node A at once.
-    let ask = serde_json::json!({"user": ann, "message": ""});
-    let (status, body) = b_post(&b, "/friends/requests", &tb, ask).await;
-    assert_eq!(status, 200, "{body}");
-    match common::recv_packet(&mut ann1).await {
-        Packet::Event(e) => assert_eq!((e.user.as_deref(), e.seq), (Some(bob.as_str()), Some(3))),
-        other => panic!("expected the friend request, got {other:?}"),
+    // A friend request from node 3, accepted on node 2, and the friend lists of every node
+    // (node 3 has Ann's cached: another node's change makes it forget it).
+    let (_, before) = get_at(n3.http, &format!("/list/{ann}"), &ta).await;
+    assert_eq!(before.as_array().map(Vec::len), Some(0), "{before}");
+    let ask = serde_json::json!({"user": ann, "message": "hello"});
+    assert_eq!(post_at(n3.http, "/friends/requests", &tc, ask).await.0, 200);
+    for c in [&mut ann1, &mut ann2] {
+        match common::recv_packet(c).await {
+            Packet::Event(e) => assert_eq!(e.user.as_deref(), Some(cy.as_str())),
+            other => panic!("expected the friend request, got {other:?}"),
+        }
+    }
+    let accept = format!("/friends/requests/{cy}/accept");
+    assert_eq!(
+        post_at(n2.http, &accept, &ta, serde_json::json!({}))
+            .await
+            .0,
+        200
+    );
+    match common::recv_packet(&mut cy3).await {
+        Packet::Event(e) => assert_eq!(e.user.as_deref(), Some(ann.as_str())),
+        other => panic!("expected the acceptance, got {other:?}"),
+    }
+    for node in [n1, n2, n3] {
+        timeout(WAIT, async {
+            loop {
+                let (_, list) = get_at(node.http, &format!("/list/{ann}"), &ta).await;
+                let friends = list.as_array().map_or(&[][..], Vec::as_slice);
+                if friends.iter().any(|f| f["name"] == "Cy") {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("every node's friend list has the new friend");
     }
 
-    // A group made on node A, a message to it from node B.
-    let (status, body) = a
-        .post_as(
-            "/groups",
-            &ta,
-            serde_json::json!({"name": "g", "members": [bob]}),
-        )
-        .await;
+    // A group made on node 1; Bob types and writes to it from node 2.
+    let members = serde_json::json!({"name": "Trio", "members": [bob, cy]});
+    let (status, body) = post_at(n1.http, "/groups", &ta, members).await;
     assert_eq!(status, 200, "{body}");
-    let group = body["group"].as_str().expect("a group id").to_owned();
-    let mut sent = improto::Message::new(bob.as_str(), group.as_str(), "to all");
-    sent = sent.with_id("g-1");
-    bob1.send(sent).await.unwrap();
-    for c in [&mut ann1, &mut ann2] {
+    let group = body["group"].as_str().unwrap().to_owned();
+    bob2.typing(&ann).await.unwrap();
+    loop {
+        match common::recv_packet(&mut ann1).await {
+            Packet::Typing(t) => {
+                assert_eq!(t.sender.as_deref(), Some(bob.as_str()));
+                break;
+            }
+            // The acceptance and the group, told to Ann too.
+            Packet::Event(_) => continue,
+            other => panic!("expected Bob typing, got {other:?}"),
+        }
+    }
+    assert!(send_for_ack(&mut bob2, &bob, &group, "to all").await > 0);
+    for c in [&mut ann1, &mut ann2, &mut cy3] {
         let m = next_message(c).await;
         assert_eq!(
             (m.message.as_str(), m.receiver.as_str()),
@@ -179,17 +245,17 @@ async fn users_on_different_nodes_chat_live_and_a_users_devices_on_both_see_ever
         );
     }
 
-    // History is the same from either node.
-    let path = format!("/history/{bob}");
-    let (_, from_a) = a.get_as(&path, &ta).await;
-    let (_, from_b) = b_get(&b, &path, &ta).await;
-    assert_eq!(from_a, from_b);
-    assert_eq!(
-        from_a["messages"].as_array().map(Vec::len),
-        Some(2),
-        "{from_a}"
-    );
-    b.shutdown().await;
+    // History is the same from every node.
+    let mut pages = Vec::new();
+    for node in [n1, n2, n3] {
+        for peer in [&bob, &group] {
+            pages.push(get_at(node.http, &format!("/history/{peer}"), &ta).await);
+        }
+    }
+    assert!(pages.chunks(2).all(|p| p == &pages[..2]), "{pages:?}");
+    assert_eq!(pages[0].1["messages"].as_array().map(Vec::len), Some(2));
+    drop(nodes);
+    common::drop_database(&db);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -229,14 +295,17 @@ async fn a_token_revoked_on_one_node_is_refused_on_the_other() {
     let (a, b) = two_nodes(0).await;
     let (_, token) = a.user("Ann").await;
     // Node B has the token in its cache.
-    assert_eq!(b_get(&b, "/friends/requests", &token).await.0, 200);
+    assert_eq!(
+        get_at(b.http_addr(), "/friends/requests", &token).await.0,
+        200
+    );
     assert_eq!(
         a.post_as("/logout", &token, serde_json::json!({})).await.0,
         200
     );
     let started = std::time::Instant::now();
     timeout(WAIT, async {
-        while b_get(&b, "/friends/requests", &token).await.0 != 401 {
+        while get_at(b.http_addr(), "/friends/requests", &token).await.0 != 401 {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
     })
@@ -246,29 +315,29 @@ async fn a_token_revoked_on_one_node_is_refused_on_the_other() {
     b.shutdown().await;
 }
 
-/// GET `path` on node `b` as the owner of `token`.
-async fn b_get(b: &imserver::Server, path: &str, token: &str) -> (u16, serde_json::Value) {
-    b_call(b, reqwest::Method::GET, path, token, None).await
+/// GET `path` on the node whose HTTP address is `node`, as the owner of `token`.
+async fn get_at(node: SocketAddr, path: &str, token: &str) -> (u16, serde_json::Value) {
+    call_at(node, reqwest::Method::GET, path, token, None).await
 }
 
-/// POST `body` to `path` on node `b` as the owner of `token`.
-async fn b_post(
-    b: &imserver::Server,
+/// POST `body` to `path` on the node whose HTTP address is `node`, as the owner of `token`.
+async fn post_at(
+    node: SocketAddr,
     path: &str,
     token: &str,
     body: serde_json::Value,
 ) -> (u16, serde_json::Value) {
-    b_call(b, reqwest::Method::POST, path, token, Some(body)).await
+    call_at(node, reqwest::Method::POST, path, token, Some(body)).await
 }
 
-async fn b_call(
-    b: &imserver::Server,
+async fn call_at(
+    node: SocketAddr,
     method: reqwest::Method,
     path: &str,
     token: &str,
     body: Option<serde_json::Value>,
 ) -> (u16, serde_json::Value) {
-    let url = format!("http://{}{path}", b.http_addr());
+    let url = format!("http://{node}{path}");
     let mut req = reqwest::Client::new()
         .request(method, url)
         .bearer_auth(token);
