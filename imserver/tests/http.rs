@@ -232,6 +232,24 @@ async fn concurrent_registrations_get_distinct_sequential_ids() {
 }
 
 #[tokio::test]
+async fn text_with_the_nul_character_is_refused_in_json_and_in_forms() {
+    let srv = TestServer::start().await;
+    let mut body = new_user();
+    body["name"] = json!("a\u{0}b");
+    let (status, reply) = srv.post_json("/regist", body).await;
+    assert_eq!(status, 400);
+    assert!(reply["msg"].as_str().unwrap().contains("NUL"), "{reply}");
+    let form = "password=pw&name=a%00b&sex=-&email=x&signature=-";
+    let (status, reply) = srv
+        .post_raw("/regist", Some("application/x-www-form-urlencoded"), form)
+        .await;
+    assert_eq!(status, 400);
+    assert!(reply["msg"].as_str().unwrap().contains("NUL"), "{reply}");
+    // Without it, the same account is made.
+    assert_eq!(srv.post_json("/regist", new_user()).await.0, 200);
+}
+
+#[tokio::test]
 async fn passwords_are_stored_only_as_argon2id_hashes() {
     let srv = TestServer::start().await;
     let secret = "correct horse battery staple";

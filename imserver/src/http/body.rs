@@ -66,17 +66,47 @@ fn decode<T: DeserializeOwned>(ctype: Option<&str>, bytes: &[u8]) -> Result<T, A
                 .starts_with("application/x-www-form-urlencoded")
         });
     if is_form {
-        serde_urlencoded::from_bytes(bytes)
-            .map_err(|e| ApiError::bad_request(format!("invalid form body: {e}")))
+        let invalid = |e: serde_urlencoded::de::Error| {
+            ApiError::bad_request(format!("invalid form body: {e}"))
+        };
+        let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(bytes).map_err(invalid)?;
+        if pairs
+            .iter()
+            .any(|(k, v)| k.contains('\0') || v.contains('\0'))
+        {
+            return Err(nul());
+        }
+        serde_urlencoded::from_bytes(bytes).map_err(invalid)
     } else if bytes.iter().all(u8::is_ascii_whitespace) {
         Err(ApiError::bad_request("empty body: expected a JSON object"))
     } else {
-        serde_json::from_slice(bytes).map_err(|e| {
+        let invalid = |e: serde_json::Error| {
             ApiError::bad_request(format!(
                 "invalid JSON body: {}",
                 strip_position(&e.to_string())
             ))
-        })
+        };
+        let value: serde_json::Value = serde_json::from_slice(bytes).map_err(invalid)?;
+        if has_nul(&value) {
+            return Err(nul());
+        }
+        T::deserialize(value).map_err(invalid)
+    }
+}
+
+/// Text with the NUL character is refused everywhere: no name or message needs it, and
+/// PostgreSQL cannot store it in text.
+fn nul() -> ApiError {
+    ApiError::bad_request("text must not contain the NUL character (\\u0000)")
+}
+
+fn has_nul(value: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match value {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(has_nul),
+        Value::Object(fields) => fields.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+        Value::Null | Value::Bool(_) | Value::Number(_) => false,
     }
 }
 

@@ -53,7 +53,13 @@ pub(crate) type PgStore = Front<PgReads>;
 
 impl From<tokio_postgres::Error> for StoreError {
     fn from(e: tokio_postgres::Error) -> Self {
-        StoreError::Backend(Box::new(e))
+        // Its own text is "db error" for every error PostgreSQL reports: say which.
+        match e.as_db_error() {
+            Some(db) => StoreError::Backend(
+                format!("PostgreSQL {}: {}", db.code().code(), db.message()).into(),
+            ),
+            None => StoreError::Backend(Box::new(e)),
+        }
     }
 }
 
