@@ -38,8 +38,12 @@ use crate::relay::LocalRouter;
 use crate::store::Store;
 
 /// How long a `Regist` waits for NATS to confirm a new subscription before it replays
-/// anyway (the replay reads the store; a later entry repairs what it missed).
+/// anyway; once NATS does confirm it, the user's connections read their stream again (what
+/// was published before the subscription took effect reached nobody).
 const SUBSCRIBE_WAIT: Duration = Duration::from_secs(2);
+
+/// How long a node waits for NATS when it starts.
+const CONNECT_WAIT: Duration = Duration::from_secs(5);
 
 pub struct NatsBus {
     client: async_nats::Client,
@@ -69,13 +73,19 @@ impl NatsBus {
         local: Arc<LocalRouter>,
     ) -> Result<Arc<NatsBus>, async_nats::ConnectError> {
         let on_event = local.clone();
+        let connected = Arc::new(tokio::sync::Notify::new());
+        let on_connect = connected.clone();
         let client = async_nats::ConnectOptions::new()
             .no_echo()
             .retry_on_initial_connect()
             .name("imserver")
             .event_callback(move |event| {
                 let local = on_event.clone();
+                let connected = on_connect.clone();
                 async move {
+                    if matches!(event, async_nats::Event::Connected) {
+                        connected.notify_one();
+                    }
                     match event {
                         // Back after a disconnection, or NATS dropped messages for us:
                         // whatever was lost meanwhile is read from the store.
@@ -90,6 +100,14 @@ impl NatsBus {
             })
             .connect(url)
             .await?;
+        // A node starts once it is on the bus, or after a while without it: it then takes
+        // no live entries from other nodes until it connects, and catches up when it does.
+        if tokio::time::timeout(CONNECT_WAIT, connected.notified())
+            .await
+            .is_err()
+        {
+            tracing::warn!(%url, "bus: NATS does not answer yet; starting without it");
+        }
         let (outgoing, rx) = mpsc::channel(config.bus_queue);
         let bus = Arc::new(NatsBus {
             client,
@@ -192,11 +210,23 @@ impl Delivery for NatsBus {
                 }
             };
             // NATS has the subscription before the replay reads the store.
-            if tokio::time::timeout(SUBSCRIBE_WAIT, self.client.flush())
-                .await
-                .is_err()
-            {
+            let flush = self.client.flush();
+            let confirmed = matches!(
+                tokio::time::timeout(SUBSCRIBE_WAIT, flush).await,
+                Ok(Ok(()))
+            );
+            if !confirmed {
                 tracing::warn!(user = user.get(), "bus: subscription not confirmed in time");
+                let (client, local) = (self.client.clone(), self.local.clone());
+                tokio::spawn(async move {
+                    while local.online(user) {
+                        if client.flush().await.is_ok() {
+                            local.resync(user);
+                            return;
+                        }
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                });
             }
             let mut watched = self.lock_watched();
             if watched.contains_key(&user) {
