@@ -50,7 +50,7 @@ pub struct NatsBus {
     prefix: String,
     local: Arc<LocalRouter>,
     /// The store whose cache other nodes' notices go to (set once it is open).
-    store: OnceLock<Arc<dyn Store>>,
+    store: Arc<OnceLock<Arc<dyn Store>>>,
     /// To the publisher task: `--bus-queue` messages at most, each with the user whose
     /// watchers must read the store if it is lost.
     outgoing: mpsc::Sender<Outgoing>,
@@ -73,6 +73,8 @@ impl NatsBus {
         local: Arc<LocalRouter>,
     ) -> Result<Arc<NatsBus>, async_nats::ConnectError> {
         let on_event = local.clone();
+        let store: Arc<OnceLock<Arc<dyn Store>>> = Arc::default();
+        let cache_of = store.clone();
         let connected = Arc::new(tokio::sync::Notify::new());
         let on_connect = connected.clone();
         let client = async_nats::ConnectOptions::new()
@@ -82,6 +84,7 @@ impl NatsBus {
             .event_callback(move |event| {
                 let local = on_event.clone();
                 let connected = on_connect.clone();
+                let store = cache_of.clone();
                 async move {
                     if matches!(event, async_nats::Event::Connected) {
                         connected.notify_one();
@@ -89,9 +92,13 @@ impl NatsBus {
                     match event {
                         // Back after a disconnection, or NATS dropped messages for us:
                         // whatever was lost meanwhile is read from the store.
+                        // Cache notices may have been lost too: the cache starts over.
                         async_nats::Event::Connected | async_nats::Event::SlowConsumer(_) => {
                             tracing::info!(%event, "bus: every connection reads its stream");
                             local.resync_all();
+                            if let Some(store) = store.get() {
+                                store.forget(Stale::Everything);
+                            }
                         }
                         async_nats::Event::Disconnected => tracing::warn!("bus disconnected"),
                         other => tracing::info!(event = %other, "bus"),
@@ -113,7 +120,7 @@ impl NatsBus {
             client,
             prefix: config.bus_prefix.clone(),
             local,
-            store: OnceLock::new(),
+            store,
             outgoing,
             behind: Arc::default(),
             watched: Mutex::default(),
@@ -426,6 +433,7 @@ fn kind_of(code: u8) -> Option<EntryKind> {
 fn encode_stale(what: Stale) -> Bytes {
     let mut b = BytesMut::with_capacity(33);
     match what {
+        Stale::Everything => b.put_u8(b'E'),
         Stale::Token(hash) => {
             b.put_u8(b'T');
             b.put_slice(&hash);
@@ -453,6 +461,9 @@ fn decode_stale(mut b: Bytes) -> Option<Stale> {
     let tag = b.get_u8();
     if tag == b'T' {
         return <[u8; 32]>::try_from(&b[..]).ok().map(Stale::Token);
+    }
+    if tag == b'E' {
+        return b.is_empty().then_some(Stale::Everything);
     }
     if b.len() != 8 {
         return None;
@@ -507,6 +518,7 @@ mod tests {
             Stale::Friends(UserId::new(4).unwrap()),
             Stale::Blocks(UserId::new(5).unwrap()),
             Stale::Group(GroupId::new(6).unwrap()),
+            Stale::Everything,
         ] {
             assert_eq!(decode_stale(encode_stale(what)), Some(what));
         }

@@ -72,6 +72,8 @@ pub enum Stale {
     Friends(UserId),
     Blocks(UserId),
     Group(crate::id::GroupId),
+    /// Everything: notices may have been missed (the bus was away).
+    Everything,
 }
 
 /// Where committed stream entries go.

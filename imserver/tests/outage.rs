@@ -118,7 +118,23 @@ async fn while_nats_is_away_messages_are_stored_and_reach_the_other_node_when_it
     assert_eq!(send_for_ack(&mut ann1, &ann, &bob, "m1").await, 1);
     assert_eq!(next(&mut bob1).await, ("m1".to_owned(), Some(1)));
 
+    // Node B has a token of Ann's in its cache; Ann logs out on node A while B is away
+    // (B cannot hear of it then).
+    let (_, spare) = a.user_login(&ann).await;
+    let friends_on_b = |token: String| {
+        let url = format!("http://{}/friends/requests", b.http_addr());
+        async move {
+            let r = reqwest::Client::new().get(url).bearer_auth(token).send();
+            timeout(WAIT, r).await.unwrap().unwrap().status().as_u16()
+        }
+    };
+    assert_eq!(friends_on_b(spare.clone()).await, 200);
+
     proxy.cut();
+    assert_eq!(
+        a.post_as("/logout", &spare, serde_json::json!({})).await.0,
+        200
+    );
     // Stored and acknowledged all the same (node A does not know B is away).
     for i in 2..=5 {
         assert_eq!(
@@ -147,5 +163,13 @@ async fn while_nats_is_away_messages_are_stored_and_reach_the_other_node_when_it
         }
     });
     live.await.expect("live again");
+    // Back on NATS, node B forgot what it had cached: the token revoked meanwhile is refused.
+    timeout(WAIT, async {
+        while friends_on_b(spare.clone()).await != 401 {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("node B refuses the token revoked while it was away");
     b.shutdown().await;
 }

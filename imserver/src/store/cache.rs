@@ -39,6 +39,13 @@ impl ReadCache {
             Stale::Friends(user) => self.friends.forget(&user),
             Stale::Blocks(user) => self.blocked.forget(&user),
             Stale::Group(group) => self.groups.forget(&group),
+            Stale::Everything => {
+                self.users.forget_all();
+                self.friends.forget_all();
+                self.tokens.forget_all();
+                self.groups.forget_all();
+                self.blocked.forget_all();
+            }
         }
     }
 
@@ -101,6 +108,13 @@ impl<K: Hash + Eq, V: Clone> Table<K, V> {
             inner.map.clear();
         }
         inner.map.insert(key, value);
+    }
+
+    /// The database may have changed anything.
+    pub fn forget_all(&self) {
+        let mut inner = self.lock();
+        inner.generation += 1;
+        inner.map.clear();
     }
 
     /// The database changed `key`.

@@ -297,6 +297,12 @@ impl TestServer {
         self.call(reqwest::Method::DELETE, path, token, None).await
     }
 
+    /// Another login of the account `id` made by [`user`](Self::user): its id and a new
+    /// token.
+    pub async fn user_login(&self, id: &str) -> (String, String) {
+        (id.to_owned(), self.login(id, "pw").await)
+    }
+
     /// A new account named `name` (password `pw`), logged in: its id and token.
     pub async fn user(&self, name: &str) -> (String, String) {
         let account = serde_json::json!({"password": "pw", "name": name, "sex": "-",
